@@ -1,0 +1,239 @@
+"""The event model: what a publisher may send, and how it is checked.
+
+Validation lives here, in the core, so that every way into the daemon (HTTP,
+the Unix socket, the ntfy/Gotify compatibility layers, imports) accepts exactly the
+same events and rejects bad ones with the same error naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import BadRequest, ValidationFailed
+from .timeutil import format_ts, parse_rfc3339
+
+TOPIC_SEGMENT = r"[A-Za-z0-9_.\-]{1,64}"
+TOPIC_RE = re.compile(rf"^{TOPIC_SEGMENT}(?:/{TOPIC_SEGMENT})*$")
+TOPIC_MAX = 255
+#: A topic pattern is a topic whose segments may contain ``*`` (any run of characters, ``/`` included).
+PATTERN_RE = re.compile(r"^[A-Za-z0-9_.\-*/]{1,255}$")
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
+COLLAPSE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+PRIORITY_NAMES = {"min": 1, "low": 2, "default": 3, "normal": 3, "high": 4, "urgent": 5, "max": 5}
+PRIORITY_LABELS = {1: "min", 2: "low", 3: "default", 4: "high", 5: "urgent"}
+
+TITLE_MAX = 256
+BODY_MAX = 4096
+URL_MAX = 2048
+MAX_ACTIONS = 3
+MAX_TAGS = 16
+
+
+def parse_priority(value: Any) -> int:
+    """Accept 1–5 (int or digit string) or a name: min low default high urgent (max)."""
+    if isinstance(value, bool):
+        raise ValueError("priority must be 1–5 or one of min, low, default, high, urgent")
+    if isinstance(value, int):
+        p = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        p = int(value.strip())
+    elif isinstance(value, str) and value.strip().lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value.strip().lower()]
+    else:
+        raise ValueError("priority must be 1–5 or one of min, low, default, high, urgent")
+    if not 1 <= p <= 5:
+        raise ValueError("priority must be between 1 (min) and 5 (urgent)")
+    return p
+
+
+def check_topic(topic: str) -> str:
+    if not isinstance(topic, str) or len(topic) > TOPIC_MAX or not TOPIC_RE.match(topic):
+        raise ValueError(
+            "topic must be 1–64 characters of A–Z a–z 0–9 _ . - per segment, "
+            "segments separated by '/'"
+        )
+    if any(seg in (".", "..") for seg in topic.split("/")):
+        raise ValueError("topic segments cannot be '.' or '..'")
+    return topic
+
+
+def check_pattern(pattern: str) -> str:
+    if not isinstance(pattern, str) or not PATTERN_RE.match(pattern):
+        raise ValueError("a topic pattern is a topic that may contain '*' wildcards")
+    return pattern
+
+
+def check_url(value: str) -> str:
+    if len(value) > URL_MAX:
+        raise ValueError(f"URL is longer than {URL_MAX} characters")
+    lower = value.lower()
+    if not (lower.startswith("https://") or lower.startswith("http://")) or len(value) < 10:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if any(c.isspace() for c in value):
+        raise ValueError("URL cannot contain whitespace")
+    return value
+
+
+Url = Annotated[str, Field(max_length=URL_MAX)]
+
+
+class Action(BaseModel):
+    """A button on a notification: open ``url``, or send an HTTP ``method`` to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=40)
+    url: Url
+    method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] | None = None
+
+    _url = field_validator("url")(classmethod(lambda cls, v: check_url(v)))
+
+
+class EventIn(BaseModel):
+    """An event as a publisher sends it (``POST /v1/events``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(description="`[A-Za-z0-9_.-]{1,64}` segments separated by `/`")
+    title: str = Field("", max_length=TITLE_MAX)
+    body: str = Field("", max_length=BODY_MAX)
+    format: Literal["text", "markdown"] = "text"
+    priority: int | str = Field(3, description="1–5 or min, low, default, high, urgent")
+    category: str = Field("general", description="short slug")
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    click: Url | None = None
+    icon: Url | None = None
+    image: Url | None = None
+    actions: list[Action] = Field(default_factory=list, max_length=MAX_ACTIONS)
+    sensitive: bool = False
+    collapse_key: str | None = None
+    deliver_at: str | None = Field(None, description="RFC 3339; the event is held until then")
+    expires_at: str | None = Field(None, description="RFC 3339; hidden from then on")
+
+    _topic = field_validator("topic")(classmethod(lambda cls, v: check_topic(v)))
+    _priority = field_validator("priority", mode="before")(
+        classmethod(lambda cls, v: parse_priority(v))
+    )
+
+    @field_validator("category")
+    @classmethod
+    def _category(cls, v: str) -> str:
+        if not SLUG_RE.match(v):
+            raise ValueError("category must be a slug: a–z, 0–9, '-' and '_', up to 32 characters")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for tag in v:
+            if not SLUG_RE.match(tag):
+                raise ValueError(f"tag {tag!r} is not a slug (a–z, 0–9, '-', '_', ≤ 32 chars)")
+        return v
+
+    @field_validator("click", "icon", "image")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v)
+
+    @field_validator("collapse_key")
+    @classmethod
+    def _collapse(cls, v: str | None) -> str | None:
+        if v is not None and not COLLAPSE_RE.match(v):
+            raise ValueError("collapse_key must be 1–64 characters of A–Z a–z 0–9 _ . : -")
+        return v
+
+    @field_validator("deliver_at", "expires_at")
+    @classmethod
+    def _times(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            return format_ts(parse_rfc3339(v))
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ValueError(f"not an RFC 3339 timestamp: {exc}") from None
+
+    @model_validator(mode="after")
+    def _content(self) -> EventIn:
+        if not self.title and not self.body:
+            raise ValueError("body: an event needs a title or a body")
+        if self.deliver_at and self.expires_at and self.expires_at <= self.deliver_at:
+            raise ValueError("expires_at: must be after deliver_at")
+        return self
+
+
+_one = TypeAdapter(EventIn)
+_many = TypeAdapter(list[EventIn])
+
+
+def _field_of(loc: tuple, batch: bool) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            if parts:
+                parts[-1] += f"[{item}]"
+            else:
+                parts.append(f"events[{item}]")
+        elif item not in ("function-after", "function-before") and not str(item).startswith(
+            "function-"
+        ):
+            parts.append(str(item))
+    return ".".join(parts) if parts else ("events" if batch else "event")
+
+
+def _raise_validation(exc: ValidationError, batch: bool) -> None:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err.get("loc", ()))
+    field = _field_of(loc, batch)
+    msg = err.get("msg", "invalid value")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if not loc and ": " in msg:
+        # model-level checks name their field as a "field: message" prefix
+        name, msg = msg.split(": ", 1)
+        field = f"{field}.{name}" if batch else name
+    if err.get("type") == "extra_forbidden":
+        msg = f"unknown field {loc[-1]!r}"
+    elif err.get("type") == "missing":
+        msg = "this field is required"
+    raise ValidationFailed(f"{field}: {msg}", field=field) from None
+
+
+def validate_events(payload: Any) -> tuple[list[EventIn], bool]:
+    """Validate a decoded JSON payload: one event object or a list of them.
+
+    Returns the events and whether the payload was a list. Raises ``BadRequest``
+    for a payload of the wrong shape and ``ValidationFailed`` naming the first bad
+    field (``title``, ``events[3].actions[0].url``).
+    """
+    if isinstance(payload, dict):
+        try:
+            return [_one.validate_python(payload)], False
+        except ValidationError as exc:
+            _raise_validation(exc, False)
+    if isinstance(payload, list):
+        if not payload:
+            raise ValidationFailed("events: the list is empty", field="events")
+        try:
+            return _many.validate_python(payload), True
+        except ValidationError as exc:
+            _raise_validation(exc, True)
+    raise BadRequest("the body must be a JSON object (one event) or a list of events")
+
+
+EVENT_FIELDS = (
+    "id", "topic", "title", "body", "format", "priority", "category", "tags", "click",
+    "icon", "image", "actions", "sensitive", "collapse_key", "deliver_at", "expires_at",
+    "created_at",
+)  # fmt: skip

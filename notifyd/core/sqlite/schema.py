@@ -1,0 +1,176 @@
+"""Schema migrations, applied in order, each in its own transaction.
+
+``PRAGMA user_version`` records how many have run. Never edit a migration that has
+shipped: add a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            topic TEXT NOT NULL,
+            title TEXT NOT NULL DEFAULT '',
+            body TEXT NOT NULL DEFAULT '',
+            format TEXT NOT NULL DEFAULT 'text',
+            priority INTEGER NOT NULL DEFAULT 3,
+            category TEXT NOT NULL DEFAULT 'general',
+            tags TEXT,
+            click TEXT,
+            icon TEXT,
+            image TEXT,
+            actions TEXT,
+            sensitive INTEGER NOT NULL DEFAULT 0,
+            collapse_key TEXT,
+            deliver_at TEXT,
+            expires_at TEXT,
+            created_at TEXT NOT NULL,
+            superseded_by INTEGER,
+            publisher_id INTEGER
+        )
+        """
+    )
+    events = db["events"]
+    events.create_index(["topic", "id"])
+    events.create_index(["category", "id"])
+    events.create_index(["created_at"])
+    db.execute(
+        "CREATE INDEX idx_events_collapse ON events(topic, collapse_key) "
+        "WHERE collapse_key IS NOT NULL"
+    )
+    db.execute("CREATE INDEX idx_events_expires ON events(expires_at) WHERE expires_at IS NOT NULL")
+    events.enable_fts(["title", "body"], fts_version="FTS5", create_triggers=True)
+    # sqlite-utils' update trigger fires on every column; marking an event superseded
+    # must not re-index its text.
+    db.execute('DROP TRIGGER "events_au"')
+    db.execute(
+        """
+        CREATE TRIGGER events_au AFTER UPDATE OF title, body ON events BEGIN
+          INSERT INTO events_fts (events_fts, rowid, title, body)
+            VALUES ('delete', old.rowid, old.title, old.body);
+          INSERT INTO events_fts (rowid, title, body) VALUES (new.rowid, new.title, new.body);
+        END
+        """
+    )
+
+    db["scheduled"].create(
+        {
+            "id": int,
+            "deliver_at": str,
+            "publisher_id": int,
+            "payload": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["scheduled"].create_index(["deliver_at"])
+
+    db["users"].create(
+        {
+            "id": int,
+            "name": str,
+            "role": str,
+            "password_hash": str,
+            "tz": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"name", "role", "created_at"},
+        defaults={"role": "user", "tz": "UTC"},
+    )
+    db["users"].create_index(["name"], unique=True)
+
+    db["tokens"].create(
+        {
+            "id": int,
+            "user_id": int,
+            "hash": str,
+            "prefix": str,
+            "label": str,
+            "scopes": str,
+            "topics": str,
+            "created_at": str,
+            "last_used_at": str,
+            "expires_at": str,
+        },
+        pk="id",
+        not_null={"user_id", "hash", "scopes", "created_at"},
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["tokens"].create_index(["hash"], unique=True)
+    db["tokens"].create_index(["user_id"])
+
+    db["acl"].create(
+        {
+            "id": int,
+            "user_id": int,
+            "pattern": str,
+            "read": int,
+            "write": int,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"user_id", "pattern", "read", "write"},
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["acl"].create_index(["user_id", "pattern"], unique=True)
+
+    # Per-user read state. `read` NULL means "no explicit mark": the user's
+    # inbox_marks.read_upto watermark decides. 1/0 are explicit read/unread.
+    db.execute(
+        """
+        CREATE TABLE receipts (
+            user_id INTEGER NOT NULL,
+            event_id INTEGER NOT NULL,
+            read INTEGER,
+            seen_at TEXT,
+            read_at TEXT,
+            archived_at TEXT,
+            clicked_at TEXT,
+            action TEXT,
+            PRIMARY KEY (user_id, event_id)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX idx_receipts_event ON receipts(event_id)")
+    db.execute("CREATE TABLE inbox_marks (user_id INTEGER PRIMARY KEY, read_upto INTEGER NOT NULL)")
+    db.execute(
+        """
+        CREATE TABLE idempotency (
+            user_id INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            event_ids TEXT NOT NULL,
+            batch INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (user_id, key)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX idx_idempotency_created ON idempotency(created_at)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database up to date; returns the schema version."""
+    db = sqlite_utils.Database(conn)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return len(MIGRATIONS)

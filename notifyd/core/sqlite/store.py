@@ -1,0 +1,657 @@
+"""SQLite store: WAL, one group-committing writer thread, a pool of readers."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import trio
+
+from ..acl import Grant, Visibility
+from ..errors import Conflict, NotFound
+from ..metrics import EVENTS_PUBLISHED, PRUNED
+from ..models import EventIn
+from ..store import (
+    AclEntry,
+    CommitListener,
+    Event,
+    HistoryQuery,
+    PublishResult,
+    Store,
+    Token,
+    User,
+)
+from ..timeutil import now_rfc3339
+from .queries import (
+    EVENT_COLUMNS,
+    SELECT_EVENT,
+    SELECT_STATE,
+    event_from_row,
+    event_with_state,
+    history_where,
+    topics_sql,
+    unread_sql,
+    visibility_sql,
+)
+from .schema import migrate
+from .writer import Writer
+
+log = logging.getLogger("notifyd.store")
+T = TypeVar("T")
+
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, publisher_id) "
+    f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})"
+)
+_dumps = orjson.dumps
+
+
+def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _event_row(
+    ev: EventIn, event_id: int, created_at: str, publisher_id: int
+) -> tuple[tuple, Event]:
+    actions = [a.model_dump(exclude_none=True) for a in ev.actions]
+    d: Event = {
+        "id": event_id,
+        "topic": ev.topic,
+        "title": ev.title,
+        "body": ev.body,
+        "format": ev.format,
+        "priority": ev.priority,
+        "category": ev.category,
+        "tags": ev.tags,
+        "click": ev.click,
+        "icon": ev.icon,
+        "image": ev.image,
+        "actions": actions,
+        "sensitive": ev.sensitive,
+        "collapse_key": ev.collapse_key,
+        "deliver_at": ev.deliver_at,
+        "expires_at": ev.expires_at,
+        "created_at": created_at,
+    }
+    row = (
+        event_id, ev.topic, ev.title, ev.body, ev.format, ev.priority, ev.category,
+        _dumps(ev.tags).decode() if ev.tags else None, ev.click, ev.icon, ev.image,
+        _dumps(actions).decode() if actions else None, int(ev.sensitive), ev.collapse_key,
+        ev.deliver_at, ev.expires_at, created_at, publisher_id,
+    )  # fmt: skip
+    return row, d
+
+
+def _insert_events(
+    conn: sqlite3.Connection, items: list[tuple[EventIn, int]], created_at: str
+) -> list[Event]:
+    """Insert events with ids assigned here, in order; apply collapse keys."""
+    if not items:
+        return []
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    next_id = (seq[0] if seq else 0) + 1
+    rows, events = [], []
+    for offset, (ev, publisher_id) in enumerate(items):
+        row, d = _event_row(ev, next_id + offset, created_at, publisher_id)
+        rows.append(row)
+        events.append(d)
+    conn.executemany(_INSERT_EVENT, rows)
+    for d in events:
+        if d["collapse_key"] is not None:
+            conn.execute(
+                "UPDATE events SET superseded_by = ? WHERE topic = ? AND collapse_key = ? "
+                "AND superseded_by IS NULL AND id < ?",
+                (d["id"], d["topic"], d["collapse_key"], d["id"]),
+            )
+    return events
+
+
+class _Readers:
+    """A fixed pool of read-only connections used from worker threads."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self._path = path
+        self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        self.limiter = trio.CapacityLimiter(size)
+        for _ in range(size):
+            conn = connect(path, readonly=True)
+            self._all.append(conn)
+            self._pool.put(conn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            conn = self._pool.get()
+            try:
+                return fn(conn)
+            finally:
+                self._pool.put(conn)
+
+        return await trio.to_thread.run_sync(call, limiter=self.limiter)
+
+    def close(self) -> None:
+        for conn in self._all:
+            conn.close()
+
+
+def _user(row: tuple) -> User:
+    return User(
+        id=row[0], name=row[1], role=row[2], tz=row[3] or "UTC", created_at=row[4],
+        has_password=row[5] is not None,
+    )  # fmt: skip
+
+
+_USER_COLS = "id, name, role, tz, created_at, password_hash"
+_TOKEN_SELECT = (
+    "SELECT t.id, t.user_id, u.name, t.prefix, t.label, t.scopes, t.topics, t.created_at, "
+    "t.last_used_at FROM tokens t JOIN users u ON u.id = t.user_id"
+)
+
+
+def _token(row: tuple) -> Token:
+    return Token(
+        id=row[0], user_id=row[1], user=row[2], prefix=row[3], label=row[4],
+        scopes=tuple(s for s in row[5].split(",") if s), topics=row[6], created_at=row[7],
+        last_used_at=row[8],
+    )  # fmt: skip
+
+
+def _watermark(conn: sqlite3.Connection, user_id: int) -> int:
+    row = conn.execute("SELECT read_upto FROM inbox_marks WHERE user_id = ?", (user_id,)).fetchone()
+    return row[0] if row else 0
+
+
+_STATE_SQL = {
+    "read": (
+        "INSERT INTO receipts (user_id, event_id, read, read_at, seen_at) VALUES (?, ?, 1, ?, ?) "
+        "ON CONFLICT (user_id, event_id) DO UPDATE SET read = 1, read_at = excluded.read_at, "
+        "seen_at = COALESCE(seen_at, excluded.seen_at)"
+    ),
+    "unread": (
+        "INSERT INTO receipts (user_id, event_id, read) VALUES (?, ?, 0) "
+        "ON CONFLICT (user_id, event_id) DO UPDATE SET read = 0, read_at = NULL"
+    ),
+    "seen": (
+        "INSERT INTO receipts (user_id, event_id, seen_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (user_id, event_id) DO UPDATE SET seen_at = COALESCE(seen_at, excluded.seen_at)"
+    ),
+    "archive": (
+        "INSERT INTO receipts (user_id, event_id, archived_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (user_id, event_id) DO UPDATE SET archived_at = excluded.archived_at"
+    ),
+    "unarchive": (
+        "INSERT INTO receipts (user_id, event_id) VALUES (?, ?) "
+        "ON CONFLICT (user_id, event_id) DO UPDATE SET archived_at = NULL"
+    ),
+    "click": (
+        "INSERT INTO receipts (user_id, event_id, read, read_at, seen_at, clicked_at, action) "
+        "VALUES (?, ?, 1, ?, ?, ?, ?) ON CONFLICT (user_id, event_id) DO UPDATE SET read = 1, "
+        "read_at = COALESCE(read_at, excluded.read_at), seen_at = COALESCE(seen_at, excluded.seen_at), "
+        "clicked_at = excluded.clicked_at, action = excluded.action"
+    ),
+}
+
+
+def _state_params(state: str, user_id: int, event_id: int, now: str, action: str | None) -> tuple:
+    if state == "read":
+        return (user_id, event_id, now, now)
+    if state in ("unread", "unarchive"):
+        return (user_id, event_id)
+    if state in ("seen", "archive"):
+        return (user_id, event_id, now)
+    return (user_id, event_id, now, now, now, action)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path, synchronous: str = "FULL", readers: int = 4) -> None:
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self._n_readers = readers
+        self._listeners: list[CommitListener] = []
+        self._writer = Writer(self._connect_writer)
+        self._readers: _Readers | None = None
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = connect(self.path, self.synchronous)
+        migrate(conn)
+        return conn
+
+    async def start(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await self._writer.start()
+        self._readers = _Readers(self.path, self._n_readers)
+
+    async def close(self) -> None:
+        await self._writer.stop()
+        if self._readers is not None:
+            self._readers.close()
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, events: list[Event]) -> None:
+        if not events:
+            return
+        EVENTS_PUBLISHED.inc(len(events))
+        for listener in self._listeners:
+            listener(events)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._readers is not None, "store not started"
+        return await self._readers.run(fn)
+
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
+    ) -> T:
+        return await self._writer.submit(fn, on_commit)
+
+    # -- events ---------------------------------------------------------------
+
+    async def publish(
+        self,
+        events: list[EventIn],
+        publisher_id: int,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> PublishResult:
+        def fn(conn: sqlite3.Connection) -> PublishResult:
+            if idempotency_key is not None:
+                hit = conn.execute(
+                    "SELECT event_ids, batch FROM idempotency WHERE user_id = ? AND key = ?",
+                    (publisher_id, idempotency_key),
+                ).fetchone()
+                if hit is not None:
+                    items = orjson.loads(hit[0])
+                    return PublishResult(events=items, replayed=True, batch=bool(hit[1]))
+            now = now_rfc3339()
+            immediate: list[tuple[EventIn, int]] = []
+            order: list[tuple[str, int]] = []
+            scheduled: list[Event] = []
+            for ev in events:
+                if ev.deliver_at is not None and ev.deliver_at > now:
+                    payload = ev.model_dump_json()
+                    cur = conn.execute(
+                        "INSERT INTO scheduled (deliver_at, publisher_id, payload, created_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (ev.deliver_at, publisher_id, payload, now),
+                    )
+                    _, d = _event_row(ev, 0, now, publisher_id)
+                    d["id"] = None
+                    d["scheduled_id"] = cur.lastrowid
+                    d["status"] = "scheduled"
+                    order.append(("s", len(scheduled)))
+                    scheduled.append(d)
+                else:
+                    order.append(("e", len(immediate)))
+                    immediate.append((ev, publisher_id))
+            stored = _insert_events(conn, immediate, now)
+            items = [stored[i] if kind == "e" else scheduled[i] for kind, i in order]
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency (user_id, key, event_ids, batch, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (publisher_id, idempotency_key, _dumps(items).decode(), int(batch), now),
+                )
+            result = PublishResult(events=items, batch=batch)
+            result.scheduled = scheduled
+            result._new = stored  # type: ignore[attr-defined]
+            return result
+
+        return await self.write(fn, lambda r: self._emit(getattr(r, "_new", [])))
+
+    async def release_due(self, now: float, limit: int = 500) -> int:
+        from ..timeutil import format_ts
+
+        due_at = format_ts(now)
+
+        def fn(conn: sqlite3.Connection) -> list[Event]:
+            rows = conn.execute(
+                "SELECT id, publisher_id, payload FROM scheduled WHERE deliver_at <= ? "
+                "ORDER BY deliver_at, id LIMIT ?",
+                (due_at, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            items = [(EventIn.model_validate_json(r[2]), r[1]) for r in rows]
+            conn.executemany("DELETE FROM scheduled WHERE id = ?", [(r[0],) for r in rows])
+            return _insert_events(conn, items, now_rfc3339())
+
+        return len(await self.write(fn, self._emit))
+
+    async def get_event(self, event_id: int, user_id: int) -> Event | None:
+        def fn(conn: sqlite3.Connection) -> Event | None:
+            row = conn.execute(
+                f"SELECT {SELECT_EVENT}, {SELECT_STATE} FROM events e LEFT JOIN receipts r "
+                "ON r.user_id = ? AND r.event_id = e.id WHERE e.id = ?",
+                (user_id, event_id),
+            ).fetchone()
+            return None if row is None else event_with_state(row, _watermark(conn, user_id))
+
+        return await self._read(fn)
+
+    async def history(self, query: HistoryQuery) -> list[Event]:
+        if query.visibility.empty:
+            return []
+
+        def fn(conn: sqlite3.Connection) -> list[Event]:
+            w = _watermark(conn, query.user_id)
+            where, params = history_where(query, now_rfc3339(), w)
+            sql = (
+                f"SELECT {SELECT_EVENT}, {SELECT_STATE} FROM events e LEFT JOIN receipts r "
+                f"ON r.user_id = ? AND r.event_id = e.id WHERE {where} ORDER BY e.id DESC LIMIT ?"
+            )
+            rows = conn.execute(sql, [query.user_id, *params, query.limit]).fetchall()
+            return [event_with_state(row, w) for row in rows]
+
+        return await self._read(fn)
+
+    async def events_after(
+        self,
+        cursor: int,
+        upto: int,
+        visibility: Visibility,
+        topics: tuple[str, ...] | None,
+        limit: int,
+    ) -> list[Event]:
+        if visibility.empty:
+            return []
+
+        def fn(conn: sqlite3.Connection) -> list[Event]:
+            params: list[Any] = [cursor, upto, now_rfc3339()]
+            where = ["e.id > ?", "e.id <= ?", "(e.expires_at IS NULL OR e.expires_at > ?)"]
+            vis = visibility_sql(visibility, params)
+            if vis:
+                where.append(vis)
+            if topics:
+                where.append(topics_sql(topics, params))
+            sql = f"SELECT {SELECT_EVENT} FROM events e WHERE {' AND '.join(where)} ORDER BY e.id LIMIT ?"
+            return [event_from_row(r) for r in conn.execute(sql, [*params, limit])]
+
+        return await self._read(fn)
+
+    async def last_event_id(self) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            return row[0] if row else 0
+
+        return await self._read(fn)
+
+    async def set_state(
+        self, user_id: int, event_ids: list[int], state: str, action: str | None = None
+    ) -> list[int]:
+        sql = _STATE_SQL[state]
+
+        def fn(conn: sqlite3.Connection) -> list[int]:
+            marks = ",".join("?" * len(event_ids))
+            found = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id FROM events WHERE id IN ({marks}) ORDER BY id", event_ids
+                )
+            ]
+            now = now_rfc3339()
+            conn.executemany(sql, [_state_params(state, user_id, i, now, action) for i in found])
+            return found
+
+        return await self.write(fn) if event_ids else []
+
+    async def read_all(self, query: HistoryQuery) -> dict[str, int]:
+        if query.visibility.empty:
+            return {"updated": 0, "upto": 0}
+
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            w = _watermark(conn, query.user_id)
+            now = now_rfc3339()
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            upto = seq[0] if seq else 0
+            unread_q = HistoryQuery(**{**query.__dict__, "unread": True, "before": upto + 1})
+            where, params = history_where(unread_q, now, w)
+            base = (
+                "FROM events e LEFT JOIN receipts r ON r.user_id = ? AND r.event_id = e.id "
+                f"WHERE {where}"
+            )
+            if not query.filtered and query.archived == "exclude" and query.visibility.everything:
+                count = conn.execute(
+                    f"SELECT count(*) {base}", [query.user_id, *params]
+                ).fetchone()[0]
+                conn.execute(
+                    "INSERT INTO inbox_marks (user_id, read_upto) VALUES (?, ?) ON CONFLICT (user_id) "
+                    "DO UPDATE SET read_upto = max(read_upto, excluded.read_upto)",
+                    (query.user_id, upto),
+                )
+                conn.execute(
+                    "UPDATE receipts SET read = 1, read_at = ? WHERE user_id = ? AND read = 0 "
+                    "AND event_id <= ?",
+                    (now, query.user_id, upto),
+                )
+                return {"updated": count, "upto": upto}
+            cur = conn.execute(
+                "INSERT INTO receipts (user_id, event_id, read, read_at, seen_at) "
+                f"SELECT ?, e.id, 1, ?, ? {base} ON CONFLICT (user_id, event_id) DO UPDATE SET "
+                "read = 1, read_at = excluded.read_at, seen_at = COALESCE(seen_at, excluded.seen_at)",
+                [query.user_id, now, now, query.user_id, *params],
+            )
+            return {"updated": cur.rowcount, "upto": upto}
+
+        return await self.write(fn)
+
+    # -- housekeeping --------------------------------------------------------
+
+    async def _delete_events(self, where: str, value: str, limit: int) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            ids = [
+                (r[0],)
+                for r in conn.execute(
+                    f"SELECT id FROM events WHERE {where} ORDER BY id LIMIT ?", (value, limit)
+                )
+            ]
+            conn.executemany("DELETE FROM receipts WHERE event_id = ?", ids)
+            conn.executemany("DELETE FROM events WHERE id = ?", ids)
+            return len(ids)
+
+        n = await self.write(fn)
+        PRUNED.inc(n)
+        return n
+
+    async def prune(self, created_before: str, limit: int) -> int:
+        return await self._delete_events("created_at < ?", created_before, limit)
+
+    async def drop_expired(self, now: str, limit: int) -> int:
+        return await self._delete_events("expires_at IS NOT NULL AND expires_at <= ?", now, limit)
+
+    async def forget_idempotency_keys(self, created_before: str) -> int:
+        return await self.write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM idempotency WHERE created_at < ?", (created_before,)
+                ).rowcount
+            )
+        )
+
+    # -- accounts --------------------------------------------------------------
+
+    async def create_user(self, name: str, role: str, password_hash: str | None) -> User:
+        def fn(conn: sqlite3.Connection) -> User:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO users (name, role, password_hash, tz, created_at) VALUES (?, ?, ?, 'UTC', ?)",
+                    (name, role, password_hash, now_rfc3339()),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"a user named {name!r} exists already", field="name") from None
+            row = conn.execute(
+                f"SELECT {_USER_COLS} FROM users WHERE id = ?", (cur.lastrowid,)
+            ).fetchone()
+            return _user(row)
+
+        return await self.write(fn)
+
+    async def list_users(self) -> list[User]:
+        return await self._read(
+            lambda c: [_user(r) for r in c.execute(f"SELECT {_USER_COLS} FROM users ORDER BY name")]
+        )
+
+    async def get_user(self, name: str) -> User | None:
+        def fn(conn: sqlite3.Connection) -> User | None:
+            row = conn.execute(f"SELECT {_USER_COLS} FROM users WHERE name = ?", (name,)).fetchone()
+            return None if row is None else _user(row)
+
+        return await self._read(fn)
+
+    async def get_user_by_id(self, user_id: int) -> User | None:
+        def fn(conn: sqlite3.Connection) -> User | None:
+            row = conn.execute(
+                f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)
+            ).fetchone()
+            return None if row is None else _user(row)
+
+        return await self._read(fn)
+
+    async def password_hash(self, name: str) -> tuple[int, str] | None:
+        def fn(conn: sqlite3.Connection) -> tuple[int, str] | None:
+            row = conn.execute(
+                "SELECT id, password_hash FROM users WHERE name = ? AND password_hash IS NOT NULL",
+                (name,),
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return await self._read(fn)
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no user named {name!r}", field="name")
+
+        await self.write(fn)
+
+    async def delete_user(self, name: str) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no user named {name!r}", field="name")
+            for table in ("tokens", "acl", "receipts", "inbox_marks", "idempotency"):
+                conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (row[0],))
+            conn.execute("DELETE FROM users WHERE id = ?", (row[0],))
+
+        await self.write(fn)
+
+    async def create_token(
+        self,
+        user_id: int,
+        token_hash: str,
+        prefix: str,
+        scopes: tuple[str, ...],
+        topics: str | None,
+        label: str | None,
+    ) -> Token:
+        def fn(conn: sqlite3.Connection) -> Token:
+            cur = conn.execute(
+                "INSERT INTO tokens (user_id, hash, prefix, label, scopes, topics, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user_id, token_hash, prefix, label, ",".join(scopes), topics, now_rfc3339()),
+            )
+            return _token(
+                conn.execute(f"{_TOKEN_SELECT} WHERE t.id = ?", (cur.lastrowid,)).fetchone()
+            )
+
+        return await self.write(fn)
+
+    async def token_by_hash(self, token_hash: str) -> Token | None:
+        def fn(conn: sqlite3.Connection) -> Token | None:
+            row = conn.execute(f"{_TOKEN_SELECT} WHERE t.hash = ?", (token_hash,)).fetchone()
+            return None if row is None else _token(row)
+
+        return await self._read(fn)
+
+    async def list_tokens(self, user_id: int | None = None) -> list[Token]:
+        def fn(conn: sqlite3.Connection) -> list[Token]:
+            if user_id is None:
+                rows = conn.execute(f"{_TOKEN_SELECT} ORDER BY t.id")
+            else:
+                rows = conn.execute(
+                    f"{_TOKEN_SELECT} WHERE t.user_id = ? ORDER BY t.id", (user_id,)
+                )
+            return [_token(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def revoke_token(self, token_id: int, user_id: int | None = None) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            if user_id is None:
+                cur = conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+            else:
+                cur = conn.execute(
+                    "DELETE FROM tokens WHERE id = ? AND user_id = ?", (token_id, user_id)
+                )
+            if cur.rowcount == 0:
+                raise NotFound(f"no token with id {token_id}", field="id")
+
+        await self.write(fn)
+
+    async def grants(self, user_id: int) -> tuple[Grant, ...]:
+        def fn(conn: sqlite3.Connection) -> tuple[Grant, ...]:
+            rows = conn.execute(
+                "SELECT pattern, read, write FROM acl WHERE user_id = ? ORDER BY id", (user_id,)
+            )
+            return tuple(Grant(r[0], bool(r[1]), bool(r[2])) for r in rows)
+
+        return await self._read(fn)
+
+    async def grant(self, user: str, pattern: str, read: bool, write: bool) -> AclEntry:
+        def fn(conn: sqlite3.Connection) -> AclEntry:
+            row = conn.execute("SELECT id FROM users WHERE name = ?", (user,)).fetchone()
+            if row is None:
+                raise NotFound(f"no user named {user!r}", field="user")
+            conn.execute(
+                "INSERT INTO acl (user_id, pattern, read, write, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (user_id, pattern) DO UPDATE SET read = excluded.read, write = excluded.write",
+                (row[0], pattern, int(read), int(write), now_rfc3339()),
+            )
+            r = conn.execute(
+                "SELECT id FROM acl WHERE user_id = ? AND pattern = ?", (row[0], pattern)
+            ).fetchone()
+            return AclEntry(id=r[0], user=user, pattern=pattern, read=read, write=write)
+
+        return await self.write(fn)
+
+    async def list_acl(self, user: str | None = None) -> list[AclEntry]:
+        def fn(conn: sqlite3.Connection) -> list[AclEntry]:
+            sql = "SELECT a.id, u.name, a.pattern, a.read, a.write FROM acl a JOIN users u ON u.id = a.user_id"
+            rows = (
+                conn.execute(sql + " WHERE u.name = ? ORDER BY a.id", (user,))
+                if user is not None
+                else conn.execute(sql + " ORDER BY u.name, a.id")
+            )
+            return [AclEntry(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in rows]
+
+        return await self._read(fn)
+
+    async def revoke_acl(self, user: str, pattern: str) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "DELETE FROM acl WHERE pattern = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
+                (pattern, user),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"user {user!r} has no grant for {pattern!r}", field="pattern")
+
+        await self.write(fn)
+
+
+__all__ = ["SQLiteStore", "connect", "unread_sql"]

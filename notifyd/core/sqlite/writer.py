@@ -1,0 +1,174 @@
+"""The single SQLite writer, with group commit.
+
+One OS thread owns the write connection. Trio tasks submit write functions
+``fn(conn) -> result``; the thread takes every job that is waiting, runs each in
+its own savepoint inside one transaction, commits once (one fsync for the whole
+group with ``synchronous=FULL``), then hands the results back to the trio loop in
+submission order. While one group is being committed the next one accumulates, so
+the more publishers there are, the larger the groups and the cheaper durability
+gets per event.
+
+``on_commit`` callbacks run on the trio thread, in commit order, *before* the
+submitting task wakes up: that is what lets the hub publish events strictly in id
+order, and what guarantees that an event has been fanned out before its 201.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..errors import NotifydError, StoreUnavailable
+from ..metrics import COMMIT_BATCH, COMMIT_SECONDS
+
+log = logging.getLogger("notifyd.store")
+
+MAX_GROUP = 512
+
+
+@dataclass(eq=False)
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    on_commit: Callable[[Any], None] | None
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _translate(exc: sqlite3.Error) -> NotifydError:
+    text = str(exc).lower()
+    if "full" in text or "locked" in text or "busy" in text or "disk i/o" in text:
+        return StoreUnavailable(
+            f"the database cannot take writes right now ({exc}); try again shortly",
+            retry_after=5,
+        )
+    return StoreUnavailable(f"database error: {exc}", retry_after=5)
+
+
+class Writer:
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.closed = False
+
+    async def start(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._main, name="notifyd-writer", daemon=True)
+        self._thread.start()
+        await trio.to_thread.run_sync(self._ready.wait)
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    async def stop(self) -> None:
+        """Finish every job already submitted, then close the connection."""
+        if self._thread is None or self.closed:
+            return
+        self.closed = True
+        self._queue.put(None)
+        await trio.to_thread.run_sync(self._thread.join)
+
+    async def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Run ``fn(conn)`` in the next group transaction; return its result once committed.
+
+        Raises what ``fn`` raised (its savepoint is rolled back, the rest of the group
+        commits), or ``StoreUnavailable`` if the commit itself failed.
+
+        Cancellation: the job is not withdrawn once submitted; if the caller is
+        cancelled it may still commit.
+        """
+        if self.closed:
+            raise StoreUnavailable("the daemon is shutting down", retry_after=2)
+        job = _Job(fn, on_commit)
+        self._queue.put(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    # -- writer thread ------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to start()
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is None:
+                    break
+                group = [first]
+                while len(group) < MAX_GROUP:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                self._run_group(conn, group)
+        finally:
+            conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("commit failed: %s", exc)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = _translate(exc)
+            for job in group:
+                job.error, job.result = err, None
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        COMMIT_BATCH.observe(len(group))
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._finish, group)
+        except trio.RunFinishedError:
+            pass
+
+    @staticmethod
+    def _finish(group: list[_Job]) -> None:
+        # On the trio thread, in commit order.
+        for job in group:
+            if job.error is None and job.on_commit is not None:
+                try:
+                    job.on_commit(job.result)
+                except Exception:
+                    log.exception("commit listener failed")
+            job.done.set()

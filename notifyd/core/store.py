@@ -1,0 +1,210 @@
+"""The storage interface the rest of notifyd is written against.
+
+All SQL lives behind this interface (in :mod:`notifyd.core.sqlite`), so that a
+PostgreSQL store for several daemons sharing one database can be added without
+touching the API, the CLI or the channels. Events are plain dicts shaped like the
+API's event object (see :data:`notifyd.core.models.EVENT_FIELDS`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .acl import Grant, Visibility
+from .models import EventIn
+
+Event = dict[str, Any]
+
+
+@dataclass
+class HistoryQuery:
+    """Filters shared by ``GET /v1/events`` and ``POST /v1/inbox/read-all``."""
+
+    user_id: int
+    visibility: Visibility
+    topic: str | None = None  # exact topic, or a pattern with '*'
+    category: str | None = None
+    min_priority: int | None = None
+    unread: bool | None = None
+    q: str | None = None
+    since: int | None = None
+    before: int | None = None
+    limit: int = 50
+    archived: Literal["exclude", "only", "include"] = "exclude"
+
+    @property
+    def filtered(self) -> bool:
+        """True when the query narrows the inbox (anything beyond visibility)."""
+        return any(
+            v is not None
+            for v in (self.topic, self.category, self.min_priority, self.q, self.since, self.before)
+        )
+
+
+@dataclass
+class PublishResult:
+    events: list[Event]
+    scheduled: list[Event] = field(default_factory=list)
+    replayed: bool = False  # an Idempotency-Key matched an earlier publish
+    batch: bool = False
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    role: str
+    tz: str
+    created_at: str
+    has_password: bool
+
+
+@dataclass
+class Token:
+    id: int
+    user_id: int
+    user: str
+    prefix: str
+    label: str | None
+    scopes: tuple[str, ...]
+    topics: str | None
+    created_at: str
+    last_used_at: str | None
+
+
+@dataclass
+class AclEntry:
+    id: int
+    user: str
+    pattern: str
+    read: bool
+    write: bool
+
+
+CommitListener = Callable[[list[Event]], None]
+
+STATES = ("read", "unread", "seen", "archive", "unarchive", "click")
+
+
+class Store(ABC):
+    """Durable storage. Every method is safe to call from the trio loop."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish in-flight writes and close."""
+
+    @abstractmethod
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener(events)`` on the trio thread after each commit, in id order."""
+
+    # events
+    @abstractmethod
+    async def publish(
+        self,
+        events: list[EventIn],
+        publisher_id: int,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> PublishResult: ...
+
+    @abstractmethod
+    async def release_due(self, now: float, limit: int = 500) -> int:
+        """Turn scheduled events whose time has come into events; return how many."""
+
+    @abstractmethod
+    async def get_event(self, event_id: int, user_id: int) -> Event | None: ...
+
+    @abstractmethod
+    async def history(self, query: HistoryQuery) -> list[Event]: ...
+
+    @abstractmethod
+    async def events_after(
+        self,
+        cursor: int,
+        upto: int,
+        visibility: Visibility,
+        topics: tuple[str, ...] | None,
+        limit: int,
+    ) -> list[Event]:
+        """Events with ``cursor < id <= upto`` in id order (replay)."""
+
+    @abstractmethod
+    async def last_event_id(self) -> int: ...
+
+    @abstractmethod
+    async def set_state(
+        self, user_id: int, event_ids: list[int], state: str, action: str | None = None
+    ) -> list[int]: ...
+
+    @abstractmethod
+    async def read_all(self, query: HistoryQuery) -> dict[str, int]: ...
+
+    # housekeeping
+    @abstractmethod
+    async def prune(self, created_before: str, limit: int) -> int: ...
+
+    @abstractmethod
+    async def drop_expired(self, now: str, limit: int) -> int: ...
+
+    @abstractmethod
+    async def forget_idempotency_keys(self, created_before: str) -> int: ...
+
+    # accounts
+    @abstractmethod
+    async def create_user(self, name: str, role: str, password_hash: str | None) -> User: ...
+
+    @abstractmethod
+    async def list_users(self) -> list[User]: ...
+
+    @abstractmethod
+    async def get_user(self, name: str) -> User | None: ...
+
+    @abstractmethod
+    async def get_user_by_id(self, user_id: int) -> User | None: ...
+
+    @abstractmethod
+    async def password_hash(self, name: str) -> tuple[int, str] | None: ...
+
+    @abstractmethod
+    async def set_password(self, name: str, password_hash: str) -> None: ...
+
+    @abstractmethod
+    async def delete_user(self, name: str) -> None: ...
+
+    @abstractmethod
+    async def create_token(
+        self,
+        user_id: int,
+        token_hash: str,
+        prefix: str,
+        scopes: tuple[str, ...],
+        topics: str | None,
+        label: str | None,
+    ) -> Token: ...
+
+    @abstractmethod
+    async def token_by_hash(self, token_hash: str) -> Token | None: ...
+
+    @abstractmethod
+    async def list_tokens(self, user_id: int | None = None) -> list[Token]: ...
+
+    @abstractmethod
+    async def revoke_token(self, token_id: int, user_id: int | None = None) -> None: ...
+
+    @abstractmethod
+    async def grants(self, user_id: int) -> tuple[Grant, ...]: ...
+
+    @abstractmethod
+    async def grant(self, user: str, pattern: str, read: bool, write: bool) -> AclEntry: ...
+
+    @abstractmethod
+    async def list_acl(self, user: str | None = None) -> list[AclEntry]: ...
+
+    @abstractmethod
+    async def revoke_acl(self, user: str, pattern: str) -> None: ...
