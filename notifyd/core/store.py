@@ -139,8 +139,15 @@ class Store(ABC):
 
     @abstractmethod
     async def set_state(
-        self, user_id: int, event_ids: list[int], state: str, action: str | None = None
-    ) -> list[int]: ...
+        self,
+        user_id: int,
+        event_ids: list[int],
+        state: str,
+        visibility: Visibility,
+        action: str | None = None,
+    ) -> list[int]:
+        """Apply ``state`` to the events among ``event_ids`` that ``visibility`` allows;
+        return those ids."""
 
     @abstractmethod
     async def read_all(self, query: HistoryQuery) -> dict[str, int]: ...

@@ -390,16 +390,27 @@ class SQLiteStore(Store):
         return await self._read(fn)
 
     async def set_state(
-        self, user_id: int, event_ids: list[int], state: str, action: str | None = None
+        self,
+        user_id: int,
+        event_ids: list[int],
+        state: str,
+        visibility: Visibility,
+        action: str | None = None,
     ) -> list[int]:
         sql = _STATE_SQL[state]
+        if visibility.empty:
+            return []
 
         def fn(conn: sqlite3.Connection) -> list[int]:
-            marks = ",".join("?" * len(event_ids))
+            params: list[Any] = list(event_ids)
+            where = f"e.id IN ({','.join('?' * len(event_ids))})"
+            vis = visibility_sql(visibility, params)
+            if vis:
+                where += " AND " + vis
             found = [
                 r[0]
                 for r in conn.execute(
-                    f"SELECT id FROM events WHERE id IN ({marks}) ORDER BY id", event_ids
+                    f"SELECT e.id FROM events e WHERE {where} ORDER BY e.id", params
                 )
             ]
             now = now_rfc3339()

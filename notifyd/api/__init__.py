@@ -1,0 +1,1 @@
+"""HTTP, WebSocket and SSE front end: a thin layer over :mod:`notifyd.core`."""

@@ -1,0 +1,28 @@
+"""The FastAPI application (everything but the live streams, see ``streams.py``)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..core.services import Services
+from .responses import JSON, install_error_handlers
+from .routes import accounts, events, system
+
+
+def make_app(svc: Services) -> FastAPI:
+    app = FastAPI(
+        title="notifyd",
+        version=__version__,
+        description="Self-hosted notification daemon. Authenticate with `Authorization: Bearer nfy_…`.",
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+        default_response_class=JSON,
+    )
+    app.state.services = svc
+    install_error_handlers(app)
+    app.include_router(events.router)
+    app.include_router(accounts.router)
+    app.include_router(system.router)
+    return app

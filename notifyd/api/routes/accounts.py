@@ -1,0 +1,133 @@
+"""``/v1/users``, ``/v1/tokens``, ``/v1/acl`` and ``/v1/me``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from ...core.acl import Principal
+from ..auth import principal, services
+from ..responses import JSON
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+Caller = Annotated[Principal, Depends(principal)]
+
+
+async def admin(caller: Caller) -> Principal:
+    caller.require_admin()
+    return caller
+
+
+Admin = Annotated[Principal, Depends(admin)]
+
+
+@router.get("/me", summary="Who the caller is")
+async def me(caller: Caller) -> JSON:
+    return JSON(
+        {
+            "user": caller.name,
+            "role": caller.role,
+            "via": caller.via,
+            "scopes": sorted(caller.scopes),
+            "topics": caller.token_pattern,
+        }
+    )
+
+
+class UserIn(BaseModel):
+    name: str = Field(max_length=32)
+    role: Literal["admin", "user"] = "user"
+    password: str | None = Field(None, max_length=1024)
+
+
+class PasswordIn(BaseModel):
+    password: str = Field(max_length=1024)
+
+
+@router.get("/users", summary="List users")
+async def list_users(request: Request, caller: Admin) -> JSON:
+    users = await services(request).store.list_users()
+    return JSON({"users": [asdict(u) for u in users]})
+
+
+@router.post("/users", status_code=201, summary="Create a user")
+async def create_user(request: Request, caller: Admin, body: UserIn) -> JSON:
+    user = await services(request).accounts.create_user(body.name, body.role, body.password)
+    return JSON(asdict(user), status_code=201)
+
+
+@router.delete("/users/{name}", status_code=204, summary="Remove a user and their tokens")
+async def delete_user(request: Request, caller: Admin, name: str) -> Response:
+    await services(request).accounts.delete_user(name)
+    return Response(status_code=204)
+
+
+@router.put("/users/{name}/password", status_code=204, summary="Set a user's password")
+async def set_password(request: Request, caller: Caller, name: str, body: PasswordIn) -> Response:
+    if name != caller.name:
+        caller.require_admin()
+    await services(request).accounts.set_password(name, body.password)
+    return Response(status_code=204)
+
+
+class TokenIn(BaseModel):
+    user: str | None = Field(None, description="default: the caller")
+    scopes: list[Literal["publish", "subscribe", "admin"]] | None = None
+    topics: str | None = Field(None, description="limit the token to topics matching this pattern")
+    label: str | None = Field(None, max_length=64)
+
+
+@router.post("/tokens", status_code=201, summary="Create a token (its secret is shown only here)")
+async def create_token(request: Request, caller: Caller, body: TokenIn) -> JSON:
+    secret, token = await services(request).accounts.create_token(
+        caller, body.user or caller.name, body.scopes, body.topics, body.label
+    )
+    return JSON({"token": secret, **asdict(token)}, status_code=201)
+
+
+@router.get("/tokens", summary="List tokens (never their secrets)")
+async def list_tokens(
+    request: Request, caller: Caller, user: Annotated[str | None, Query()] = None
+) -> JSON:
+    store = services(request).store
+    if caller.is_admin and "admin" in caller.scopes:
+        tokens = await store.list_tokens()
+        if user is not None:
+            tokens = [t for t in tokens if t.user == user]
+    else:
+        tokens = await store.list_tokens(caller.user_id)
+    return JSON({"tokens": [asdict(t) for t in tokens]})
+
+
+@router.delete("/tokens/{token_id}", status_code=204, summary="Revoke a token")
+async def revoke_token(request: Request, caller: Caller, token_id: int) -> Response:
+    await services(request).accounts.revoke_token(caller, token_id)
+    return Response(status_code=204)
+
+
+class GrantIn(BaseModel):
+    user: str
+    pattern: str = Field(max_length=255)
+    permission: Literal["read", "write", "rw"]
+
+
+@router.get("/acl", summary="List ACL grants")
+async def list_acl(request: Request, caller: Admin, user: str | None = None) -> JSON:
+    entries = await services(request).store.list_acl(user)
+    return JSON({"acl": [asdict(e) for e in entries]})
+
+
+@router.post("/acl", status_code=201, summary="Grant a user read/write on a topic pattern")
+async def grant(request: Request, caller: Admin, body: GrantIn) -> JSON:
+    entry = await services(request).accounts.grant(body.user, body.pattern, body.permission)
+    return JSON(asdict(entry), status_code=201)
+
+
+@router.delete("/acl", status_code=204, summary="Revoke a grant")
+async def revoke(request: Request, caller: Admin, user: str, pattern: str) -> Response:
+    await services(request).accounts.revoke(user, pattern)
+    return Response(status_code=204)

@@ -1,0 +1,153 @@
+"""The live stream protocol, independent of how bytes reach the client.
+
+A :class:`StreamSession` replays what a client missed and then follows the hub;
+a *sink* writes frames to one client. The fast path (``rawstream.py``) writes the
+shared, pre-framed bytes straight to the socket; the ASGI fallback
+(``routes/stream.py``) serves the same protocol through hypercorn for the rare
+client that asks for a stream on a reused keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import orjson
+import trio
+
+from ..core.acl import Principal
+from ..core.errors import Forbidden, ValidationFailed
+from ..core.frames import Frame
+from ..core.hub import Subscriber
+from ..core.models import check_pattern
+from ..core.services import Services
+
+log = logging.getLogger("notifyd.stream")
+
+SEND_TIMEOUT = 10.0
+
+
+class Sink(Protocol):
+    kind: str
+
+    async def send(self, frames: list[Frame]) -> None:
+        """Write frames to the client; raise ``trio.BrokenResourceError`` if it is gone."""
+
+    async def finish(self, resync: str | None) -> None:
+        """End the stream: with a ``resync`` frame when the client lagged, else a normal close."""
+
+
+def parse_topics(raw: str | None) -> tuple[str, ...] | None:
+    if not raw:
+        return None
+    topics = tuple(t.strip() for t in raw.split(",") if t.strip())
+    if len(topics) > 64:
+        raise ValidationFailed("at most 64 topics per stream", field="topics")
+    for t in topics:
+        try:
+            check_pattern(t)
+        except ValueError as exc:
+            raise ValidationFailed(f"topics: {t!r}: {exc}", field="topics") from None
+    return topics or None
+
+
+def parse_since(raw: str | None, last_event_id: str | None = None) -> int | None:
+    value = raw if raw not in (None, "") else last_event_id
+    if value in (None, ""):
+        return None
+    assert value is not None
+    if value == "all":
+        return 0
+    if not value.isdigit() or len(value) > 19:
+        raise ValidationFailed("since must be an event id or 'all'", field="since")
+    return int(value)
+
+
+def check_access(principal: Principal, topics: tuple[str, ...] | None) -> None:
+    if principal.visibility().empty:
+        raise Forbidden("this credential may not read any topic")
+    for t in topics or ():
+        if "*" not in t:
+            principal.require_read(t)
+
+
+class StreamSession:
+    def __init__(
+        self,
+        svc: Services,
+        principal: Principal,
+        topics: tuple[str, ...] | None,
+        since: int | None,
+    ) -> None:
+        self.svc = svc
+        self.principal = principal
+        self.topics = topics
+        self.since = since
+
+    async def run(self, sink: Sink) -> None:
+        hub = self.svc.hub
+        sub = hub.subscribe(self.principal, self.topics, sink.kind)
+        resync: str | None = None
+        try:
+            cursor = await self._replay(sub, sink)
+            await self._live(sub, sink, cursor)
+            resync = sub.doomed
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            hub.unsubscribe(sub)
+        with trio.move_on_after(2):
+            try:
+                await sink.finish(resync)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _replay(self, sub: Subscriber, sink: Sink) -> int:
+        if self.since is None:
+            sub.replaying = False
+            return sub.start_id
+        cursor = min(self.since, sub.start_id)
+        vis = self.principal.visibility()
+        page = self.svc.config.replay_page
+        while True:
+            while cursor < sub.start_id:
+                events = await self.svc.store.events_after(
+                    cursor, sub.start_id, vis, self.topics, page
+                )
+                if not events:
+                    break
+                await sink.send([Frame.for_event(ev) for ev in events])
+                cursor = events[-1]["id"]
+            cursor = max(cursor, sub.start_id)
+            if not sub.lagged:
+                break
+            # Publishing outran the replay and the queue overflowed: everything
+            # is in the store, so move the mark and read on from the cursor.
+            sub.restart()
+        sub.replaying = False
+        return cursor
+
+    async def _live(self, sub: Subscriber, sink: Sink, cursor: int) -> None:
+        while True:
+            frames = await sub.next_batch()
+            if not frames:
+                return
+            out = []
+            for f in frames:
+                if f.event_id is not None:
+                    if f.event_id <= cursor:
+                        continue
+                    cursor = f.event_id
+                out.append(f)
+            if not out:
+                continue
+            with trio.move_on_after(SEND_TIMEOUT) as scope:
+                sub.send_scope = scope
+                await sink.send(out)
+            sub.send_scope = None
+            if scope.cancelled_caught and not sub.doomed:
+                sub.doom("the client did not read for too long")
+
+
+def resync_frame(reason: str) -> bytes:
+    return orjson.dumps({"type": "resync", "reason": reason})

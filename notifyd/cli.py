@@ -1,0 +1,844 @@
+"""The ``notifyd`` command: runs the daemon (``serve``) and talks to it (everything else).
+
+Commands stay thin: HTTP lives in :mod:`notifyd.client`, formatting in
+:mod:`notifyd.clifmt`. httpx is imported only when a command needs the daemon, so
+shell completion and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from notifyd import __version__, clifmt
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_CLIENT_PARAMS = ("socket_path", "url", "token")
+
+
+# --- option bundles ---------------------------------------------------------
+
+
+def _connection_params(f: Callable) -> Callable:
+    for option in reversed(
+        [
+            click.option(
+                "--socket",
+                "socket_path",
+                metavar="PATH",
+                envvar="NOTIFYD_SOCKET",
+                show_envvar=True,
+                help="Daemon's Unix socket; callers act as its admin user. "
+                "[default: ./var/notifyd.sock, else /run/notifyd/notifyd.sock]",
+            ),
+            click.option(
+                "--url",
+                metavar="URL",
+                envvar="NOTIFYD_URL",
+                show_envvar=True,
+                help="Daemon's HTTP address, e.g. http://127.0.0.1:8780 (needs --token).",
+            ),
+            click.option(
+                "--token",
+                metavar="TOKEN",
+                envvar="NOTIFYD_TOKEN",
+                show_envvar=True,
+                help="Bearer token (nfy_…) for --url.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def client_options(f: Callable) -> Callable:
+    """Add ``--socket/--url/--token`` and pass a connected-on-demand ``client``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from notifyd.client import Client, ClientError
+
+        given = {name: kwargs.pop(name) for name in _CLIENT_PARAMS}
+        try:
+            with Client(**_from_command_line(given)) as client:
+                return f(*args, client=client, **kwargs)
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return _connection_params(wrapper)
+
+
+def output_options(f: Callable) -> Callable:
+    """Add ``--json``: machine-readable output for scripts."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
+    )(f)
+
+
+def _from_command_line(values: dict) -> dict:
+    # Values that click took from the environment are left for Client to resolve, so
+    # that `--url X` on the command line beats NOTIFYD_SOCKET in the environment.
+    ctx = click.get_current_context()
+    return {
+        name: value
+        for name, value in values.items()
+        if value and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+
+
+# --- small helpers ----------------------------------------------------------
+
+
+def _color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def _width() -> int | None:
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def _print_json(value: Any, *, compact: bool = False) -> None:
+    if compact:
+        click.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    else:
+        click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _print_table(headers: list[str], rows: list[list], **kwargs: Any) -> None:
+    for line in clifmt.render_table(headers, rows, color=_color(), width=_width(), **kwargs):
+        click.echo(line)
+
+
+def _checked(parse: Callable[[Any], Any], *, whole: bool = False) -> Callable:
+    """Wrap a clifmt parser as a click callback that turns ValueError into usage errors.
+
+    A repeated option's values are parsed one by one unless ``whole`` is set.
+    """
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or value == ():
+            return value
+        try:
+            if isinstance(value, tuple) and not whole:
+                return tuple(parse(v) for v in value)
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = sys.stdin.read()
+    for ending in ("\r\n", "\n"):
+        if password.endswith(ending):
+            password = password[: -len(ending)]
+            break
+    if not password:
+        raise click.ClickException(
+            "no password on stdin: pipe it in, e.g. printf '%s' \"$PW\" | notifyd users passwd NAME"
+        )
+    return password
+
+
+# --- the group ----------------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="notifyd")
+def main() -> None:
+    """notifyd: a self-hosted notification daemon and its command-line client.
+
+    `notifyd serve` runs the daemon; every other command talks to a running daemon
+    over its Unix socket (as the admin user) or over HTTP with --url and --token.
+    NOTIFYD_SOCKET, NOTIFYD_URL and NOTIFYD_TOKEN set the same. Add --json to any
+    client command for output that scripts can parse.
+
+    \b
+    Examples:
+      notifyd serve --config notifyd.toml
+      notifyd send backups "nightly backup done" --priority low
+      notifyd tail alerts --since all
+      notifyd history --unread --limit 20
+      NOTIFYD_URL=https://notify.example.com NOTIFYD_TOKEN=nfy_… notifyd send alerts hi
+
+    \b
+    Shell completion (add to your shell's startup file):
+      bash:  eval "$(_NOTIFYD_COMPLETE=bash_source notifyd)"
+      zsh:   eval "$(_NOTIFYD_COMPLETE=zsh_source notifyd)"
+      fish:  _NOTIFYD_COMPLETE=fish_source notifyd | source
+    """
+
+
+# --- daemon -------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML configuration file (see notifyd.toml).",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the database lives.")
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="HTTP address to listen on; repeat for several.",
+)
+@click.option("--socket", "socket_path", metavar="PATH", help="Unix socket to listen on.")
+def serve(
+    config_path: str | None, data_dir: str | None, listen: tuple[str, ...], socket_path: str | None
+) -> None:
+    """Run the daemon in the foreground.
+
+    Flags override the configuration file; NOTIFYD_* environment variables override
+    both. Under systemd, socket activation and sd_notify are used when present.
+
+    \b
+    Examples:
+      notifyd serve --config notifyd.toml
+      notifyd serve --data-dir /var/lib/notifyd --listen 0.0.0.0:8780
+      notifyd serve --listen 127.0.0.1:8780 --listen [::1]:8780 --socket /run/notifyd/notifyd.sock
+    """
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if listen:
+        overrides["listen"] = list(listen)
+    if socket_path is not None:
+        overrides["socket"] = socket_path
+    try:
+        from notifyd.config import ConfigError, load_config
+        from notifyd.daemon import run
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("notifyd.config", "notifyd.daemon"):
+            raise
+        raise click.ClickException(
+            f"this installation has no daemon ({exc.name} is missing)"
+        ) from exc
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from exc
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+# --- events -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("body", required=False)
+@click.option("--title", "-t", help="Title line.")
+@click.option(
+    "--priority",
+    "-p",
+    callback=_checked(clifmt.check_priority),
+    help="1–5 or min, low, default, high, urgent.  [default: default]",
+)
+@click.option("--category", help="Short slug used by preferences.  [default: general]")
+@click.option("--tag", "tags", multiple=True, help="Tag slug; repeat or comma-separate.")
+@click.option(
+    "--click", "click_url", metavar="URL", help="Opened when the notification is clicked."
+)
+@click.option("--icon", metavar="URL", help="Icon shown with the notification.")
+@click.option("--image", metavar="URL", help="Image attached to the notification.")
+@click.option(
+    "--action",
+    "actions",
+    multiple=True,
+    metavar="LABEL=URL",
+    callback=_checked(clifmt.parse_action),
+    help="Button; up to 3. 'LABEL=POST URL' sends a request instead of opening.",
+)
+@click.option("--markdown", is_flag=True, help="The body is Markdown.")
+@click.option("--sensitive", is_flag=True, help="Pushes and emails carry only a generic line.")
+@click.option("--collapse-key", metavar="KEY", help="Replace the earlier event with this key.")
+@click.option(
+    "--deliver-at",
+    metavar="WHEN",
+    callback=_checked(clifmt.parse_when),
+    help="Hold until then: 30m, 2h, 1d, or a date-time (local unless it has a zone).",
+)
+@click.option(
+    "--expires-at",
+    metavar="WHEN",
+    callback=_checked(clifmt.parse_when),
+    help="Hide from then on; same forms as --deliver-at.",
+)
+@click.option("--idempotency-key", metavar="KEY", help="Makes retries of this send safe.")
+@client_options
+@output_options
+def send(
+    client: Any,
+    as_json: bool,
+    topic: str,
+    body: str | None,
+    tags: tuple[str, ...],
+    click_url: str | None,
+    actions: tuple[dict, ...],
+    markdown: bool,
+    sensitive: bool,
+    idempotency_key: str | None,
+    **fields: Any,
+) -> None:
+    """Publish an event to TOPIC and print its id.
+
+    BODY is read from stdin when it is not given (a title alone is enough when
+    stdin is a terminal). The id is printed only after the daemon has stored the
+    event durably.
+
+    \b
+    Examples:
+      notifyd send alerts "Disk /var is 95% full" --priority high --tag disk
+      df -h | notifyd send reports/disk --title "Disk usage"
+      notifyd send deploys "v2.3 is live" --click https://example.com/releases \\
+          --action "Roll back=POST https://ci.example.com/rollback"
+      notifyd send reminders "Stand-up" --deliver-at 10m --expires-at 1h
+      notifyd send cron --title "backup failed" --idempotency-key backup-2026-01-02
+    """
+    if body is None:
+        if sys.stdin.isatty():
+            if not fields.get("title"):
+                raise click.UsageError(
+                    "no BODY: give it as an argument, pipe it on stdin "
+                    "(echo hi | notifyd send TOPIC), or give at least --title"
+                )
+        else:
+            body = sys.stdin.read().rstrip("\n")
+    event: dict[str, Any] = {"topic": topic}
+    event.update({k: v for k, v in fields.items() if v is not None})
+    if body:
+        event["body"] = body
+    if markdown:
+        event["format"] = "markdown"
+    if tags:
+        event["tags"] = clifmt.split_csv(tags)
+    if click_url:
+        event["click"] = click_url
+    if actions:
+        event["actions"] = list(actions)
+    if sensitive:
+        event["sensitive"] = True
+    stored = client.publish(event, idempotency_key=idempotency_key)
+    if as_json:
+        _print_json(stored)
+    else:
+        click.echo(stored.get("id"))
+
+
+@main.command()
+@click.argument("topics", nargs=-1)
+@click.option(
+    "--since",
+    metavar="ID|all",
+    help="Replay events after ID first (all: from the beginning).  [default: live only]",
+)
+@client_options
+@output_options
+def tail(client: Any, as_json: bool, topics: tuple[str, ...], since: str | None) -> None:
+    """Follow events as they arrive, on every topic or only on TOPICs.
+
+    Reconnects by itself after a restart or a dropped connection and resumes where
+    it left off, so nothing is missed. With --json, prints one event object per
+    line (NDJSON). Stop with Ctrl-C.
+
+    \b
+    Examples:
+      notifyd tail
+      notifyd tail alerts deploys
+      notifyd tail --since all 'backups'
+      notifyd tail --since 1200 --json | jq -r .title
+    """
+    start: int | None = None
+    if since is not None:
+        if since.lower() == "all":
+            start = 0
+        elif since.isdigit():
+            start = int(since)
+        else:
+            raise click.BadParameter("use an event id or 'all'", param_hint="--since")
+    color = _color()
+
+    def on_retry(delay: float, reason: str) -> None:
+        click.echo(f"notifyd: {reason}; reconnecting in {delay:.1f} s", err=True)
+
+    try:
+        for frame in client.follow(topics, start, on_retry=on_retry):
+            event = frame.get("event")
+            if frame.get("type") != "event" or not isinstance(event, dict):
+                continue  # read-state changes matter to inbox views, not to a log of events
+            if as_json:
+                _print_json(event, compact=True)
+            else:
+                click.echo(clifmt.event_line(event, color=color))
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.option("--topic", help="Only this topic.")
+@click.option("--category", help="Only this category.")
+@click.option(
+    "--min-priority",
+    metavar="P",
+    callback=_checked(clifmt.parse_priority),
+    help="Only events at least this urgent (1–5 or a name).",
+)
+@click.option("--unread", is_flag=True, help="Only events you have not read.")
+@click.option("--search", metavar="TEXT", help="Full-text search in titles and bodies.")
+@click.option("--since", type=int, metavar="ID", help="Only events newer than ID.")
+@click.option("--before", type=int, metavar="ID", help="Only events older than ID (paging).")
+@click.option("--limit", type=click.IntRange(1, 500), help="At most N events.  [default: 50]")
+@client_options
+@output_options
+def history(
+    client: Any,
+    as_json: bool,
+    unread: bool,
+    search: str | None,
+    **filters: Any,
+) -> None:
+    """List past events in your inbox, newest first. Unread ones are marked *.
+
+    \b
+    Examples:
+      notifyd history
+      notifyd history --unread --min-priority high
+      notifyd history --topic backups --search failed --limit 10
+      notifyd history --before 1200          # the page after the one ending at #1200
+      notifyd history --json | jq '.events[].id'
+    """
+    filters["q"] = search
+    if unread:
+        filters["unread"] = "true"
+    page = client.events(**filters) or {}
+    if as_json:
+        _print_json(page)
+        return
+    events = page.get("events") or []
+    rows, unread_rows = [], []
+    for ev in events:
+        is_unread = ev.get("read") is False
+        unread_rows.append(is_unread)
+        rows.append(
+            [
+                ("*" if is_unread else " ") + str(ev.get("id")),
+                clifmt.short_time(ev.get("created_at")),
+                clifmt.priority_label(ev.get("priority")),
+                ev.get("topic"),
+                ev.get("category"),
+                clifmt.event_summary(ev),
+            ]
+        )
+    if not rows:
+        click.echo("no events match", err=True)
+        return
+    headers = [" ID", "TIME", "PRI", "TOPIC", "CATEGORY", "TITLE"]
+    _print_table(headers, rows, bold_rows=unread_rows)
+    if page.get("next") is not None:
+        click.echo(f"more: notifyd history --before {page['next']}", err=True)
+
+
+@main.command("read")
+@click.argument("ids", nargs=-1, type=int)
+@click.option(
+    "--all", "all_", is_flag=True, help="Every event in your inbox (or --topic/--category)."
+)
+@click.option("--unread", is_flag=True, help="Mark as unread instead.")
+@click.option("--topic", help="With --all: only this topic.")
+@click.option("--category", help="With --all: only this category.")
+@client_options
+@output_options
+def read_cmd(
+    client: Any,
+    as_json: bool,
+    ids: tuple[int, ...],
+    all_: bool,
+    unread: bool,
+    topic: str | None,
+    category: str | None,
+) -> None:
+    """Mark events as read (or, with --unread, unread) on every device.
+
+    Exits with status 1 when some IDs are unknown or not visible to you.
+
+    \b
+    Examples:
+      notifyd read 1201 1202
+      notifyd read --unread 1201
+      notifyd read --all
+      notifyd read --all --topic backups
+    """
+    if all_ and ids:
+        raise click.UsageError("give event IDs or --all, not both")
+    if not all_ and not ids:
+        raise click.UsageError("give event IDs to mark, or --all for the whole inbox")
+    if all_ and unread:
+        raise click.UsageError("--unread works with IDs only")
+    if (topic or category) and not all_:
+        raise click.UsageError("--topic and --category filter --all only")
+    if all_:
+        result = client.read_all(topic=topic, category=category)
+        if as_json:
+            _print_json(result)
+        elif result.get("updated"):
+            click.echo(f"marked {result['updated']} events read (up to #{result.get('upto')})")
+        else:
+            click.echo("nothing to mark: no unread events", err=True)
+        return
+    wanted = clifmt.dedupe_ids(ids)
+    state = "unread" if unread else "read"
+    updated = client.set_state(wanted, state)
+    done = set(updated)
+    missing = [i for i in wanted if i not in done]
+    if as_json:
+        _print_json({"state": state, "updated": updated, "not_found": missing})
+    elif updated:
+        click.echo(f"marked {state}: " + " ".join(f"#{i}" for i in updated))
+    if missing:
+        click.echo(
+            "not found (or not yours to see): " + " ".join(f"#{i}" for i in missing), err=True
+        )
+        sys.exit(1)
+
+
+# --- users --------------------------------------------------------------------
+
+
+@main.group(context_settings=CONTEXT)
+def users() -> None:
+    """Manage users (admin only).
+
+    \b
+    Examples:
+      notifyd users add alice
+      printf '%s' "$PW" | notifyd users add bob --admin --password-stdin
+      notifyd users list
+    """
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+@click.option("--password-stdin", is_flag=True, help="Read a web password from stdin.")
+@client_options
+@output_options
+def users_add(client: Any, as_json: bool, name: str, admin: bool, password_stdin: bool) -> None:
+    """Create user NAME, optionally with a password for the web page.
+
+    Without --password-stdin the user has no password and signs in with tokens only.
+    On a terminal, --password-stdin prompts without echoing.
+
+    \b
+    Examples:
+      notifyd users add alice
+      notifyd users add root2 --admin --password-stdin
+      printf '%s' "$PW" | notifyd users add bob --password-stdin
+    """
+    password = _read_password() if password_stdin else None
+    user = client.add_user(name, "admin" if admin else "user", password)
+    if as_json:
+        _print_json(user)
+    else:
+        click.echo(f"added user {user.get('name', name)} ({user.get('role', 'user')})")
+
+
+@users.command("list")
+@client_options
+@output_options
+def users_list(client: Any, as_json: bool) -> None:
+    """List users.
+
+    \b
+    Examples:
+      notifyd users list
+      notifyd users list --json | jq -r '.users[].name'
+    """
+    found = client.users()
+    if as_json:
+        _print_json({"users": found})
+        return
+    rows = [
+        [
+            u.get("id"),
+            u.get("name"),
+            u.get("role"),
+            u.get("tz") or "-",
+            clifmt.yes_no(u.get("has_password")),
+            clifmt.short_time(u.get("created_at")),
+        ]
+        for u in found
+    ]
+    _print_table(["ID", "NAME", "ROLE", "TZ", "PASSWORD", "CREATED"], rows)
+
+
+@users.command("remove")
+@click.argument("name")
+@client_options
+@output_options
+def users_remove(client: Any, as_json: bool, name: str) -> None:
+    """Delete user NAME with its tokens, ACL entries and inbox.
+
+    \b
+    Examples:
+      notifyd users remove alice
+    """
+    client.remove_user(name)
+    if as_json:
+        _print_json({"user": name, "removed": True})
+    else:
+        click.echo(f"removed user {name}")
+
+
+@users.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin (the default).")
+@client_options
+@output_options
+def users_passwd(client: Any, as_json: bool, name: str, password_stdin: bool) -> None:
+    """Set the web password of user NAME, read from stdin.
+
+    On a terminal it prompts twice without echoing.
+
+    \b
+    Examples:
+      notifyd users passwd alice
+      printf '%s' "$PW" | notifyd users passwd alice --password-stdin
+    """
+    client.set_password(name, _read_password())
+    if as_json:
+        _print_json({"user": name, "password_set": True})
+    else:
+        click.echo(f"password set for {name}")
+
+
+# --- tokens -------------------------------------------------------------------
+
+
+@main.group(context_settings=CONTEXT)
+def tokens() -> None:
+    """Manage API tokens (admin only).
+
+    \b
+    Examples:
+      notifyd tokens create --user alice --scope publish --topics 'alerts/*'
+      notifyd tokens list --user alice
+      notifyd tokens revoke 7
+    """
+
+
+@tokens.command("create")
+@click.option("--user", required=True, help="Owner of the token.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="SCOPES",
+    callback=_checked(clifmt.parse_scopes, whole=True),
+    help="Comma-separated: publish, subscribe, admin.  [default: the server's]",
+)
+@click.option("--topics", metavar="PATTERN", help="Limit the token to topics matching PATTERN.")
+@click.option("--label", help="A note on what the token is for.")
+@client_options
+@output_options
+def tokens_create(
+    client: Any,
+    as_json: bool,
+    user: str,
+    scopes: list[str],
+    topics: str | None,
+    label: str | None,
+) -> None:
+    """Create a token and print it alone on stdout. It is shown only this once.
+
+    \b
+    Examples:
+      notifyd tokens create --user alice
+      notifyd tokens create --user ci --scope publish --topics 'deploys/*' --label "CI"
+      export NOTIFYD_TOKEN=$(notifyd tokens create --user phone --scope subscribe)
+    """
+    created = client.create_token(user, scopes or None, topics, label)
+    if as_json:
+        _print_json(created)
+        return
+    click.echo(created.get("token"))
+    if sys.stdout.isatty():
+        click.echo("store it now: notifyd keeps only a hash and cannot show it again", err=True)
+
+
+@tokens.command("list")
+@click.option("--user", help="Only tokens of this user.")
+@client_options
+@output_options
+def tokens_list(client: Any, as_json: bool, user: str | None) -> None:
+    """List tokens (never their secrets: the prefix identifies them).
+
+    \b
+    Examples:
+      notifyd tokens list
+      notifyd tokens list --user alice --json
+    """
+    found = client.tokens(user)
+    if as_json:
+        _print_json({"tokens": found})
+        return
+    rows = [
+        [
+            t.get("id"),
+            t.get("user"),
+            t.get("prefix"),
+            ",".join(t.get("scopes") or []),
+            t.get("topics") or "*",
+            clifmt.short_time(t.get("created_at")),
+            clifmt.short_time(t.get("last_used_at")) if t.get("last_used_at") else "never",
+            t.get("label") or "",
+        ]
+        for t in found
+    ]
+    _print_table(
+        ["ID", "USER", "PREFIX", "SCOPES", "TOPICS", "CREATED", "LAST USED", "LABEL"], rows
+    )
+
+
+@tokens.command("revoke")
+@click.argument("token_id", metavar="ID")
+@client_options
+@output_options
+def tokens_revoke(client: Any, as_json: bool, token_id: str) -> None:
+    """Revoke token ID (see `notifyd tokens list`); it stops working at once.
+
+    \b
+    Examples:
+      notifyd tokens revoke 7
+    """
+    client.revoke_token(token_id)
+    if as_json:
+        _print_json({"id": token_id, "revoked": True})
+    else:
+        click.echo(f"revoked token {token_id}")
+
+
+# --- ACL ----------------------------------------------------------------------
+
+
+@main.group(context_settings=CONTEXT)
+def acl() -> None:
+    """Manage who may read and write which topics (admin only).
+
+    Patterns are topics where * matches any run of characters, / included. Admins
+    may read and write every topic.
+
+    \b
+    Examples:
+      notifyd acl grant alice 'alerts/*' read
+      notifyd acl list --user alice
+      notifyd acl revoke alice 'alerts/*'
+    """
+
+
+@acl.command("grant")
+@click.argument("user")
+@click.argument("pattern")
+@click.argument("permission", type=click.Choice(["read", "write", "rw"]))
+@client_options
+@output_options
+def acl_grant(client: Any, as_json: bool, user: str, pattern: str, permission: str) -> None:
+    """Let USER read, write or both (rw) on topics matching PATTERN.
+
+    Granting again on the same pattern replaces the permission.
+
+    \b
+    Examples:
+      notifyd acl grant alice 'alerts/*' read
+      notifyd acl grant ci 'deploys/*' write
+      notifyd acl grant bob backups rw
+    """
+    entry = client.grant(user, pattern, permission)
+    if as_json:
+        _print_json(entry)
+    else:
+        click.echo(f"{user} may now {clifmt.permission_of(entry)} {pattern}")
+
+
+@acl.command("list")
+@click.option("--user", help="Only entries of this user.")
+@client_options
+@output_options
+def acl_list(client: Any, as_json: bool, user: str | None) -> None:
+    """List ACL entries.
+
+    \b
+    Examples:
+      notifyd acl list
+      notifyd acl list --user alice
+    """
+    found = client.acl(user)
+    if as_json:
+        _print_json({"acl": found})
+        return
+    rows = [[e.get("id"), e.get("user"), e.get("pattern"), clifmt.permission_of(e)] for e in found]
+    _print_table(["ID", "USER", "PATTERN", "PERMISSION"], rows)
+
+
+@acl.command("revoke")
+@click.argument("user")
+@click.argument("pattern")
+@client_options
+@output_options
+def acl_revoke(client: Any, as_json: bool, user: str, pattern: str) -> None:
+    """Remove USER's entry for PATTERN (exactly as listed).
+
+    \b
+    Examples:
+      notifyd acl revoke alice 'alerts/*'
+    """
+    client.revoke(user, pattern)
+    if as_json:
+        _print_json({"user": user, "pattern": pattern, "revoked": True})
+    else:
+        click.echo(f"revoked {user}'s access to {pattern}")
+
+
+# --- TUI ----------------------------------------------------------------------
+
+
+@main.command()
+@_connection_params
+def tui(socket_path: str | None, url: str | None, token: str | None) -> None:
+    """Open the terminal interface: inbox, history and read state.
+
+    \b
+    Examples:
+      notifyd tui
+      notifyd tui --url https://notify.example.com --token nfy_…
+    """
+    given = _from_command_line({"socket_path": socket_path, "url": url, "token": token})
+    # The TUI resolves its connection like every client, from the environment.
+    for name, var in (("socket_path", "SOCKET"), ("url", "URL"), ("token", "TOKEN")):
+        if name in given:
+            os.environ[f"NOTIFYD_{var}"] = given[name]
+    if "url" in given:
+        os.environ.pop("NOTIFYD_SOCKET", None)
+    try:
+        from notifyd.tui.app import main as tui_main
+    except ImportError as exc:
+        if exc.name == "textual":
+            raise click.ClickException("the TUI needs textual: pip install textual") from exc
+        raise click.ClickException("the TUI is not built yet") from exc
+    tui_main()

@@ -1,0 +1,416 @@
+"""A small synchronous client for the notifyd HTTP API, used by the CLI (and the TUI).
+
+It talks to the daemon over its Unix socket, where the caller acts as the socket's
+admin user, or over TCP with a bearer token. Where to connect is resolved in this
+order:
+
+1. the ``socket_path`` / ``url`` / ``token`` arguments;
+2. the environment: ``NOTIFYD_SOCKET``, ``NOTIFYD_URL``, ``NOTIFYD_TOKEN``;
+3. the default socket: ``./var/notifyd.sock`` if it exists (what ``make run``
+   creates), else ``/run/notifyd/notifyd.sock`` (the systemd unit's).
+
+A socket wins over a URL at the same level. The token is sent over TCP only: on the
+socket the daemon already knows who the caller is.
+
+Every failure is raised as :class:`ClientError`, whose message says what to do
+about it. The module imports only httpx so that ``notifyd send`` starts quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from notifyd import __version__
+
+DEFAULT_SOCKETS = ("./var/notifyd.sock", "/run/notifyd/notifyd.sock")
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 10.0
+_START_HINT = "is the daemon running? (`make run` or `notifyd serve`)"
+
+
+class ClientError(Exception):
+    """A request that did not succeed.
+
+    ``status`` is the HTTP status, or 0 when the daemon could not be reached at all.
+    ``code`` is the daemon's stable error slug (``invalid``, ``not_found``, …) or
+    ``unreachable`` / ``timeout`` / ``protocol`` for transport failures.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        if self.field and self.field not in self.message:
+            return f"{self.message} (field: {self.field})"
+        return self.message
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 0 or self.status in (429, 502, 503, 504)
+
+
+class Client:
+    """Synchronous notifyd API client; use as a context manager or call :meth:`close`.
+
+    Args:
+        socket_path: the daemon's Unix socket.
+        url: the daemon's base URL (``http://host:8780``), used when no socket is given.
+        token: a ``nfy_…`` bearer token for TCP.
+        timeout: seconds to wait for a connection and for each response.
+        transport: an httpx transport to use instead (tests pass ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 10,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if socket_path and url:
+            raise ClientError(
+                0, "usage", "give either a socket or a URL, not both (--socket or --url)"
+            )
+        env = os.environ
+        if not socket_path and not url:
+            socket_path = env.get("NOTIFYD_SOCKET") or None
+            url = None if socket_path else (env.get("NOTIFYD_URL") or None)
+        if not socket_path and not url:
+            socket_path = next((p for p in DEFAULT_SOCKETS if os.path.exists(p)), None)
+            socket_path = socket_path or DEFAULT_SOCKETS[-1]
+        self.socket_path = socket_path
+        self.url = _normalise_url(url) if url and not socket_path else None
+        self.token = (token or env.get("NOTIFYD_TOKEN") or None) if self.url else None
+        self.timeout = timeout
+
+        headers = {"User-Agent": f"notifyd-cli/{__version__}", "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.url:
+            self.target = self.url
+            self._http = httpx.Client(
+                base_url=self.url, headers=headers, timeout=timeout, transport=transport
+            )
+        else:
+            self.target = f"socket {self.socket_path}"
+            self._http = httpx.Client(
+                base_url="http://notifyd",
+                headers=headers,
+                timeout=timeout,
+                transport=transport or httpx.HTTPTransport(uds=self.socket_path),
+            )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- plumbing -----------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        json_body: Any = None,
+        headers: dict | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON body, or None for an empty one."""
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = self._http.request(
+                method, path, params=params or None, json=json_body, headers=headers
+            )
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        if resp.status_code >= 400:
+            raise self._http_error(resp)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise ClientError(
+                resp.status_code,
+                "protocol",
+                f"{self.target} answered {method} {path} with something that is not JSON: "
+                "is that really notifyd?",
+            ) from exc
+
+    def _http_error(self, resp: httpx.Response) -> ClientError:
+        code, message, field = f"http_{resp.status_code}", "", None
+        try:
+            err = resp.json().get("error")
+            if isinstance(err, dict):
+                code = str(err.get("code") or code)
+                message = str(err.get("message") or "")
+                field = err.get("field")
+            elif isinstance(err, str):
+                message = err
+        except (ValueError, AttributeError):
+            pass
+        if not message:
+            text = resp.text.strip().splitlines()[0][:200] if resp.text.strip() else ""
+            message = f"HTTP {resp.status_code} {resp.reason_phrase}" + (
+                f": {text}" if text else ""
+            )
+        if resp.status_code == 401:
+            if self.url and not self.token:
+                message += (
+                    f" — {self.target} needs a token: pass --token or set NOTIFYD_TOKEN "
+                    "(an admin creates one with `notifyd tokens create --user NAME`)"
+                )
+            elif self.url:
+                message += " — check --token / NOTIFYD_TOKEN; the token may have been revoked"
+        elif resp.status_code in (429, 503):
+            retry = resp.headers.get("Retry-After")
+            if retry:
+                message += f" (retry after {retry} s)"
+        return ClientError(resp.status_code, code, message, field)
+
+    def _transport_error(self, exc: httpx.TransportError) -> ClientError:
+        if isinstance(exc, httpx.TimeoutException):
+            return ClientError(
+                0,
+                "timeout",
+                f"notifyd at {self.target} did not answer within {self.timeout:g} s: "
+                "it may be overloaded or stuck; check its log",
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return ClientError(0, "unreachable", self._connect_hint())
+        return ClientError(0, "protocol", f"lost the connection to notifyd at {self.target}: {exc}")
+
+    def _connect_hint(self) -> str:
+        if self.url:
+            return (
+                f"cannot reach notifyd at {self.url}: is the daemon running and listening "
+                "there? (check --url / NOTIFYD_URL)"
+            )
+        path = self.socket_path or ""
+        if not os.path.exists(path):
+            return (
+                f"cannot reach notifyd at socket {path}: {_START_HINT}; "
+                "point --socket / NOTIFYD_SOCKET at its socket, or use --url with --token"
+            )
+        if not os.access(path, os.R_OK | os.W_OK):
+            return (
+                f"permission denied on socket {path}: join the group that owns it "
+                "(the socket is mode 0660), or use --url with --token"
+            )
+        return f"cannot reach notifyd at socket {path} (nothing accepts connections): {_START_HINT}"
+
+    # --- events -------------------------------------------------------------
+
+    def publish(self, event: dict, idempotency_key: str | None = None) -> dict:
+        """POST one event; returns the stored event (201, or 200 for a known key)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self.request("POST", "/v1/events", json_body=event, headers=headers)
+
+    def events(self, **filters: Any) -> dict:
+        """GET the caller's history: ``{"events": [...], "next": cursor | None}``."""
+        return self.request("GET", "/v1/events", params=filters)
+
+    def set_state(self, ids: Iterable[int], state: str) -> list[int]:
+        """Set the read state of events; returns the ids the daemon updated."""
+        body = {"ids": list(ids), "state": state}
+        resp = self.request("POST", "/v1/inbox/state", json_body=body) or {}
+        return list(resp.get("updated") or [])
+
+    def read_all(self, topic: str | None = None, category: str | None = None) -> dict:
+        """Mark the whole inbox (or one topic/category) read: ``{"updated": n, "upto": id}``."""
+        params = {"topic": topic, "category": category}
+        return self.request("POST", "/v1/inbox/read-all", params=params) or {}
+
+    def latest_id(self) -> int | None:
+        """The newest event id the caller can see (0 when none), or None if not allowed."""
+        try:
+            page = self.events(limit=1)
+        except ClientError as exc:
+            if exc.status in (401, 403, 404):
+                return None
+            raise
+        events = (page or {}).get("events") or []
+        return int(events[0]["id"]) if events else 0
+
+    # --- stream -------------------------------------------------------------
+
+    def follow(
+        self,
+        topics: Iterable[str] = (),
+        since: int | None = None,
+        *,
+        on_retry: Callable[[float, str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[dict]:
+        """Yield stream frames (``event`` and ``state``) forever, reconnecting as needed.
+
+        ``since`` is the cursor to start after (0 = from the beginning); None means
+        live only, in which case the newest visible id is fetched first so that a
+        reconnect can resume without a gap. After a drop or a ``resync`` frame the
+        stream is reopened with ``since=<last id>``, backing off from 0.5 s to 10 s;
+        ``on_retry(delay, reason)`` is told each time. Events already yielded are not
+        yielded again. A failure before the first connection, and any 4xx answer, is
+        raised as :class:`ClientError`. Stop by closing the generator (or Ctrl-C).
+        """
+        topic_list = list(topics)
+        cursor = since if since is not None else self.latest_id()
+        seen: dict[int, None] = {}  # insertion-ordered set of recent ids
+        delay = BACKOFF_MIN
+        connected = False
+        while True:
+            reason = "the stream ended"
+            try:
+                for frame in self._sse(topic_list, cursor):
+                    if frame is _OPENED:
+                        connected, delay = True, BACKOFF_MIN
+                        continue
+                    kind = frame.get("type")
+                    if kind == "resync":
+                        reason = f"the daemon asked to resync ({frame.get('reason', 'behind')})"
+                        delay = BACKOFF_MIN
+                        break
+                    if kind == "event":
+                        eid = (frame.get("event") or {}).get("id")
+                        if isinstance(eid, int):
+                            if eid in seen:
+                                continue
+                            seen[eid] = None
+                            if len(seen) > 4096:
+                                seen.pop(next(iter(seen)))
+                            cursor = eid if cursor is None else max(cursor, eid)
+                        yield frame
+                    elif kind == "state":
+                        yield frame
+            except ClientError as exc:
+                if not connected or not exc.retryable:
+                    raise
+                reason = str(exc)
+            wait = delay * (1 + random.random() / 4)  # jitter spreads reconnects after a restart
+            if on_retry:
+                on_retry(wait, reason)
+            sleep(wait)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _sse(self, topics: list[str], since: int | None) -> Iterator[Any]:
+        params: dict[str, Any] = {}
+        if topics:
+            params["topics"] = ",".join(topics)
+        if since is not None:
+            params["since"] = since
+        timeout = httpx.Timeout(self.timeout, read=None)  # keepalives arrive at the daemon's pace
+        try:
+            with self._http.stream(
+                "GET",
+                "/v1/stream/sse",
+                params=params,
+                timeout=timeout,
+                headers={"Accept": "text/event-stream"},
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise self._http_error(resp)
+                yield _OPENED
+                data: list[str] = []
+                for line in resp.iter_lines():
+                    if not line:
+                        if data:
+                            frame = _decode_frame("\n".join(data))
+                            data = []
+                            if frame is not None:
+                                yield frame
+                        continue
+                    if line.startswith(":"):
+                        continue  # an SSE comment, used as a heartbeat by some servers
+                    name, _, value = line.partition(":")
+                    if name == "data":
+                        data.append(value[1:] if value.startswith(" ") else value)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+
+    # --- users, tokens, ACL -------------------------------------------------
+
+    def users(self) -> list[dict]:
+        return (self.request("GET", "/v1/users") or {}).get("users") or []
+
+    def add_user(self, name: str, role: str = "user", password: str | None = None) -> dict:
+        body: dict[str, Any] = {"name": name, "role": role}
+        if password is not None:
+            body["password"] = password
+        return self.request("POST", "/v1/users", json_body=body) or {}
+
+    def remove_user(self, name: str) -> None:
+        self.request("DELETE", f"/v1/users/{_seg(name)}")
+
+    def set_password(self, name: str, password: str) -> None:
+        self.request("PUT", f"/v1/users/{_seg(name)}/password", json_body={"password": password})
+
+    def create_token(
+        self,
+        user: str,
+        scopes: list[str] | None = None,
+        topics: str | None = None,
+        label: str | None = None,
+    ) -> dict:
+        body: dict[str, Any] = {"user": user, "topics": topics}
+        if scopes:
+            body["scopes"] = scopes
+        if label is not None:
+            body["label"] = label
+        return self.request("POST", "/v1/tokens", json_body=body) or {}
+
+    def tokens(self, user: str | None = None) -> list[dict]:
+        return (self.request("GET", "/v1/tokens", params={"user": user}) or {}).get("tokens") or []
+
+    def revoke_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/v1/tokens/{_seg(token_id)}")
+
+    def grant(self, user: str, pattern: str, permission: str) -> dict:
+        body = {"user": user, "pattern": pattern, "permission": permission}
+        return self.request("POST", "/v1/acl", json_body=body) or {}
+
+    def acl(self, user: str | None = None) -> list[dict]:
+        return (self.request("GET", "/v1/acl", params={"user": user}) or {}).get("acl") or []
+
+    def revoke(self, user: str, pattern: str) -> None:
+        self.request("DELETE", "/v1/acl", params={"user": user, "pattern": pattern})
+
+
+_OPENED = object()  # yielded by _sse once the daemon has accepted the stream
+
+
+def _decode_frame(data: str) -> dict | None:
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        return None  # one garbled frame should not end a long-running tail
+    return frame if isinstance(frame, dict) else None
+
+
+def _seg(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+def _normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url  # `--url localhost:8780` is what people type
+    return url

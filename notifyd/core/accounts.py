@@ -1,0 +1,220 @@
+"""Users, tokens and ACL grants, and turning credentials into a :class:`Principal`.
+
+Tokens are ``nfy_`` + 40 random characters, shown once at creation and stored as a
+SHA-256 digest (they carry 240 bits of entropy, so a slow hash adds nothing but
+latency to every request). Passwords are hashed with argon2 in a worker thread.
+
+Authenticated principals are cached in memory; every change made through this
+class invalidates the cache at once, and entries also expire after a short TTL so
+that a future multi-daemon store only has to bound staleness, not track it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+
+import trio
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from .acl import SCOPES, Principal
+from .errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from .hub import Hub
+from .models import check_pattern
+from .store import AclEntry, Store, Token, User
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,31}$")
+TOKEN_PREFIX = "nfy_"
+CACHE_TTL = 30.0
+_hasher = PasswordHasher()
+_argon_limiter = trio.CapacityLimiter(2)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValidationFailed(
+            "user names are 1–32 characters: a lowercase letter, then a–z 0–9 _ . -",
+            field="name",
+        )
+    return name
+
+
+def parse_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad or not scopes:
+        raise ValidationFailed(
+            f"scopes must be a non-empty list of {', '.join(SCOPES)}", field="scopes"
+        )
+    return tuple(dict.fromkeys(scopes))
+
+
+class Accounts:
+    def __init__(self, store: Store, hub: Hub | None = None) -> None:
+        self.store = store
+        self.hub = hub
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    def _invalidate(self, user_id: int | None = None) -> None:
+        self._cache.clear()
+        if self.hub is not None:
+            self.hub.user_changed(user_id)
+
+    # -- authentication --------------------------------------------------------
+
+    async def principal_for(self, user: User, via: str) -> Principal:
+        grants = await self.store.grants(user.id)
+        return Principal(user.id, user.name, user.role, grants, via=via)
+
+    async def authenticate_token(self, token: str) -> Principal:
+        if not token.startswith(TOKEN_PREFIX):
+            raise Unauthorized("that is not a notifyd token (they start with 'nfy_')")
+        digest = hash_token(token)
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        tok = await self.store.token_by_hash(digest)
+        if tok is None:
+            raise Unauthorized("unknown or revoked token")
+        user = await self.store.get_user_by_id(tok.user_id)
+        if user is None:
+            raise Unauthorized("unknown or revoked token")
+        grants = await self.store.grants(user.id)
+        principal = Principal(
+            user.id, user.name, user.role, grants, frozenset(tok.scopes), tok.topics, tok.id
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + CACHE_TTL, principal)
+        return principal
+
+    async def socket_principal(self, name: str) -> Principal:
+        hit = self._cache.get("socket:" + name)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        user = await self.store.get_user(name)
+        if user is None:
+            raise Unauthorized(f"the socket user {name!r} does not exist")
+        principal = await self.principal_for(user, "socket")
+        self._cache["socket:" + name] = (now + CACHE_TTL, principal)
+        return principal
+
+    async def check_password(self, name: str, password: str) -> User:
+        row = await self.store.password_hash(name)
+        if row is None:
+            # spend the same time as a real check so names cannot be probed
+            await trio.to_thread.run_sync(lambda: _hasher.hash(password), limiter=_argon_limiter)
+            raise Unauthorized("wrong user name or password")
+        user_id, stored = row
+
+        def verify() -> bool:
+            try:
+                return _hasher.verify(stored, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        if not await trio.to_thread.run_sync(verify, limiter=_argon_limiter):
+            raise Unauthorized("wrong user name or password")
+        user = await self.store.get_user_by_id(user_id)
+        assert user is not None
+        return user
+
+    # -- users -----------------------------------------------------------------
+
+    async def ensure_user(self, name: str, role: str = "admin") -> tuple[User, bool]:
+        user = await self.store.get_user(name)
+        if user is not None:
+            return user, False
+        return await self.store.create_user(check_name(name), role, None), True
+
+    async def create_user(self, name: str, role: str, password: str | None) -> User:
+        check_name(name)
+        if role not in ("admin", "user"):
+            raise ValidationFailed("role must be 'admin' or 'user'", field="role")
+        digest = None
+        if password is not None:
+            digest = await self._hash_password(password)
+        return await self.store.create_user(name, role, digest)
+
+    async def _hash_password(self, password: str) -> str:
+        if not 8 <= len(password) <= 1024:
+            raise ValidationFailed("passwords are 8–1024 characters", field="password")
+        return await trio.to_thread.run_sync(lambda: _hasher.hash(password), limiter=_argon_limiter)
+
+    async def set_password(self, name: str, password: str) -> None:
+        await self.store.set_password(name, await self._hash_password(password))
+
+    async def delete_user(self, name: str) -> None:
+        user = await self.store.get_user(name)
+        await self.store.delete_user(name)
+        self._invalidate(user.id if user else None)
+
+    # -- tokens ------------------------------------------------------------------
+
+    async def create_token(
+        self,
+        caller: Principal,
+        user_name: str,
+        scopes: list[str] | None,
+        topics: str | None,
+        label: str | None,
+    ) -> tuple[str, Token]:
+        user = await self.store.get_user(user_name)
+        if user is None:
+            raise NotFound(f"no user named {user_name!r}", field="user")
+        if user.id != caller.user_id:
+            caller.require_admin()
+        if scopes is None:
+            scopes = ["publish", "subscribe"] + (["admin"] if user.role == "admin" else [])
+        parsed = parse_scopes(scopes)
+        if "admin" in parsed and user.role != "admin":
+            raise ValidationFailed(
+                "only admin users can hold tokens with scope 'admin'", field="scopes"
+            )
+        if "admin" in parsed and "admin" not in caller.scopes:
+            raise Forbidden("a token without scope 'admin' cannot create one that has it")
+        if topics is not None:
+            try:
+                check_pattern(topics)
+            except ValueError as exc:
+                raise ValidationFailed(str(exc), field="topics") from None
+        if label is not None and len(label) > 64:
+            raise ValidationFailed("labels are at most 64 characters", field="label")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(30)
+        token = await self.store.create_token(
+            user.id, hash_token(secret), secret[:8], parsed, topics, label
+        )
+        return secret, token
+
+    async def revoke_token(self, caller: Principal, token_id: int) -> None:
+        owner = None if caller.is_admin and "admin" in caller.scopes else caller.user_id
+        await self.store.revoke_token(token_id, owner)
+        self._invalidate()
+
+    # -- acl -----------------------------------------------------------------------
+
+    async def grant(self, user: str, pattern: str, permission: str) -> AclEntry:
+        try:
+            check_pattern(pattern)
+        except ValueError as exc:
+            raise ValidationFailed(str(exc), field="pattern") from None
+        modes = {"read": (True, False), "write": (False, True), "rw": (True, True)}
+        if permission not in modes:
+            raise ValidationFailed("permission must be read, write or rw", field="permission")
+        entry = await self.store.grant(user, pattern, *modes[permission])
+        target = await self.store.get_user(user)
+        self._invalidate(target.id if target else None)
+        return entry
+
+    async def revoke(self, user: str, pattern: str) -> None:
+        await self.store.revoke_acl(user, pattern)
+        target = await self.store.get_user(user)
+        self._invalidate(target.id if target else None)

@@ -1,0 +1,96 @@
+"""Publishing and reading, with the caller's rights applied.
+
+These functions are what the HTTP API (and later the compatibility layers) call:
+they validate, check permissions, talk to the store, and tell the hub about read
+state changes. They never see a request object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .acl import Principal
+from .errors import NotFound, PayloadTooLarge, ValidationFailed
+from .models import validate_events
+from .services import Services
+from .store import STATES, Event, HistoryQuery, PublishResult
+
+MAX_STATE_IDS = 500
+
+
+async def publish(
+    svc: Services, principal: Principal, payload: Any, idempotency_key: str | None = None
+) -> PublishResult:
+    events, batch = validate_events(payload)
+    if len(events) > svc.config.max_batch_events:
+        raise PayloadTooLarge(
+            f"a batch holds at most {svc.config.max_batch_events} events; split it",
+            field="events",
+        )
+    for ev in events:
+        principal.require_write(ev.topic)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
+        raise ValidationFailed("Idempotency-Key must be 1–128 characters", field="Idempotency-Key")
+    return await svc.store.publish(events, principal.user_id, idempotency_key, batch)
+
+
+def history_query(principal: Principal, **filters: Any) -> HistoryQuery:
+    return HistoryQuery(user_id=principal.user_id, visibility=principal.visibility(), **filters)
+
+
+async def history(svc: Services, query: HistoryQuery) -> tuple[list[Event], int | None]:
+    events = await svc.store.history(query)
+    nxt = events[-1]["id"] if len(events) == query.limit and events else None
+    return events, nxt
+
+
+async def get_event(svc: Services, principal: Principal, event_id: int) -> Event:
+    ev = await svc.store.get_event(event_id, principal.user_id)
+    if ev is None or not principal.can_read(ev["topic"]):
+        raise NotFound(f"no event {event_id}", field="id")
+    return ev
+
+
+async def set_state(
+    svc: Services,
+    principal: Principal,
+    event_ids: list[int],
+    state: str,
+    action: str | None = None,
+) -> list[int]:
+    """Change read state; returns the ids that exist and the caller may read."""
+    if state not in STATES:
+        raise ValidationFailed(f"state must be one of {', '.join(STATES)}", field="state")
+    if len(event_ids) > MAX_STATE_IDS:
+        raise PayloadTooLarge(f"at most {MAX_STATE_IDS} ids per request", field="ids")
+    if action is not None and len(action) > 64:
+        raise ValidationFailed("action labels are at most 64 characters", field="action")
+    ids = list(dict.fromkeys(event_ids))
+    updated = await svc.store.set_state(
+        principal.user_id, ids, state, principal.visibility(), action
+    )
+    for event_id in updated:
+        msg: dict[str, Any] = {"type": "state", "id": event_id, "state": state}
+        if action is not None:
+            msg["action"] = action
+        svc.hub.publish_state(principal.user_id, msg)
+    return updated
+
+
+async def read_all(svc: Services, query: HistoryQuery) -> dict[str, int]:
+    result = await svc.store.read_all(query)
+    flt = {
+        k: v
+        for k, v in (
+            ("topic", query.topic),
+            ("category", query.category),
+            ("min_priority", query.min_priority),
+            ("q", query.q),
+        )
+        if v is not None
+    }
+    svc.hub.publish_state(
+        query.user_id,
+        {"type": "state", "state": "read", "all": True, "upto": result["upto"], "filter": flt},
+    )
+    return result

@@ -1,0 +1,135 @@
+"""``notifyd serve``: the whole daemon as one trio nursery.
+
+Start order: store (writer thread + readers) → hub keepalives → scheduler and
+pruner → listeners. Shutdown on SIGTERM/SIGINT reverses it: stop accepting, let
+in-flight requests finish (their commits complete), close live streams with 1001,
+then stop the writer after its last group commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket as stdsocket
+import time
+
+import trio
+
+from .api.app import make_app
+from .api.server import Front, Listener, bind_tcp, bind_unix, inherited_listeners
+from .config import Config
+from .core.housekeeping import run_pruner, run_scheduler
+from .core.services import Services
+from .core.sqlite.store import SQLiteStore
+from .logs import setup_logging
+
+log = logging.getLogger("notifyd")
+
+
+def sd_notify(message: str) -> None:
+    """Send a state line to systemd's ``NOTIFY_SOCKET``; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+def make_listeners(config: Config) -> list[Listener]:
+    inherited = inherited_listeners()
+    if inherited is not None:
+        return inherited
+    listeners = [bind_tcp(addr) for addr in config.listen]
+    if config.socket_path is not None:
+        listeners.append(bind_unix(config.socket_path, int(config.socket_mode, 8)))
+    return listeners
+
+
+async def _watchdog(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    task_status.started()
+    if usec <= 0:
+        return
+    while True:
+        sd_notify("WATCHDOG=1")
+        await trio.sleep(usec / 2e6)
+
+
+async def serve(
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(config.db_path, config.synchronous, readers=config.readers)
+    await store.start()
+    try:
+        svc = Services.build(config, store)
+        svc.started_at = time.time()
+        svc.hub.last_id = await store.last_event_id()
+        user, created = await svc.accounts.ensure_user(config.socket_user, "admin")
+        if created:
+            _first_start_hint(config)
+        front = Front(svc, make_app(svc))
+        listeners = make_listeners(config)
+        async with trio.open_nursery() as background:
+            await background.start(svc.hub.run_keepalive, config.keepalive_seconds)
+            await background.start(run_scheduler, svc)
+            await background.start(run_pruner, svc)
+            await background.start(_watchdog)
+            async with trio.open_nursery() as connections:
+                with trio.CancelScope() as accepting:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            await acceptors.start(front.serve, listener, connections)
+                        for listener in listeners:
+                            log.info("listening on %s (%s)", listener.address, listener.name)
+                        sd_notify(f"READY=1\nSTATUS=serving on {len(listeners)} listeners")
+                        task_status.started(listeners)
+                        await _wait_for_signal()
+                        accepting.cancel(reason="shutting down")
+                sd_notify("STOPPING=1")
+                log.info("shutting down: closing streams, finishing requests")
+                svc.hub.close_all()
+                await front.terminate()
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+            background.cancel_scope.cancel(reason="shutting down")
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
+    log.info("stopped")
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            return
+
+
+def _first_start_hint(config: Config) -> None:
+    addr = config.listen[0] if config.listen else "127.0.0.1:8780"
+    sock = config.socket_path
+    print(
+        "\nnotifyd: first start. The admin user "
+        f"{config.socket_user!r} was created.\n"
+        f"  - Over the socket ({sock}) the CLI acts as that admin: notifyd send test 'hello'\n"
+        f"  - For HTTP clients create a token:  notifyd tokens create --user {config.socket_user}\n"
+        f"  - To sign in on the web page, set a password:\n"
+        f"        notifyd users passwd {config.socket_user} --password-stdin\n"
+        f"  - Then open http://{addr}/\n",
+        flush=True,
+    )
+
+
+def run(config: Config) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    setup_logging(config.log_level)
+    trio.run(serve, config)
