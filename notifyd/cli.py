@@ -21,54 +21,47 @@ from click.core import ParameterSource
 from notifyd import __version__, clifmt
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-_CLIENT_PARAMS = ("socket_path", "url", "token")
+_CONNECTION = ("socket_path", "url", "token")
 
 
 # --- option bundles ---------------------------------------------------------
 
 
 def _connection_params(f: Callable) -> Callable:
-    for option in reversed(
-        [
-            click.option(
-                "--socket",
-                "socket_path",
-                metavar="PATH",
-                envvar="NOTIFYD_SOCKET",
-                show_envvar=True,
-                help="Daemon's Unix socket; callers act as its admin user. "
-                "[default: ./var/notifyd.sock, else /run/notifyd/notifyd.sock]",
-            ),
-            click.option(
-                "--url",
-                metavar="URL",
-                envvar="NOTIFYD_URL",
-                show_envvar=True,
-                help="Daemon's HTTP address, e.g. http://127.0.0.1:8780 (needs --token).",
-            ),
-            click.option(
-                "--token",
-                metavar="TOKEN",
-                envvar="NOTIFYD_TOKEN",
-                show_envvar=True,
-                help="Bearer token (nfy_…) for --url.",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
+    def env_option(*decls: str, var: str, **kw: Any) -> Callable:
+        return click.option(*decls, envvar=f"NOTIFYD_{var}", show_envvar=True, **kw)
+
+    f = env_option("--token", var="TOKEN", metavar="TOKEN", help="Bearer token for --url.")(f)
+    f = env_option(
+        "--url",
+        var="URL",
+        metavar="URL",
+        help="Daemon's HTTP address, e.g. http://127.0.0.1:8780 (with --token).",
+    )(f)
+    return env_option(
+        "--socket",
+        "socket_path",
+        var="SOCKET",
+        metavar="PATH",
+        help="Daemon's Unix socket (you act as its admin user).  "
+        "[default: ./var/notifyd.sock if present, else /run/notifyd/notifyd.sock]",
+    )(f)
 
 
 def client_options(f: Callable) -> Callable:
-    """Add ``--socket/--url/--token`` and pass a connected-on-demand ``client``."""
+    """Add ``--socket/--url/--token`` and pass the command a ``client``.
+
+    The client connects on first use; its errors become ClickExceptions carrying
+    the client's advice on how to fix them.
+    """
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from notifyd.client import Client, ClientError
 
-        given = {name: kwargs.pop(name) for name in _CLIENT_PARAMS}
+        given = _from_command_line({name: kwargs.pop(name) for name in _CONNECTION})
         try:
-            with Client(**_from_command_line(given)) as client:
+            with Client(**given) as client:
                 return f(*args, client=client, **kwargs)
         except ClientError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -77,15 +70,13 @@ def client_options(f: Callable) -> Callable:
 
 
 def output_options(f: Callable) -> Callable:
-    """Add ``--json``: machine-readable output for scripts."""
-    return click.option(
-        "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
-    )(f)
+    """Add ``--json``: output for scripts instead of people."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
 
 
 def _from_command_line(values: dict) -> dict:
-    # Values that click took from the environment are left for Client to resolve, so
-    # that `--url X` on the command line beats NOTIFYD_SOCKET in the environment.
+    # Values click took from the environment are left for Client to resolve, so that
+    # `--url X` on the command line beats NOTIFYD_SOCKET in the environment.
     ctx = click.get_current_context()
     return {
         name: value
@@ -101,10 +92,6 @@ def _color() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
-def _width() -> int | None:
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-
-
 def _print_json(value: Any, *, compact: bool = False) -> None:
     if compact:
         click.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
@@ -112,13 +99,21 @@ def _print_json(value: Any, *, compact: bool = False) -> None:
         click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-def _print_table(headers: list[str], rows: list[list], **kwargs: Any) -> None:
-    for line in clifmt.render_table(headers, rows, color=_color(), width=_width(), **kwargs):
+def _print_table(table: clifmt.Table, **kwargs: Any) -> None:
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    for line in clifmt.render_table(*table, color=_color(), width=width, **kwargs):
         click.echo(line)
 
 
+def _report(as_json: bool, data: Any, text: str) -> None:
+    if as_json:
+        _print_json(data)
+    else:
+        click.echo(text)
+
+
 def _checked(parse: Callable[[Any], Any], *, whole: bool = False) -> Callable:
-    """Wrap a clifmt parser as a click callback that turns ValueError into usage errors.
+    """Wrap a clifmt parser as a click callback that turns ValueError into a usage error.
 
     A repeated option's values are parsed one by one unless ``whole`` is set.
     """
@@ -146,7 +141,7 @@ def _read_password() -> str:
             break
     if not password:
         raise click.ClickException(
-            "no password on stdin: pipe it in, e.g. printf '%s' \"$PW\" | notifyd users passwd NAME"
+            "no password on stdin: pipe one in, e.g. printf '%s' \"$PW\" | notifyd users passwd NAME"
         )
     return password
 
@@ -185,49 +180,37 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False),
-    help="TOML configuration file (see notifyd.toml).",
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="TOML file."
 )
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the database lives.")
-@click.option(
-    "--listen",
-    multiple=True,
-    metavar="HOST:PORT",
-    help="HTTP address to listen on; repeat for several.",
-)
+@click.option("--listen", multiple=True, metavar="HOST:PORT", help="HTTP address; repeatable.")
 @click.option("--socket", "socket_path", metavar="PATH", help="Unix socket to listen on.")
-def serve(
-    config_path: str | None, data_dir: str | None, listen: tuple[str, ...], socket_path: str | None
-) -> None:
+def serve(config_path: str | None, **flags: Any) -> None:
     """Run the daemon in the foreground.
 
-    Flags override the configuration file; NOTIFYD_* environment variables override
-    both. Under systemd, socket activation and sd_notify are used when present.
+    Flags override the --config file (TOML, see notifyd.toml); NOTIFYD_* environment
+    variables override both. Under systemd, socket activation and sd_notify are used.
 
     \b
     Examples:
       notifyd serve --config notifyd.toml
       notifyd serve --data-dir /var/lib/notifyd --listen 0.0.0.0:8780
-      notifyd serve --listen 127.0.0.1:8780 --listen [::1]:8780 --socket /run/notifyd/notifyd.sock
+      notifyd serve --listen 127.0.0.1:8780 --socket /run/notifyd/notifyd.sock
     """
     overrides: dict[str, Any] = {}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    if listen:
-        overrides["listen"] = list(listen)
-    if socket_path is not None:
-        overrides["socket"] = socket_path
+    if flags["data_dir"] is not None:
+        overrides["data_dir"] = flags["data_dir"]
+    if flags["listen"]:
+        overrides["listen"] = list(flags["listen"])
+    if flags["socket_path"] is not None:
+        overrides["socket"] = flags["socket_path"]
     try:
         from notifyd.config import ConfigError, load_config
         from notifyd.daemon import run
     except ModuleNotFoundError as exc:
         if exc.name not in ("notifyd.config", "notifyd.daemon"):
             raise
-        raise click.ClickException(
-            f"this installation has no daemon ({exc.name} is missing)"
-        ) from exc
+        raise click.ClickException(f"this installation has no daemon ({exc.name})") from exc
     try:
         config = load_config(config_path, overrides)
     except ConfigError as exc:
@@ -253,9 +236,7 @@ def serve(
 )
 @click.option("--category", help="Short slug used by preferences.  [default: general]")
 @click.option("--tag", "tags", multiple=True, help="Tag slug; repeat or comma-separate.")
-@click.option(
-    "--click", "click_url", metavar="URL", help="Opened when the notification is clicked."
-)
+@click.option("--click", "click_url", metavar="URL", help="Opened on click.")
 @click.option("--icon", metavar="URL", help="Icon shown with the notification.")
 @click.option("--image", metavar="URL", help="Image attached to the notification.")
 @click.option(
@@ -264,44 +245,31 @@ def serve(
     multiple=True,
     metavar="LABEL=URL",
     callback=_checked(clifmt.parse_action),
-    help="Button; up to 3. 'LABEL=POST URL' sends a request instead of opening.",
+    help="Button (up to 3); 'LABEL=POST URL' sends a request instead.",
 )
 @click.option("--markdown", is_flag=True, help="The body is Markdown.")
-@click.option("--sensitive", is_flag=True, help="Pushes and emails carry only a generic line.")
-@click.option("--collapse-key", metavar="KEY", help="Replace the earlier event with this key.")
+@click.option("--sensitive", is_flag=True, help="Pushes and emails get only a generic line.")
+@click.option("--collapse-key", metavar="KEY", help="Replaces earlier events with this key.")
 @click.option(
     "--deliver-at",
     metavar="WHEN",
     callback=_checked(clifmt.parse_when),
-    help="Hold until then: 30m, 2h, 1d, or a date-time (local unless it has a zone).",
+    help="Hold until: 30m, 2h, 1d, or a date-time (local unless it has a zone).",
 )
 @click.option(
     "--expires-at",
     metavar="WHEN",
     callback=_checked(clifmt.parse_when),
-    help="Hide from then on; same forms as --deliver-at.",
+    help="Hide from then on; like --deliver-at.",
 )
-@click.option("--idempotency-key", metavar="KEY", help="Makes retries of this send safe.")
+@click.option("--idempotency-key", metavar="KEY", help="Makes retrying this send safe.")
 @client_options
 @output_options
-def send(
-    client: Any,
-    as_json: bool,
-    topic: str,
-    body: str | None,
-    tags: tuple[str, ...],
-    click_url: str | None,
-    actions: tuple[dict, ...],
-    markdown: bool,
-    sensitive: bool,
-    idempotency_key: str | None,
-    **fields: Any,
-) -> None:
+def send(client: Any, as_json: bool, topic: str, body: str | None, **opts: Any) -> None:
     """Publish an event to TOPIC and print its id.
 
-    BODY is read from stdin when it is not given (a title alone is enough when
-    stdin is a terminal). The id is printed only after the daemon has stored the
-    event durably.
+    BODY is read from stdin when it is not given (on a terminal, --title alone is
+    enough). The id is printed once the daemon has stored the event durably.
 
     \b
     Examples:
@@ -310,45 +278,35 @@ def send(
       notifyd send deploys "v2.3 is live" --click https://example.com/releases \\
           --action "Roll back=POST https://ci.example.com/rollback"
       notifyd send reminders "Stand-up" --deliver-at 10m --expires-at 1h
-      notifyd send cron --title "backup failed" --idempotency-key backup-2026-01-02
+      notifyd send cron "backup failed" --idempotency-key backup-2026-01-02
     """
     if body is None:
-        if sys.stdin.isatty():
-            if not fields.get("title"):
-                raise click.UsageError(
-                    "no BODY: give it as an argument, pipe it on stdin "
-                    "(echo hi | notifyd send TOPIC), or give at least --title"
-                )
-        else:
+        if not sys.stdin.isatty():
             body = sys.stdin.read().rstrip("\n")
+        elif not opts["title"]:
+            raise click.UsageError(
+                "no BODY: give it as an argument, pipe it on stdin "
+                "(echo hi | notifyd send TOPIC), or give at least --title"
+            )
+    key = opts.pop("idempotency_key")
     event: dict[str, Any] = {"topic": topic}
-    event.update({k: v for k, v in fields.items() if v is not None})
     if body:
         event["body"] = body
-    if markdown:
+    if opts.pop("markdown"):
         event["format"] = "markdown"
-    if tags:
-        event["tags"] = clifmt.split_csv(tags)
-    if click_url:
-        event["click"] = click_url
-    if actions:
-        event["actions"] = list(actions)
-    if sensitive:
-        event["sensitive"] = True
-    stored = client.publish(event, idempotency_key=idempotency_key)
-    if as_json:
-        _print_json(stored)
-    else:
-        click.echo(stored.get("id"))
+    event["tags"] = clifmt.split_csv(opts.pop("tags"))
+    event["click"] = opts.pop("click_url")
+    event["actions"] = list(opts.pop("actions"))
+    event["sensitive"] = opts.pop("sensitive") or None
+    event.update(opts)
+    event = {k: v for k, v in event.items() if v not in (None, [])}
+    stored = client.publish(event, idempotency_key=key)
+    _report(as_json, stored, str(stored.get("id")))
 
 
 @main.command()
 @click.argument("topics", nargs=-1)
-@click.option(
-    "--since",
-    metavar="ID|all",
-    help="Replay events after ID first (all: from the beginning).  [default: live only]",
-)
+@click.option("--since", metavar="ID|all", help="First replay events after ID (all: every one).")
 @client_options
 @output_options
 def tail(client: Any, as_json: bool, topics: tuple[str, ...], since: str | None) -> None:
@@ -362,7 +320,7 @@ def tail(client: Any, as_json: bool, topics: tuple[str, ...], since: str | None)
     Examples:
       notifyd tail
       notifyd tail alerts deploys
-      notifyd tail --since all 'backups'
+      notifyd tail backups --since all
       notifyd tail --since 1200 --json | jq -r .title
     """
     start: int | None = None
@@ -407,73 +365,39 @@ def tail(client: Any, as_json: bool, topics: tuple[str, ...], since: str | None)
 @click.option("--limit", type=click.IntRange(1, 500), help="At most N events.  [default: 50]")
 @client_options
 @output_options
-def history(
-    client: Any,
-    as_json: bool,
-    unread: bool,
-    search: str | None,
-    **filters: Any,
-) -> None:
-    """List past events in your inbox, newest first. Unread ones are marked *.
+def history(client: Any, as_json: bool, unread: bool, search: str | None, **filters: Any) -> None:
+    """List past events in your inbox, newest first; unread ones are marked *.
 
     \b
     Examples:
       notifyd history
       notifyd history --unread --min-priority high
       notifyd history --topic backups --search failed --limit 10
-      notifyd history --before 1200          # the page after the one ending at #1200
+      notifyd history --before 1200      # the next page of older events
       notifyd history --json | jq '.events[].id'
     """
-    filters["q"] = search
-    if unread:
-        filters["unread"] = "true"
-    page = client.events(**filters) or {}
+    page = client.events(**filters, q=search, unread="true" if unread else None) or {}
     if as_json:
         _print_json(page)
         return
     events = page.get("events") or []
-    rows, unread_rows = [], []
-    for ev in events:
-        is_unread = ev.get("read") is False
-        unread_rows.append(is_unread)
-        rows.append(
-            [
-                ("*" if is_unread else " ") + str(ev.get("id")),
-                clifmt.short_time(ev.get("created_at")),
-                clifmt.priority_label(ev.get("priority")),
-                ev.get("topic"),
-                ev.get("category"),
-                clifmt.event_summary(ev),
-            ]
-        )
-    if not rows:
+    if not events:
         click.echo("no events match", err=True)
         return
-    headers = [" ID", "TIME", "PRI", "TOPIC", "CATEGORY", "TITLE"]
-    _print_table(headers, rows, bold_rows=unread_rows)
+    _print_table(clifmt.events_table(events), bold_rows=[e.get("read") is False for e in events])
     if page.get("next") is not None:
         click.echo(f"more: notifyd history --before {page['next']}", err=True)
 
 
 @main.command("read")
 @click.argument("ids", nargs=-1, type=int)
-@click.option(
-    "--all", "all_", is_flag=True, help="Every event in your inbox (or --topic/--category)."
-)
+@click.option("--all", "all_", is_flag=True, help="The whole inbox (or --topic/--category).")
 @click.option("--unread", is_flag=True, help="Mark as unread instead.")
 @click.option("--topic", help="With --all: only this topic.")
 @click.option("--category", help="With --all: only this category.")
 @client_options
 @output_options
-def read_cmd(
-    client: Any,
-    as_json: bool,
-    ids: tuple[int, ...],
-    all_: bool,
-    unread: bool,
-    topic: str | None,
-    category: str | None,
-) -> None:
+def read_cmd(client: Any, as_json: bool, ids: tuple[int, ...], all_: bool, **opts: Any) -> None:
     """Mark events as read (or, with --unread, unread) on every device.
 
     Exits with status 1 when some IDs are unknown or not visible to you.
@@ -485,14 +409,13 @@ def read_cmd(
       notifyd read --all
       notifyd read --all --topic backups
     """
-    if all_ and ids:
-        raise click.UsageError("give event IDs or --all, not both")
-    if not all_ and not ids:
+    unread, topic, category = opts["unread"], opts["topic"], opts["category"]
+    if all_ == bool(ids):
         raise click.UsageError("give event IDs to mark, or --all for the whole inbox")
     if all_ and unread:
         raise click.UsageError("--unread works with IDs only")
     if (topic or category) and not all_:
-        raise click.UsageError("--topic and --category filter --all only")
+        raise click.UsageError("--topic and --category only narrow --all")
     if all_:
         result = client.read_all(topic=topic, category=category)
         if as_json:
@@ -512,9 +435,8 @@ def read_cmd(
     elif updated:
         click.echo(f"marked {state}: " + " ".join(f"#{i}" for i in updated))
     if missing:
-        click.echo(
-            "not found (or not yours to see): " + " ".join(f"#{i}" for i in missing), err=True
-        )
+        listed = " ".join(f"#{i}" for i in missing)
+        click.echo(f"not found (or not yours to see): {listed}", err=True)
         sys.exit(1)
 
 
@@ -542,21 +464,18 @@ def users() -> None:
 def users_add(client: Any, as_json: bool, name: str, admin: bool, password_stdin: bool) -> None:
     """Create user NAME, optionally with a password for the web page.
 
-    Without --password-stdin the user has no password and signs in with tokens only.
-    On a terminal, --password-stdin prompts without echoing.
+    Without --password-stdin the user has no password and uses tokens only. On a
+    terminal, --password-stdin prompts without echoing.
 
     \b
     Examples:
       notifyd users add alice
-      notifyd users add root2 --admin --password-stdin
+      notifyd users add ops --admin --password-stdin
       printf '%s' "$PW" | notifyd users add bob --password-stdin
     """
     password = _read_password() if password_stdin else None
     user = client.add_user(name, "admin" if admin else "user", password)
-    if as_json:
-        _print_json(user)
-    else:
-        click.echo(f"added user {user.get('name', name)} ({user.get('role', 'user')})")
+    _report(as_json, user, f"added user {user.get('name', name)} ({user.get('role', 'user')})")
 
 
 @users.command("list")
@@ -573,19 +492,8 @@ def users_list(client: Any, as_json: bool) -> None:
     found = client.users()
     if as_json:
         _print_json({"users": found})
-        return
-    rows = [
-        [
-            u.get("id"),
-            u.get("name"),
-            u.get("role"),
-            u.get("tz") or "-",
-            clifmt.yes_no(u.get("has_password")),
-            clifmt.short_time(u.get("created_at")),
-        ]
-        for u in found
-    ]
-    _print_table(["ID", "NAME", "ROLE", "TZ", "PASSWORD", "CREATED"], rows)
+    else:
+        _print_table(clifmt.users_table(found))
 
 
 @users.command("remove")
@@ -593,22 +501,19 @@ def users_list(client: Any, as_json: bool) -> None:
 @client_options
 @output_options
 def users_remove(client: Any, as_json: bool, name: str) -> None:
-    """Delete user NAME with its tokens, ACL entries and inbox.
+    """Delete user NAME.
 
     \b
     Examples:
       notifyd users remove alice
     """
     client.remove_user(name)
-    if as_json:
-        _print_json({"user": name, "removed": True})
-    else:
-        click.echo(f"removed user {name}")
+    _report(as_json, {"user": name, "removed": True}, f"removed user {name}")
 
 
 @users.command("passwd")
 @click.argument("name")
-@click.option("--password-stdin", is_flag=True, help="Read the password from stdin (the default).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin (default).")
 @client_options
 @output_options
 def users_passwd(client: Any, as_json: bool, name: str, password_stdin: bool) -> None:
@@ -622,10 +527,7 @@ def users_passwd(client: Any, as_json: bool, name: str, password_stdin: bool) ->
       printf '%s' "$PW" | notifyd users passwd alice --password-stdin
     """
     client.set_password(name, _read_password())
-    if as_json:
-        _print_json({"user": name, "password_set": True})
-    else:
-        click.echo(f"password set for {name}")
+    _report(as_json, {"user": name, "password_set": True}, f"password set for {name}")
 
 
 # --- tokens -------------------------------------------------------------------
@@ -657,28 +559,18 @@ def tokens() -> None:
 @click.option("--label", help="A note on what the token is for.")
 @client_options
 @output_options
-def tokens_create(
-    client: Any,
-    as_json: bool,
-    user: str,
-    scopes: list[str],
-    topics: str | None,
-    label: str | None,
-) -> None:
+def tokens_create(client: Any, as_json: bool, user: str, scopes: Any, **opts: Any) -> None:
     """Create a token and print it alone on stdout. It is shown only this once.
 
     \b
     Examples:
       notifyd tokens create --user alice
-      notifyd tokens create --user ci --scope publish --topics 'deploys/*' --label "CI"
+      notifyd tokens create --user ci --scope publish --topics 'deploys/*' --label CI
       export NOTIFYD_TOKEN=$(notifyd tokens create --user phone --scope subscribe)
     """
-    created = client.create_token(user, scopes or None, topics, label)
-    if as_json:
-        _print_json(created)
-        return
-    click.echo(created.get("token"))
-    if sys.stdout.isatty():
+    created = client.create_token(user, list(scopes or ()) or None, opts["topics"], opts["label"])
+    _report(as_json, created, str(created.get("token")))
+    if not as_json and sys.stdout.isatty():
         click.echo("store it now: notifyd keeps only a hash and cannot show it again", err=True)
 
 
@@ -687,7 +579,7 @@ def tokens_create(
 @client_options
 @output_options
 def tokens_list(client: Any, as_json: bool, user: str | None) -> None:
-    """List tokens (never their secrets: the prefix identifies them).
+    """List tokens; never their secrets, the prefix identifies each.
 
     \b
     Examples:
@@ -697,23 +589,8 @@ def tokens_list(client: Any, as_json: bool, user: str | None) -> None:
     found = client.tokens(user)
     if as_json:
         _print_json({"tokens": found})
-        return
-    rows = [
-        [
-            t.get("id"),
-            t.get("user"),
-            t.get("prefix"),
-            ",".join(t.get("scopes") or []),
-            t.get("topics") or "*",
-            clifmt.short_time(t.get("created_at")),
-            clifmt.short_time(t.get("last_used_at")) if t.get("last_used_at") else "never",
-            t.get("label") or "",
-        ]
-        for t in found
-    ]
-    _print_table(
-        ["ID", "USER", "PREFIX", "SCOPES", "TOPICS", "CREATED", "LAST USED", "LABEL"], rows
-    )
+    else:
+        _print_table(clifmt.tokens_table(found))
 
 
 @tokens.command("revoke")
@@ -728,10 +605,7 @@ def tokens_revoke(client: Any, as_json: bool, token_id: str) -> None:
       notifyd tokens revoke 7
     """
     client.revoke_token(token_id)
-    if as_json:
-        _print_json({"id": token_id, "revoked": True})
-    else:
-        click.echo(f"revoked token {token_id}")
+    _report(as_json, {"id": token_id, "revoked": True}, f"revoked token {token_id}")
 
 
 # --- ACL ----------------------------------------------------------------------
@@ -742,7 +616,7 @@ def acl() -> None:
     """Manage who may read and write which topics (admin only).
 
     Patterns are topics where * matches any run of characters, / included. Admins
-    may read and write every topic.
+    may read and write every topic without entries.
 
     \b
     Examples:
@@ -761,8 +635,6 @@ def acl() -> None:
 def acl_grant(client: Any, as_json: bool, user: str, pattern: str, permission: str) -> None:
     """Let USER read, write or both (rw) on topics matching PATTERN.
 
-    Granting again on the same pattern replaces the permission.
-
     \b
     Examples:
       notifyd acl grant alice 'alerts/*' read
@@ -770,10 +642,7 @@ def acl_grant(client: Any, as_json: bool, user: str, pattern: str, permission: s
       notifyd acl grant bob backups rw
     """
     entry = client.grant(user, pattern, permission)
-    if as_json:
-        _print_json(entry)
-    else:
-        click.echo(f"{user} may now {clifmt.permission_of(entry)} {pattern}")
+    _report(as_json, entry, f"{user} may now {clifmt.permission_of(entry)} {pattern}")
 
 
 @acl.command("list")
@@ -791,9 +660,8 @@ def acl_list(client: Any, as_json: bool, user: str | None) -> None:
     found = client.acl(user)
     if as_json:
         _print_json({"acl": found})
-        return
-    rows = [[e.get("id"), e.get("user"), e.get("pattern"), clifmt.permission_of(e)] for e in found]
-    _print_table(["ID", "USER", "PATTERN", "PERMISSION"], rows)
+    else:
+        _print_table(clifmt.acl_table(found))
 
 
 @acl.command("revoke")
@@ -802,17 +670,15 @@ def acl_list(client: Any, as_json: bool, user: str | None) -> None:
 @client_options
 @output_options
 def acl_revoke(client: Any, as_json: bool, user: str, pattern: str) -> None:
-    """Remove USER's entry for PATTERN (exactly as listed).
+    """Remove USER's entry for PATTERN (exactly as `acl list` shows it).
 
     \b
     Examples:
       notifyd acl revoke alice 'alerts/*'
     """
     client.revoke(user, pattern)
-    if as_json:
-        _print_json({"user": user, "pattern": pattern, "revoked": True})
-    else:
-        click.echo(f"revoked {user}'s access to {pattern}")
+    done = {"user": user, "pattern": pattern, "revoked": True}
+    _report(as_json, done, f"revoked {user}'s access to {pattern}")
 
 
 # --- TUI ----------------------------------------------------------------------
@@ -820,7 +686,7 @@ def acl_revoke(client: Any, as_json: bool, user: str, pattern: str) -> None:
 
 @main.command()
 @_connection_params
-def tui(socket_path: str | None, url: str | None, token: str | None) -> None:
+def tui(**connection: Any) -> None:
     """Open the terminal interface: inbox, history and read state.
 
     \b
@@ -828,12 +694,12 @@ def tui(socket_path: str | None, url: str | None, token: str | None) -> None:
       notifyd tui
       notifyd tui --url https://notify.example.com --token nfy_…
     """
-    given = _from_command_line({"socket_path": socket_path, "url": url, "token": token})
-    # The TUI resolves its connection like every client, from the environment.
-    for name, var in (("socket_path", "SOCKET"), ("url", "URL"), ("token", "TOKEN")):
+    given = _from_command_line(connection)
+    # The TUI resolves its connection like every client does, from the environment.
+    for name, var in zip(_CONNECTION, ("SOCKET", "URL", "TOKEN"), strict=True):
         if name in given:
             os.environ[f"NOTIFYD_{var}"] = given[name]
-    if "url" in given:
+    if "url" in given and "socket_path" not in given:
         os.environ.pop("NOTIFYD_SOCKET", None)
     try:
         from notifyd.tui.app import main as tui_main

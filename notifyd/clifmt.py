@@ -252,3 +252,61 @@ def _style(text: str, **styles: object) -> str:
     import click  # already loaded by the CLI; lazy so tests of plain text never need it
 
     return click.style(text, **styles)  # type: ignore[arg-type]
+
+
+# --- tables -------------------------------------------------------------------
+
+Table = tuple[list[str], list[list[object]]]
+
+
+def events_table(events: Sequence[dict], now: datetime | None = None) -> Table:
+    """History rows; unread events get a ``*`` before their id."""
+    rows = [
+        [
+            ("*" if ev.get("read") is False else " ") + str(ev.get("id")),
+            short_time(ev.get("created_at"), now),
+            priority_label(ev.get("priority")),
+            ev.get("topic"),
+            ev.get("category"),
+            event_summary(ev),
+        ]
+        for ev in events
+    ]
+    return [" ID", "TIME", "PRI", "TOPIC", "CATEGORY", "TITLE"], rows
+
+
+def users_table(users: Sequence[dict]) -> Table:
+    rows = [
+        [
+            u.get("id"),
+            u.get("name"),
+            u.get("role"),
+            u.get("tz") or "-",
+            yes_no(u.get("has_password")),
+            short_time(u.get("created_at")),
+        ]
+        for u in users
+    ]
+    return ["ID", "NAME", "ROLE", "TZ", "PASSWORD", "CREATED"], rows
+
+
+def tokens_table(tokens: Sequence[dict]) -> Table:
+    rows = [
+        [
+            t.get("id"),
+            t.get("user"),
+            t.get("prefix"),
+            ",".join(t.get("scopes") or []),
+            t.get("topics") or "*",
+            short_time(t.get("created_at")),
+            short_time(t["last_used_at"]) if t.get("last_used_at") else "never",
+            t.get("label") or "",
+        ]
+        for t in tokens
+    ]
+    return ["ID", "USER", "PREFIX", "SCOPES", "TOPICS", "CREATED", "LAST USED", "LABEL"], rows
+
+
+def acl_table(entries: Sequence[dict]) -> Table:
+    rows = [[e.get("id"), e.get("user"), e.get("pattern"), permission_of(e)] for e in entries]
+    return ["ID", "USER", "PATTERN", "PERMISSION"], rows

@@ -1,0 +1,173 @@
+"""Shared fixtures: a real notifyd daemon in a subprocess on a temp data dir.
+
+Tests talk to it the way users do: httpx over TCP (with tokens) and over the
+Unix socket (as the admin), trio-websocket and SSE for streams, the CLI as a
+subprocess. Waiting is always on a condition with a deadline, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> Any:  # fmt: skip
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {message}") from last_exc
+
+
+@dataclass
+class Daemon:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / "notifyd.sock"
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        env = {**os.environ, **self.extra_env}
+        for var in ("NOTIFYD_URL", "NOTIFYD_TOKEN", "NOTIFYD_SOCKET", "NOTIFY_SOCKET", "LISTEN_FDS"):
+            if var not in self.extra_env:
+                env.pop(var, None)
+        self.log_path = self.data_dir / "daemon.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "notifyd", "serve", "--data-dir", str(self.data_dir),
+             "--listen", f"127.0.0.1:{self.port}", "--socket", str(self.socket), *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        log.close()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200 and self.socket.exists()
+
+        try:
+            wait_for(ready, timeout, message="daemon to serve /healthz")
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("daemon did not stop in time") from None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> Daemon:
+        self.stop()
+        return self.start()
+
+    # clients -------------------------------------------------------------------
+
+    def admin(self, **kw: Any) -> httpx.Client:
+        """A client over the Unix socket: acts as the admin user."""
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://notifyd",
+            timeout=kw.pop("timeout", 10), **kw,
+        )  # fmt: skip
+
+    def http(self, token: str | None = None, **kw: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=kw.pop("timeout", 10), **kw)
+
+    def user(self, name: str, *, role: str = "user", grants: dict[str, str] | None = None,
+             scopes: list[str] | None = None, topics: str | None = None) -> str:  # fmt: skip
+        """Create a user with ACL grants; return a token for it."""
+        with self.admin() as c:
+            r = c.post("/v1/users", json={"name": name, "role": role})
+            assert r.status_code in (201, 409), r.text
+            for pattern, perm in (grants or {}).items():
+                r = c.post("/v1/acl", json={"user": name, "pattern": pattern, "permission": perm})
+                assert r.status_code == 201, r.text
+            body: dict[str, Any] = {"user": name}
+            if scopes is not None:
+                body["scopes"] = scopes
+            if topics is not None:
+                body["topics"] = topics
+            r = c.post("/v1/tokens", json=body)
+            assert r.status_code == 201, r.text
+            return r.json()["token"]
+
+    def publish(self, topic: str = "test", **fields: Any) -> dict:
+        fields.setdefault("title", "hello")
+        with self.admin() as c:
+            r = c.post("/v1/events", json={"topic": topic, **fields})
+            assert r.status_code == 201, r.text
+            return r.json()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "data")
+    d.data_dir.mkdir()
+    d.start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def make(**kw: Any) -> Daemon:
+        d = Daemon(tmp_path / f"data{len(started)}", **kw)
+        d.data_dir.mkdir()
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
