@@ -99,7 +99,10 @@ def _print_json(value: Any, *, compact: bool = False) -> None:
         click.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-def _print_table(table: clifmt.Table, **kwargs: Any) -> None:
+def _print_table(table: clifmt.Table, empty: str, **kwargs: Any) -> None:
+    if not table[1]:
+        click.echo(empty, err=True)  # stderr, so that a pipe sees no stray header either
+        return
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     for line in clifmt.render_table(*table, color=_color(), width=width, **kwargs):
         click.echo(line)
@@ -129,6 +132,10 @@ def _checked(parse: Callable[[Any], Any], *, whole: bool = False) -> Callable:
             raise click.BadParameter(str(exc)) from None
 
     return callback
+
+
+def _complete_priority(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    return [name for name in clifmt.PRIORITY_LABELS.values() if name.startswith(incomplete)]
 
 
 def _read_password() -> str:
@@ -232,6 +239,7 @@ def serve(config_path: str | None, **flags: Any) -> None:
     "--priority",
     "-p",
     callback=_checked(clifmt.check_priority),
+    shell_complete=_complete_priority,
     help="1–5 or min, low, default, high, urgent.  [default: default]",
 )
 @click.option("--category", help="Short slug used by preferences.  [default: general]")
@@ -301,7 +309,12 @@ def send(client: Any, as_json: bool, topic: str, body: str | None, **opts: Any) 
     event.update(opts)
     event = {k: v for k, v in event.items() if v not in (None, [])}
     stored = client.publish(event, idempotency_key=key)
-    _report(as_json, stored, str(stored.get("id")))
+    if as_json or stored.get("id") is not None:
+        _report(as_json, stored, str(stored.get("id")))
+    else:
+        # A scheduled event gets its id (its place in the stream) only when it is due.
+        when = clifmt.short_time(stored.get("deliver_at"))
+        click.echo(f"scheduled for {when} (schedule #{stored.get('scheduled_id')})", err=True)
 
 
 @main.command()
@@ -356,6 +369,7 @@ def tail(client: Any, as_json: bool, topics: tuple[str, ...], since: str | None)
     "--min-priority",
     metavar="P",
     callback=_checked(clifmt.parse_priority),
+    shell_complete=_complete_priority,
     help="Only events at least this urgent (1–5 or a name).",
 )
 @click.option("--unread", is_flag=True, help="Only events you have not read.")
@@ -381,12 +395,10 @@ def history(client: Any, as_json: bool, unread: bool, search: str | None, **filt
         _print_json(page)
         return
     events = page.get("events") or []
-    if not events:
-        click.echo("no events match", err=True)
-        return
-    _print_table(clifmt.events_table(events), bold_rows=[e.get("read") is False for e in events])
+    unread_rows = [e.get("read") is False for e in events]
+    _print_table(clifmt.events_table(events), "no events match", bold_rows=unread_rows)
     if page.get("next") is not None:
-        click.echo(f"more: notifyd history --before {page['next']}", err=True)
+        click.echo(f"more: repeat with --before {page['next']}", err=True)
 
 
 @main.command("read")
@@ -421,7 +433,8 @@ def read_cmd(client: Any, as_json: bool, ids: tuple[int, ...], all_: bool, **opt
         if as_json:
             _print_json(result)
         elif result.get("updated"):
-            click.echo(f"marked {result['updated']} events read (up to #{result.get('upto')})")
+            n = result["updated"]
+            click.echo(f"marked {clifmt.plural(n, 'event')} read (up to #{result.get('upto')})")
         else:
             click.echo("nothing to mark: no unread events", err=True)
         return
@@ -493,7 +506,7 @@ def users_list(client: Any, as_json: bool) -> None:
     if as_json:
         _print_json({"users": found})
     else:
-        _print_table(clifmt.users_table(found))
+        _print_table(clifmt.users_table(found), "no users")
 
 
 @users.command("remove")
@@ -590,14 +603,14 @@ def tokens_list(client: Any, as_json: bool, user: str | None) -> None:
     if as_json:
         _print_json({"tokens": found})
     else:
-        _print_table(clifmt.tokens_table(found))
+        _print_table(clifmt.tokens_table(found), "no tokens")
 
 
 @tokens.command("revoke")
-@click.argument("token_id", metavar="ID")
+@click.argument("token_id", metavar="ID", type=int)
 @client_options
 @output_options
-def tokens_revoke(client: Any, as_json: bool, token_id: str) -> None:
+def tokens_revoke(client: Any, as_json: bool, token_id: int) -> None:
     """Revoke token ID (see `notifyd tokens list`); it stops working at once.
 
     \b
@@ -642,7 +655,8 @@ def acl_grant(client: Any, as_json: bool, user: str, pattern: str, permission: s
       notifyd acl grant bob backups rw
     """
     entry = client.grant(user, pattern, permission)
-    _report(as_json, entry, f"{user} may now {clifmt.permission_of(entry)} {pattern}")
+    may = {"rw": "read and write", "none": "no longer access"}.get(clifmt.permission_of(entry))
+    _report(as_json, entry, f"{user} may now {may or clifmt.permission_of(entry)} {pattern}")
 
 
 @acl.command("list")
@@ -661,7 +675,7 @@ def acl_list(client: Any, as_json: bool, user: str | None) -> None:
     if as_json:
         _print_json({"acl": found})
     else:
-        _print_table(clifmt.acl_table(found))
+        _print_table(clifmt.acl_table(found), "no ACL entries (admins need none)")
 
 
 @acl.command("revoke")

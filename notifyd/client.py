@@ -180,7 +180,7 @@ class Client:
                     "(an admin creates one with `notifyd tokens create --user NAME`)"
                 )
             elif self.url:
-                message += " — check --token / NOTIFYD_TOKEN; the token may have been revoked"
+                message += " — check --token / NOTIFYD_TOKEN"
         elif resp.status_code in (429, 503):
             retry = resp.headers.get("Retry-After")
             if retry:
@@ -197,7 +197,10 @@ class Client:
             )
         if isinstance(exc, httpx.ConnectError):
             return ClientError(0, "unreachable", self._connect_hint())
-        return ClientError(0, "protocol", f"lost the connection to notifyd at {self.target}: {exc}")
+        detail = str(exc).rstrip(".") or type(exc).__name__
+        return ClientError(
+            0, "protocol", f"lost the connection to notifyd at {self.target}: {detail}"
+        )
 
     def _connect_hint(self) -> str:
         if self.url:
@@ -380,7 +383,7 @@ class Client:
     def tokens(self, user: str | None = None) -> list[dict]:
         return (self.request("GET", "/v1/tokens", params={"user": user}) or {}).get("tokens") or []
 
-    def revoke_token(self, token_id: str) -> None:
+    def revoke_token(self, token_id: int | str) -> None:
         self.request("DELETE", f"/v1/tokens/{_seg(token_id)}")
 
     def grant(self, user: str, pattern: str, permission: str) -> dict:

@@ -188,7 +188,7 @@ def event_summary(event: dict) -> str:
 def event_line(event: dict, *, color: bool = False, now: datetime | None = None) -> str:
     """One line for ``notifyd tail``: ``#id  time  [priority]  topic  title — body``."""
     priority = event.get("priority")
-    label = f"[{priority_label(priority)}]"
+    label = f"[{priority_label(priority)}]".ljust(9)  # 9 = len("[default]"): keeps topics aligned
     if color:
         label = _style(label, **priority_style(priority))
     ident = f"#{event.get('id')}"
@@ -233,6 +233,10 @@ def render_table(
     for i, row in enumerate(cells):
         out.append(line(row, bool(bold_rows and bold_rows[i])))
     return out
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def yes_no(value: object) -> str:
