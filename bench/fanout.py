@@ -137,6 +137,7 @@ def subscriber_worker(
     ids: dict[int, array] = {}
     pending: dict[int, bytearray] = {}
     opened: dict[int, float] = {}
+    ended: set[int] = set()  # streams the server closed
     lifetimes: list[float] = []  # seconds from upgrade to the server ending the stream
     try:
         for _ in range(n_subs):
@@ -187,6 +188,7 @@ def subscriber_worker(
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 closed[f"close {code}"] = closed.get(f"close {code}", 0) + 1
                 lifetimes.append(time.monotonic() - opened[fd])
+                ended.add(fd)
                 ep.unregister(fd)
             else:
                 other_frames += 1
@@ -196,7 +198,7 @@ def subscriber_worker(
             handle(fd, rest, now_wall())
     while True:
         if stop_id is not None:
-            done = all(a and a[-1] >= stop_id for a in ids.values())
+            done = all((a and a[-1] >= stop_id) or fd in ended for fd, a in ids.items())
             if done or time.monotonic() > deadline:
                 break
         for fd, _ev in ep.poll(0.1):
@@ -218,6 +220,7 @@ def subscriber_worker(
             if not data:
                 closed["eof"] = closed.get("eof", 0) + 1
                 lifetimes.append(time.monotonic() - opened[fd])
+                ended.add(fd)
                 ep.unregister(fd)
                 continue
             handle(fd, data, t)

@@ -315,6 +315,19 @@ def test_token_scopes_topics_and_revocation(daemon: Daemon) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    reason="tokens.last_used_at is read (core/sqlite/store.py _token) and shown by the CLI "
+    "(clifmt.py), but nothing ever writes it: core/accounts.py authenticate_token never records a use",
+)
+def test_token_list_shows_when_a_token_was_last_used(daemon: Daemon) -> None:
+    token = daemon.user("mo")
+    with daemon.http(token) as h:
+        assert h.get("/v1/me").status_code == 200
+        (listed,) = h.get("/v1/tokens").json()["tokens"]
+    assert listed["last_used_at"] is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
     reason="core/accounts.py create_token: a token restricted by scopes/topics can mint a "
     "token for its own user with the default (wider) scopes and no topic pattern",
 )

@@ -263,21 +263,29 @@ def test_body_over_the_limit_is_413(make_daemon: Any) -> None:
     d = make_daemon(
         extra_env={"NOTIFYD_MAX_REQUEST_BYTES": "2000", "NOTIFYD_MAX_BATCH_EVENTS": "3"}
     ).start()
+
+    def post_once(**kw: Any) -> httpx.Response:
+        # Each refused upload on a connection of its own: after an answer that left the body
+        # unread, whether the daemon keeps, closes or stalls the connection is timing-dependent
+        # (reported as a bug; not pinned by a test since a strict xfail would flake).
+        with d.admin() as once:
+            return once.post("/v1/events", headers={"content-type": "application/json"}, **kw)
+
+    def chunks() -> Any:
+        yield b'{"topic": "t", "body": "'
+        for _ in range(30):
+            yield b"y" * 100
+        yield b'"}'
+
     with d.admin() as c:
         before = stored_state(c)
-        assert_error(
-            c.post("/v1/events", json={"topic": "t", "body": "x" * 2100}), 413, "too_large"
-        )
+        big = post_once(json={"topic": "t", "body": "x" * 2100})
+        assert int(big.request.headers["content-length"]) > 2000
+        assert_error(big, 413, "too_large")
         assert stored_state(c) == before
 
         # without a Content-Length (chunked), the limit still holds
-        def chunks() -> Any:
-            yield b'{"topic": "t", "body": "'
-            for _ in range(30):
-                yield b"y" * 100
-            yield b'"}'
-
-        r = c.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
+        r = post_once(content=chunks())
         assert "content-length" not in r.request.headers
         assert_error(r, 413, "too_large")
         assert stored_state(c) == before

@@ -45,13 +45,23 @@ async def ws_tcp(
     token: str | None = None,
     *,
     query_token: str | None = None,
+    message_queue_size: int = 1,
     **params: str | None,
 ) -> AsyncIterator[WebSocketConnection]:
-    """A trio-websocket client over TCP; ``token`` goes in a Bearer header."""
+    """A trio-websocket client over TCP; ``token`` goes in a Bearer header.
+
+    With the default ``message_queue_size=1`` the client stops reading the socket
+    while the test is not asking for messages (backpressure reaches the server).
+    """
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else None
     url = daemon.url.replace("http://", "ws://", 1) + resource(token=query_token, **params)
     async with trio_websocket.open_websocket_url(
-        url, extra_headers=headers, connect_timeout=10, disconnect_timeout=5
+        url,
+        extra_headers=headers,
+        connect_timeout=10,
+        disconnect_timeout=5,
+        message_queue_size=message_queue_size,
+        receive_buffer_size=65536,
     ) as ws:
         yield ws
 
@@ -63,7 +73,7 @@ async def ws_unix(daemon: Daemon, **params: str | None) -> AsyncIterator[WebSock
     try:
         async with trio.open_nursery() as nursery:
             ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "notifyd", resource(**params)
+                nursery, stream, "notifyd", resource(**params), receive_buffer_size=65536
             )
             try:
                 yield ws
@@ -509,47 +519,67 @@ async def test_sse_last_event_id_resumes_exactly(daemon: Daemon) -> None:
         await sse.aclose()
 
 
+RACE_TOPICS = ["race/a", "race/x", "secret", "race/b/c"]  # round-robin in the filtered variant
+
+
 @pytest.mark.trio
-@pytest.mark.parametrize("queue", [None, 50], ids=["default-queue", "tiny-queue"])
+@pytest.mark.parametrize(
+    ("queue", "filtered"),
+    [(None, False), (50, False), (50, True)],
+    ids=["default-queue", "tiny-queue", "tiny-queue-user-topics"],
+)
 async def test_replay_races_concurrent_publishing_without_gaps_or_duplicates(
-    make_daemon: Callable[..., Daemon], queue: int | None
+    make_daemon: Callable[..., Daemon], queue: int | None, filtered: bool
 ) -> None:
     """Resume from the middle of 2,000 events while 1,000 more are published.
 
     The client reads one replayed frame and then stops reading until ten batches
     (200 events) have been acknowledged behind the replay. The replay (1,000 events
-    of ~1.2 KB) is far larger than the socket buffers, so the server is provably
-    mid-replay while they are published. With a 50-frame hub queue those 200
-    events overflow the subscriber's queue during the replay, which must start
+    of ~2 KB) is far larger than the socket buffers, so the server is mid-replay
+    while they are published. With a 50-frame hub queue the events published
+    meanwhile overflow the subscriber's queue during the replay, which must start
     another replay round rather than lose or repeat anything.
+
+    Unfiltered: the admin over the Unix socket sees everything. Filtered: a user
+    over TCP who may read ``race/*`` asks for ``topics=race/a,race/b/*``, so the
+    replay pages go through both the ACL and the topic filter and half of the
+    events (``race/x``, ``secret``) must never arrive.
     """
     env = {"NOTIFYD_REPLAY_PAGE": "100"}
     if queue is not None:
         env["NOTIFYD_STREAM_QUEUE"] = str(queue)
     d = await sync(make_daemon(extra_env=env).start)
     filler = "·" * 1000
-    acked: list[int] = []
+
+    def topic(n: int) -> str:
+        return RACE_TOPICS[n % 4] if filtered else "race"
+
+    acked: list[dict] = []
     received: list[int] = []
     async with admin_async(d) as client:
         for start in range(0, 2000, 500):
-            batch = [{"topic": "race", "title": f"pre {i}", "body": filler} for i in range(start, start + 500)]  # fmt: skip
-            acked += [e["id"] for e in await publish(client, batch)]
-        since = acked[999]
+            batch = [{"topic": topic(i), "title": f"pre {i}", "body": filler} for i in range(start, start + 500)]  # fmt: skip
+            acked += await publish(client, batch)
+        since = acked[999]["id"]
         batches_done = 0
         held = trio.Event()
 
         async def publisher() -> None:
             nonlocal batches_done
             for b in range(50):
-                batch = [{"topic": "race", "title": f"live {b}.{i}", "body": filler} for i in range(20)]  # fmt: skip
-                acked.extend(e["id"] for e in await publish(client, batch))
+                batch = [{"topic": topic(i), "title": f"live {b}.{i}", "body": filler} for i in range(20)]  # fmt: skip
+                acked.extend(await publish(client, batch))
                 batches_done += 1
                 if batches_done == 10:
                     held.set()
-            [end] = await publish(client, {"topic": "race", "title": "sentinel"})
-            acked.append(end["id"])
+            acked.extend(await publish(client, {"topic": topic(0), "title": "sentinel"}))
 
-        async with ws_unix(d, since=str(since)) as ws:
+        if filtered:
+            token = await sync(d.user, "racer", grants={"race/*": "read"})
+            stream = ws_tcp(d, token, since=str(since), topics="race/a,race/b/*")
+        else:
+            stream = ws_unix(d, since=str(since))
+        async with stream as ws:
             first = await recv(ws)
             assert first["type"] == "event", first
             received.append(first["event"]["id"])
@@ -563,8 +593,9 @@ async def test_replay_races_concurrent_publishing_without_gaps_or_duplicates(
                         received.append(frame["event"]["id"])
                         if frame["event"]["title"] == "sentinel":
                             break
-    want = sorted(i for i in acked if i > since)
-    assert len(want) == 1000 + 1000 + 1
+    visible = {"race/a", "race/b/c"} if filtered else {"race"}
+    want = sorted(e["id"] for e in acked if e["id"] > since and e["topic"] in visible)
+    assert len(want) == (1001 if filtered else 2001)
     assert received == want, first_difference(received, want)
 
 
@@ -614,6 +645,82 @@ async def test_read_state_syncs_to_every_connection_of_that_user_only(daemon: Da
             assert {e["id"] for e in r.json()["events"]} == {e["id"] for e in evs} | {ev["id"]}
         finally:
             await sse.aclose()
+
+
+# -- access changes ----------------------------------------------------------------------
+
+
+def admin_request(daemon: Daemon, method: str, path: str, **kw: Any) -> httpx.Response:
+    with daemon.admin() as c:
+        return c.request(method, path, **kw)
+
+
+async def expect_resync(ws: WebSocketConnection) -> str:
+    frame = await recv(ws)
+    assert frame["type"] == "resync", frame
+    with trio.fail_after(10), pytest.raises(ConnectionClosed):
+        await ws.get_message()
+    assert ws.closed is not None and ws.closed.code == 4000, ws.closed
+    return frame["reason"]
+
+
+@pytest.mark.trio
+async def test_revoked_acl_or_token_ends_the_stream(daemon: Daemon) -> None:
+    token = await sync(daemon.user, "bob", grants={"news": "read", "misc": "read"})
+    with daemon.admin() as c:
+        r = c.post("/v1/tokens", json={"user": "bob"})
+        assert r.status_code == 201, r.text
+        second = r.json()
+
+    # an ACL grant taken away: the stream ends; the topic is now refused
+    async with ws_tcp(daemon, token, topics="news") as ws:
+        await wait_stream_clients(daemon, 1)
+        r = await sync(
+            lambda: daemon.admin().delete("/v1/acl", params={"user": "bob", "pattern": "news"})
+        )
+        assert r.status_code == 204, r.text
+        assert await expect_resync(ws)
+    with pytest.raises(ConnectionRejected) as info:
+        async with ws_tcp(daemon, token, topics="news"):
+            pass
+    assert info.value.status_code == 403
+
+    # a token revoked: its stream ends and it cannot reconnect
+    async with ws_tcp(daemon, second["token"]) as ws:
+        await wait_stream_clients(daemon, 1)
+        r = await sync(admin_request, daemon, "DELETE", f"/v1/tokens/{second['id']}")
+        assert r.status_code == 204, r.text
+        assert await expect_resync(ws)
+    with pytest.raises(ConnectionRejected) as info:
+        async with ws_tcp(daemon, second["token"]):
+            pass
+    assert info.value.status_code == 401
+    # bob's other token still streams
+    async with ws_tcp(daemon, token) as ws:
+        await wait_stream_clients(daemon, 1)
+        [ev] = await publish_admin(daemon, {"topic": "misc"})
+        assert await recv(ws) == {"type": "event", "event": ev}
+
+
+@pytest.mark.trio
+@pytest.mark.xfail(
+    strict=True,
+    reason="Accounts.revoke_token (notifyd/core/accounts.py) calls _invalidate() without a "
+    "user, so Hub.user_changed(None) dooms every stream client of every user",
+)
+async def test_revoking_a_token_leaves_other_users_streams_alone(daemon: Daemon) -> None:
+    alice = await sync(daemon.user, "alice", grants={"news": "read"})
+    await sync(daemon.user, "bob", grants={"news": "read"})
+    with daemon.admin() as c:
+        r = c.post("/v1/tokens", json={"user": "bob"})
+        assert r.status_code == 201, r.text
+        bobs = r.json()
+    async with ws_tcp(daemon, alice) as ws:
+        await wait_stream_clients(daemon, 1)
+        r = await sync(admin_request, daemon, "DELETE", f"/v1/tokens/{bobs['id']}")
+        assert r.status_code == 204, r.text
+        [ev] = await publish_admin(daemon, {"topic": "news"})
+        assert await recv(ws) == {"type": "event", "event": ev}
 
 
 # -- keepalives -----------------------------------------------------------------------------
@@ -711,7 +818,8 @@ async def test_slow_consumer_is_dropped_without_slowing_anyone(
     acked: list[int] = []
     got: list[int] = []
     latencies: list[float] = []
-    async with ws_tcp(d, token) as fast:
+    # the fast client reads the socket eagerly, whatever the test is doing
+    async with ws_tcp(d, token, message_queue_size=4096) as fast:
         await wait_stream_clients(d, 2)
 
         async def consume() -> None:
