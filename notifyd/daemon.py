@@ -19,7 +19,7 @@ import trio
 from .api.app import make_app
 from .api.server import Front, Listener, bind_tcp, bind_unix, inherited_listeners
 from .config import Config
-from .core.housekeeping import run_pruner, run_scheduler
+from .core.housekeeping import run_pruner, run_scheduler, run_token_touch
 from .core.services import Services
 from .core.sqlite.store import SQLiteStore
 from .logs import setup_logging
@@ -83,6 +83,7 @@ async def serve(
             await background.start(svc.hub.run_keepalive, config.keepalive_seconds)
             await background.start(run_scheduler, svc)
             await background.start(run_pruner, svc)
+            await background.start(run_token_touch, svc)
             await background.start(_watchdog)
             async with trio.open_nursery() as connections:
                 with trio.CancelScope() as accepting:

@@ -63,7 +63,13 @@ class Daemon:
 
     def start(self, timeout: float = 20.0) -> Daemon:
         env = {**os.environ, **self.extra_env}
-        for var in ("NOTIFYD_URL", "NOTIFYD_TOKEN", "NOTIFYD_SOCKET", "NOTIFY_SOCKET", "LISTEN_FDS"):
+        for var in (
+            "NOTIFYD_URL",
+            "NOTIFYD_TOKEN",
+            "NOTIFYD_SOCKET",
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+        ):
             if var not in self.extra_env:
                 env.pop(var, None)
         self.log_path = self.data_dir / "daemon.log"
@@ -78,7 +84,10 @@ class Daemon:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200 and self.socket.exists()
+            return (
+                httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+                and self.socket.exists()
+            )
 
         try:
             wait_for(ready, timeout, message="daemon to serve /healthz")
@@ -87,7 +96,11 @@ class Daemon:
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+        return (
+            self.log_path.read_text(errors="replace")
+            if self.log_path and self.log_path.exists()
+            else ""
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None

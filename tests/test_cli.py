@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import httpx
-
 from conftest import Daemon, wait_for
 
 

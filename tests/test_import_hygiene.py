@@ -9,8 +9,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 CORE = "notifyd.core, notifyd.core.sqlite.store, notifyd.core.hub, notifyd.core.inbox"
 
 
@@ -38,11 +36,6 @@ def test_core_without_the_sqlite_store_imports_no_click() -> None:
     assert not loaded & {"fastapi", "starlette", "click", "textual"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="notifyd/core/sqlite/schema.py:12 imports sqlite_utils at module level, and "
-    "sqlite_utils/__init__ -> hookspecs imports click; import it inside migrate() instead",
-)
 def test_core_with_the_sqlite_store_imports_no_click() -> None:
     assert "click" not in loaded_after(CORE)
 

@@ -641,7 +641,9 @@ async def test_read_state_syncs_to_every_connection_of_that_user_only(daemon: Da
             assert await recv(c1) == {"type": "event", "event": ev}
             assert await recv(c2) == {"type": "event", "event": ev}
             # and his read state is untouched
-            r = await sync(lambda: daemon.http(dave).get("/v1/events", params={"unread": "true"}))
+            r = await sync(
+                user_request, daemon, dave, "GET", "/v1/events", params={"unread": "true"}
+            )
             assert {e["id"] for e in r.json()["events"]} == {e["id"] for e in evs} | {ev["id"]}
         finally:
             await sse.aclose()
@@ -652,6 +654,11 @@ async def test_read_state_syncs_to_every_connection_of_that_user_only(daemon: Da
 
 def admin_request(daemon: Daemon, method: str, path: str, **kw: Any) -> httpx.Response:
     with daemon.admin() as c:
+        return c.request(method, path, **kw)
+
+
+def user_request(daemon: Daemon, token: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    with daemon.http(token) as c:
         return c.request(method, path, **kw)
 
 
@@ -675,9 +682,8 @@ async def test_revoked_acl_or_token_ends_the_stream(daemon: Daemon) -> None:
     # an ACL grant taken away: the stream ends; the topic is now refused
     async with ws_tcp(daemon, token, topics="news") as ws:
         await wait_stream_clients(daemon, 1)
-        r = await sync(
-            lambda: daemon.admin().delete("/v1/acl", params={"user": "bob", "pattern": "news"})
-        )
+        params = {"user": "bob", "pattern": "news"}
+        r = await sync(admin_request, daemon, "DELETE", "/v1/acl", params=params)
         assert r.status_code == 204, r.text
         assert await expect_resync(ws)
     with pytest.raises(ConnectionRejected) as info:

@@ -46,6 +46,15 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSON({"error": err}, status_code=status, headers=headers)
 
 
+def _closing(request: Request, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Close the connection after an error to a request that carried a body:
+    the body may be unread, and leaving it in the pipe would garble the next
+    request on a keep-alive connection."""
+    if "content-length" in request.headers or "transfer-encoding" in request.headers:
+        return {**(headers or {}), "Connection": "close"}
+    return headers
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotifydError)
     async def _notifyd(request: Request, exc: NotifydError) -> Response:
@@ -54,7 +63,9 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Retry-After"] = str(int(exc.retry_after))
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="notifyd"'
-        return error_response(exc.status, exc.code, exc.message, exc.field, headers or None)
+        return error_response(
+            exc.status, exc.code, exc.message, exc.field, _closing(request, headers or None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -62,7 +73,9 @@ def install_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body", "header")]
         field = ".".join(loc) or None
         msg = err.get("msg", "invalid request")
-        return error_response(422, "invalid", f"{field}: {msg}" if field else msg, field)
+        return error_response(
+            422, "invalid", f"{field}: {msg}" if field else msg, field, _closing(request, None)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -70,7 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
-        return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code, code, message, headers=_closing(request, getattr(exc, "headers", None))
+        )
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:

@@ -38,7 +38,7 @@ def hash_token(token: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ValidationFailed(
             "user names are 1–32 characters: a lowercase letter, then a–z 0–9 _ . -",
             field="name",
@@ -60,6 +60,8 @@ class Accounts:
         self.store = store
         self.hub = hub
         self._cache: dict[str, tuple[float, Principal]] = {}
+        #: token id → last use (unix time), flushed to the store by housekeeping
+        self.token_uses: dict[int, float] = {}
 
     def _invalidate(self, user_id: int | None = None) -> None:
         self._cache.clear()
@@ -79,6 +81,8 @@ class Accounts:
         hit = self._cache.get(digest)
         now = time.monotonic()
         if hit is not None and hit[0] > now:
+            if hit[1].token_id is not None:
+                self.token_uses[hit[1].token_id] = time.time()
             return hit[1]
         tok = await self.store.token_by_hash(digest)
         if tok is None:
@@ -93,7 +97,16 @@ class Accounts:
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + CACHE_TTL, principal)
+        self.token_uses[tok.id] = time.time()
         return principal
+
+    async def flush_token_uses(self) -> int:
+        """Write the last-use times noted since the previous flush."""
+        if not self.token_uses:
+            return 0
+        uses, self.token_uses = self.token_uses, {}
+        await self.store.touch_tokens(list(uses.items()))
+        return len(uses)
 
     async def socket_principal(self, name: str) -> Principal:
         hit = self._cache.get("socket:" + name)
@@ -186,6 +199,25 @@ class Accounts:
                 check_pattern(topics)
             except ValueError as exc:
                 raise ValidationFailed(str(exc), field="topics") from None
+        if "admin" not in caller.scopes:
+            # A narrowed credential may hand out only what it holds itself.
+            if not set(parsed) <= caller.scopes:
+                raise Forbidden("a token cannot create one with scopes it does not have")
+            if (
+                caller.token_pattern is not None
+                and topics != caller.token_pattern
+                and (
+                    topics is None
+                    or "*" in topics
+                    or not caller.can_read(topics)
+                    and not caller.can_write(topics)
+                )
+            ):
+                raise Forbidden(
+                    f"this token is limited to {caller.token_pattern!r}; "
+                    "new tokens must be limited to the same pattern or one of its topics",
+                    field="topics",
+                )
         if label is not None and len(label) > 64:
             raise ValidationFailed("labels are at most 64 characters", field="label")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(30)

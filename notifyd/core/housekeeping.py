@@ -50,6 +50,23 @@ async def run_scheduler(
         await trio.sleep(1.0)
 
 
+async def run_token_touch(
+    svc: Services,
+    interval: float = 15.0,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Flush tokens' last-use times; kept off the request path on purpose."""
+    task_status.started()
+    try:
+        while True:
+            await trio.sleep(interval)
+            await svc.accounts.flush_token_uses()
+    finally:
+        with trio.CancelScope(shield=True):
+            await svc.accounts.flush_token_uses()
+
+
 async def run_pruner(
     svc: Services,
     interval: float = 3600.0,

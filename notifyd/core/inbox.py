@@ -14,6 +14,7 @@ from .errors import NotFound, PayloadTooLarge, ValidationFailed
 from .models import validate_events
 from .services import Services
 from .store import STATES, Event, HistoryQuery, PublishResult
+from .timeutil import now_rfc3339
 
 MAX_STATE_IDS = 500
 
@@ -46,7 +47,8 @@ async def history(svc: Services, query: HistoryQuery) -> tuple[list[Event], int 
 
 async def get_event(svc: Services, principal: Principal, event_id: int) -> Event:
     ev = await svc.store.get_event(event_id, principal.user_id)
-    if ev is None or not principal.can_read(ev["topic"]):
+    expired = ev is not None and ev["expires_at"] is not None and ev["expires_at"] <= now_rfc3339()
+    if ev is None or expired or not principal.can_read(ev["topic"]):
         raise NotFound(f"no event {event_id}", field="id")
     return ev
 

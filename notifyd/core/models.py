@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from .errors import BadRequest, ValidationFailed
-from .timeutil import format_ts, parse_rfc3339
+from .timeutil import normalize_rfc3339
 
 TOPIC_SEGMENT = r"[A-Za-z0-9_.\-]{1,64}"
 TOPIC_RE = re.compile(rf"^{TOPIC_SEGMENT}(?:/{TOPIC_SEGMENT})*$")
@@ -59,7 +59,7 @@ def parse_priority(value: Any) -> int:
 
 
 def check_topic(topic: str) -> str:
-    if not isinstance(topic, str) or len(topic) > TOPIC_MAX or not TOPIC_RE.match(topic):
+    if not isinstance(topic, str) or len(topic) > TOPIC_MAX or not TOPIC_RE.fullmatch(topic):
         raise ValueError(
             "topic must be 1–64 characters of A–Z a–z 0–9 _ . - per segment, "
             "segments separated by '/'"
@@ -70,7 +70,7 @@ def check_topic(topic: str) -> str:
 
 
 def check_pattern(pattern: str) -> str:
-    if not isinstance(pattern, str) or not PATTERN_RE.match(pattern):
+    if not isinstance(pattern, str) or not PATTERN_RE.fullmatch(pattern):
         raise ValueError("a topic pattern is a topic that may contain '*' wildcards")
     return pattern
 
@@ -130,7 +130,7 @@ class EventIn(BaseModel):
     @field_validator("category")
     @classmethod
     def _category(cls, v: str) -> str:
-        if not SLUG_RE.match(v):
+        if not SLUG_RE.fullmatch(v):
             raise ValueError("category must be a slug: a–z, 0–9, '-' and '_', up to 32 characters")
         return v
 
@@ -138,7 +138,7 @@ class EventIn(BaseModel):
     @classmethod
     def _tags(cls, v: list[str]) -> list[str]:
         for tag in v:
-            if not SLUG_RE.match(tag):
+            if not SLUG_RE.fullmatch(tag):
                 raise ValueError(f"tag {tag!r} is not a slug (a–z, 0–9, '-', '_', ≤ 32 chars)")
         return v
 
@@ -150,7 +150,7 @@ class EventIn(BaseModel):
     @field_validator("collapse_key")
     @classmethod
     def _collapse(cls, v: str | None) -> str | None:
-        if v is not None and not COLLAPSE_RE.match(v):
+        if v is not None and not COLLAPSE_RE.fullmatch(v):
             raise ValueError("collapse_key must be 1–64 characters of A–Z a–z 0–9 _ . : -")
         return v
 
@@ -160,7 +160,7 @@ class EventIn(BaseModel):
         if v is None:
             return None
         try:
-            return format_ts(parse_rfc3339(v))
+            return normalize_rfc3339(v)
         except (ValueError, OverflowError, OSError) as exc:
             raise ValueError(f"not an RFC 3339 timestamp: {exc}") from None
 
@@ -199,10 +199,10 @@ def _raise_validation(exc: ValidationError, batch: bool) -> None:
     msg = err.get("msg", "invalid value")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    if not loc and ": " in msg:
+    if not any(isinstance(p, str) for p in loc) and ": " in msg:
         # model-level checks name their field as a "field: message" prefix
         name, msg = msg.split(": ", 1)
-        field = f"{field}.{name}" if batch else name
+        field = f"{field}.{name}" if loc else name
     if err.get("type") == "extra_forbidden":
         msg = f"unknown field {loc[-1]!r}"
     elif err.get("type") == "missing":

@@ -199,6 +199,10 @@ class Store(ABC):
     async def token_by_hash(self, token_hash: str) -> Token | None: ...
 
     @abstractmethod
+    async def touch_tokens(self, uses: list[tuple[int, float]]) -> None:
+        """Record when tokens were last used: (token id, unix time) pairs."""
+
+    @abstractmethod
     async def list_tokens(self, user_id: int | None = None) -> list[Token]: ...
 
     @abstractmethod

@@ -93,7 +93,9 @@ async def create_token(request: Request, caller: Caller, body: TokenIn) -> JSON:
 async def list_tokens(
     request: Request, caller: Caller, user: Annotated[str | None, Query()] = None
 ) -> JSON:
-    store = services(request).store
+    svc = services(request)
+    await svc.accounts.flush_token_uses()
+    store = svc.store
     if caller.is_admin and "admin" in caller.scopes:
         tokens = await store.list_tokens()
         if user is not None:

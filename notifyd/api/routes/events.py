@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from ...core import inbox
 from ...core.acl import Principal
 from ...core.errors import BadRequest, PayloadTooLarge, ValidationFailed
-from ...core.models import EventIn, parse_priority
+from ...core.models import EventIn, check_pattern, parse_priority
 from ..auth import principal, services
 from ..responses import JSON
 
@@ -92,6 +92,11 @@ class Filters:
         before: Annotated[int | None, Query(ge=0)] = None,
         archived: Literal["exclude", "only", "include"] = "exclude",
     ) -> None:
+        if topic is not None:
+            try:
+                check_pattern(topic)
+            except ValueError as exc:
+                raise ValidationFailed(f"topic: {exc}", field="topic") from None
         self.values = dict(
             topic=topic,
             category=category,

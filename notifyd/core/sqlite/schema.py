@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:  # sqlite_utils imports click; keep it off the core's import path
+    import sqlite_utils
 
 
 def _m001_initial(db: sqlite_utils.Database) -> None:
@@ -162,6 +164,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial]
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database up to date; returns the schema version."""
+    import sqlite_utils
+
     db = sqlite_utils.Database(conn)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):

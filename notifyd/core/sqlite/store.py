@@ -434,7 +434,12 @@ class SQLiteStore(Store):
                 "FROM events e LEFT JOIN receipts r ON r.user_id = ? AND r.event_id = e.id "
                 f"WHERE {where}"
             )
-            if not query.filtered and query.archived == "exclude" and query.visibility.everything:
+            if (
+                not query.filtered
+                and query.archived == "exclude"
+                and query.visibility.everything
+                and query.visibility.also_matching is None
+            ):
                 count = conn.execute(
                     f"SELECT count(*) {base}", [query.user_id, *params]
                 ).fetchone()[0]
@@ -589,6 +594,14 @@ class SQLiteStore(Store):
             return None if row is None else _token(row)
 
         return await self._read(fn)
+
+    async def touch_tokens(self, uses: list[tuple[int, float]]) -> None:
+        from ..timeutil import format_ts
+
+        rows = [(format_ts(ts), token_id) for token_id, ts in uses]
+        await self.write(
+            lambda c: c.executemany("UPDATE tokens SET last_used_at = ? WHERE id = ?", rows)
+        )
 
     async def list_tokens(self, user_id: int | None = None) -> list[Token]:
         def fn(conn: sqlite3.Connection) -> list[Token]:
