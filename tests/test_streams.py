@@ -706,11 +706,6 @@ async def test_revoked_acl_or_token_ends_the_stream(daemon: Daemon) -> None:
 
 
 @pytest.mark.trio
-@pytest.mark.xfail(
-    strict=True,
-    reason="Accounts.revoke_token (notifyd/core/accounts.py) calls _invalidate() without a "
-    "user, so Hub.user_changed(None) dooms every stream client of every user",
-)
 async def test_revoking_a_token_leaves_other_users_streams_alone(daemon: Daemon) -> None:
     alice = await sync(daemon.user, "alice", grants={"news": "read"})
     await sync(daemon.user, "bob", grants={"news": "read"})
@@ -749,12 +744,6 @@ async def test_keepalive_frames(make_daemon: Callable[..., Daemon]) -> None:
 
 @pytest.mark.trio
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="notifyd/api/server.py Front.handle() calls serve_raw_stream() inside its "
-    "`with trio.move_on_after(HEAD_TIMEOUT)` block (HEAD_TIMEOUT = 10 s), so every stream "
-    "served on the fast path is cancelled 10 s after the connection was accepted",
-)
 async def test_streams_live_longer_than_the_request_head_timeout(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -994,12 +983,6 @@ async def test_websocket_on_a_reused_keepalive_connection(daemon: Daemon) -> Non
 
 
 @pytest.mark.trio
-@pytest.mark.xfail(
-    strict=True,
-    reason="notifyd/api/routes/stream.py websocket_stream() refuses with ws.close(1008) before "
-    "accept, which hypercorn turns into HTTP 403 for every error; the fast path and DESIGN.md "
-    "answer 401 for missing/bad credentials",
-)
 async def test_websocket_on_a_reused_connection_without_credentials_is_401(daemon: Daemon) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
     async with stream:
@@ -1011,12 +994,6 @@ async def test_websocket_on_a_reused_connection_without_credentials_is_401(daemo
 
 
 @pytest.mark.trio
-@pytest.mark.xfail(
-    strict=True,
-    reason="notifyd/api/server.py hypercorn_config() sets hypercorn's read_timeout to "
-    "keep_alive_timeout, so hypercorn closes a connection whose client sent nothing for that "
-    "long, including an SSE stream served by the ASGI fallback (SSE clients never send)",
-)
 async def test_sse_on_a_reused_connection_outlives_the_keepalive_timeout(
     make_daemon: Callable[..., Daemon],
 ) -> None:

@@ -28,9 +28,10 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
+from ..core.errors import NotifydError
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY
-from .rawstream import parse_head, serve_raw_stream
+from .rawstream import RequestHead, http_error, parse_head, serve_raw_stream
 
 log = logging.getLogger("notifyd.server")
 
@@ -76,7 +77,9 @@ class Listener:
 def hypercorn_config(svc: Services) -> HyperConfig:
     cfg = HyperConfig()
     cfg.keep_alive_timeout = svc.config.keep_alive_timeout
-    cfg.read_timeout = svc.config.keep_alive_timeout
+    # No read timeout: a stream served through the ASGI fallback never hears from
+    # its client. Idle keep-alive connections still close after keep_alive_timeout.
+    cfg.read_timeout = None
     cfg.graceful_timeout = svc.config.graceful_timeout
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("notifyd.http")
@@ -170,7 +173,10 @@ class Front:
 
     async def handle(self, stream: trio.SocketStream, via_socket: bool) -> None:
         buf = b""
+        head: RequestHead | None = None
         try:
+            # Only reading the request head is bounded by HEAD_TIMEOUT; a stream
+            # that follows lives as long as its client.
             with trio.move_on_after(HEAD_TIMEOUT):
                 while b"\r\n" not in buf and len(buf) < HEAD_LIMIT:
                     data = await stream.receive_some(HEAD_LIMIT)
@@ -186,17 +192,21 @@ class Front:
                         buf += data
                     if b"\r\n\r\n" in buf:
                         head = parse_head(buf.split(b"\r\n\r\n", 1)[0])
-                        try:
-                            await serve_raw_stream(self.svc, stream, head, via_socket)
-                        finally:
-                            await stream.aclose()
-                        return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await stream.aclose()
             return
-        except Exception:
-            log.exception("connection handler failed")
+        except NotifydError as exc:
+            with trio.move_on_after(5):
+                await stream.send_all(http_error(exc))
             await stream.aclose()
+            return
+        if head is not None:
+            try:
+                await serve_raw_stream(self.svc, stream, head, via_socket)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                await stream.aclose()
             return
         app = self.unix_app if via_socket else self.tcp_app
         await TCPServer(app, self.hconfig, self.context, self.state, _Replay(stream, buf))  # type: ignore[arg-type]

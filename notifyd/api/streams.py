@@ -90,7 +90,8 @@ class StreamSession:
         resync: str | None = None
         try:
             cursor = await self._replay(sub, sink)
-            await self._live(sub, sink, cursor)
+            if not sub.doomed:
+                await self._live(sub, sink, cursor)
             resync = sub.doomed
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
@@ -116,7 +117,11 @@ class StreamSession:
                 )
                 if not events:
                     break
-                await sink.send([Frame.for_event(ev) for ev in events])
+                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                    await sink.send([Frame.for_event(ev) for ev in events])
+                if scope.cancelled_caught:
+                    sub.doom("the client did not read for too long")
+                    return cursor
                 cursor = events[-1]["id"]
             cursor = max(cursor, sub.start_id)
             if not sub.lagged:

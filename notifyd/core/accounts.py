@@ -228,8 +228,7 @@ class Accounts:
 
     async def revoke_token(self, caller: Principal, token_id: int) -> None:
         owner = None if caller.is_admin and "admin" in caller.scopes else caller.user_id
-        await self.store.revoke_token(token_id, owner)
-        self._invalidate()
+        self._invalidate(await self.store.revoke_token(token_id, owner))
 
     # -- acl -----------------------------------------------------------------------
 

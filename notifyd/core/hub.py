@@ -174,13 +174,16 @@ class Hub:
                 if sub.wants(event["topic"]):
                     sub.push(frame)
 
-    def publish_state(self, user_id: int, message: dict) -> None:
-        """Tell every stream of ``user_id`` that read state changed."""
+    def publish_state(self, user_id: int, message: dict, topic: str | None = None) -> None:
+        """Tell the streams of ``user_id`` that read state changed — for an event's
+        state, only the streams that would receive that event (a stream limited to
+        some topics must not learn ids from others)."""
         subs = self._by_user.get(user_id)
         if subs:
             frame = Frame.of(message)
             for sub in list(subs):
-                sub.push(frame)
+                if topic is None or sub.wants(topic):
+                    sub.push(frame)
 
     def keepalive(self) -> None:
         for subs in list(self._by_user.values()):

@@ -71,12 +71,12 @@ async def set_state(
     updated = await svc.store.set_state(
         principal.user_id, ids, state, principal.visibility(), action
     )
-    for event_id in updated:
+    for event_id, topic in updated:
         msg: dict[str, Any] = {"type": "state", "id": event_id, "state": state}
         if action is not None:
             msg["action"] = action
-        svc.hub.publish_state(principal.user_id, msg)
-    return updated
+        svc.hub.publish_state(principal.user_id, msg, topic)
+    return [event_id for event_id, _ in updated]
 
 
 async def read_all(svc: Services, query: HistoryQuery) -> dict[str, int]:

@@ -145,9 +145,9 @@ class Store(ABC):
         state: str,
         visibility: Visibility,
         action: str | None = None,
-    ) -> list[int]:
+    ) -> list[tuple[int, str]]:
         """Apply ``state`` to the events among ``event_ids`` that ``visibility`` allows;
-        return those ids."""
+        return their (id, topic) pairs."""
 
     @abstractmethod
     async def read_all(self, query: HistoryQuery) -> dict[str, int]: ...
@@ -206,7 +206,8 @@ class Store(ABC):
     async def list_tokens(self, user_id: int | None = None) -> list[Token]: ...
 
     @abstractmethod
-    async def revoke_token(self, token_id: int, user_id: int | None = None) -> None: ...
+    async def revoke_token(self, token_id: int, user_id: int | None = None) -> int:
+        """Delete a token (only ``user_id``'s when given); return its owner's id."""
 
     @abstractmethod
     async def grants(self, user_id: int) -> tuple[Grant, ...]: ...

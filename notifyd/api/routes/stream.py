@@ -132,7 +132,7 @@ async def websocket_stream(ws: WebSocket) -> None:
         check_access(principal, parsed)
         cursor = parse_since(ws.query_params.get("since"))
     except NotifydError as exc:
-        await ws.close(1008, exc.message[:120])
+        await ws.send_denial_response(error_response(exc.status, exc.code, exc.message, exc.field))
         return
     await ws.accept()
     async with trio.open_nursery() as nursery:

@@ -396,25 +396,25 @@ class SQLiteStore(Store):
         state: str,
         visibility: Visibility,
         action: str | None = None,
-    ) -> list[int]:
+    ) -> list[tuple[int, str]]:
         sql = _STATE_SQL[state]
         if visibility.empty:
             return []
 
-        def fn(conn: sqlite3.Connection) -> list[int]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, str]]:
             params: list[Any] = list(event_ids)
             where = f"e.id IN ({','.join('?' * len(event_ids))})"
             vis = visibility_sql(visibility, params)
             if vis:
                 where += " AND " + vis
             found = [
-                r[0]
+                (r[0], r[1])
                 for r in conn.execute(
-                    f"SELECT e.id FROM events e WHERE {where} ORDER BY e.id", params
+                    f"SELECT e.id, e.topic FROM events e WHERE {where} ORDER BY e.id", params
                 )
             ]
             now = now_rfc3339()
-            conn.executemany(sql, [_state_params(state, user_id, i, now, action) for i in found])
+            conn.executemany(sql, [_state_params(state, user_id, i, now, action) for i, _ in found])
             return found
 
         return await self.write(fn) if event_ids else []
@@ -615,8 +615,9 @@ class SQLiteStore(Store):
 
         return await self._read(fn)
 
-    async def revoke_token(self, token_id: int, user_id: int | None = None) -> None:
-        def fn(conn: sqlite3.Connection) -> None:
+    async def revoke_token(self, token_id: int, user_id: int | None = None) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT user_id FROM tokens WHERE id = ?", (token_id,)).fetchone()
             if user_id is None:
                 cur = conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
             else:
@@ -625,8 +626,9 @@ class SQLiteStore(Store):
                 )
             if cur.rowcount == 0:
                 raise NotFound(f"no token with id {token_id}", field="id")
+            return row[0]
 
-        await self.write(fn)
+        return await self.write(fn)
 
     async def grants(self, user_id: int) -> tuple[Grant, ...]:
         def fn(conn: sqlite3.Connection) -> tuple[Grant, ...]:
