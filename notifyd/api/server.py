@@ -31,6 +31,7 @@ from hypercorn.utils import wrap_app
 from ..core.errors import NotifydError
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY
+from .fastpath import PublishFastPath
 from .rawstream import RequestHead, http_error, parse_head, serve_raw_stream
 
 log = logging.getLogger("notifyd.server")
@@ -167,6 +168,7 @@ class Front:
         self.svc = svc
         self.hconfig = hypercorn_config(svc)
         self.context = WorkerContext(None)
+        app = PublishFastPath(app, svc)
         self.tcp_app = wrap_app(app, self.hconfig.wsgi_max_body_size, None)
         self.unix_app = wrap_app(_socket_app(app), self.hconfig.wsgi_max_body_size, None)
         self.state = ConnectionState({})

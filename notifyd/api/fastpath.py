@@ -1,0 +1,93 @@
+"""The publish fast path: ``POST /v1/events`` served as a bare ASGI handler.
+
+Publishing is the hottest request. FastAPI's routing, dependency resolution and
+response machinery cost more per request than validating and durably committing
+the event itself, so this handler sits in front of the FastAPI app and serves
+exactly that one route with the same core calls (``inbox.publish``), the same
+validation and the same error shape. Every other request, and the OpenAPI
+description of this one, still comes from FastAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from ..core import inbox
+from ..core.errors import BadRequest, NotifydError, PayloadTooLarge
+from ..core.services import Services
+from .auth import SOCKET_SCOPE_KEY, resolve
+
+log = logging.getLogger("notifyd.api")
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def _respond(send: Any, status: int, body: bytes, extra: list | None = None) -> None:
+    headers = _JSON_HEADERS + [(b"content-length", str(len(body)).encode())] + (extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class PublishFastPath:
+    def __init__(self, app: Any, svc: Services) -> None:
+        self.app = app
+        self.svc = svc
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/events" and scope["method"] == "POST":
+            await self._publish(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _publish(self, scope: dict, receive: Any, send: Any) -> None:
+        authorization = idempotency_key = length = None
+        has_body = False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                length, has_body = value, True
+            elif name == b"idempotency-key":
+                idempotency_key = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                has_body = True
+        body_read = False
+        try:
+            caller = await resolve(self.svc, bool(scope.get(SOCKET_SCOPE_KEY)), authorization)
+            limit = self.svc.config.max_request_bytes
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body over {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body_read = True
+            try:
+                payload = orjson.loads(b"".join(chunks))
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"the body is not valid JSON: {exc}") from None
+            result = await inbox.publish(self.svc, caller, payload, idempotency_key)
+        except NotifydError as exc:
+            extra = []
+            if exc.retry_after is not None:
+                extra.append((b"retry-after", str(int(exc.retry_after)).encode()))
+            if exc.status == 401:
+                extra.append((b"www-authenticate", b'Bearer realm="notifyd"'))
+            if has_body and not body_read:
+                # the unread body would garble the next request on this connection
+                extra.append((b"connection", b"close"))
+            await _respond(send, exc.status, orjson.dumps(exc.to_json()), extra)
+            return
+        body = {"events": result.events} if result.batch else result.events[0]
+        await _respond(send, 200 if result.replayed else 201, orjson.dumps(body))
