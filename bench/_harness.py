@@ -98,6 +98,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def code_version() -> str:
+    """The commit under test, with "+dirty" when notifyd's code differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "notifyd", "pyproject.toml"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -111,6 +134,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "notifyd_commit": code_version(),
     }
 
 
@@ -132,7 +156,7 @@ def _json_default(value: Any) -> Any:
 def cores_note() -> str:
     n = os.cpu_count() or 1
     return (
-        f"machine: {n} CPU core(s); the daemon, its SQLite writer thread and the load "
+        f"notifyd {code_version()}; machine: {n} CPU core(s); the daemon, its SQLite writer thread and the load "
         f"generator processes all share them, so figures are lower bounds for a server "
         f"with dedicated cores."
     )
@@ -152,20 +176,52 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds per thread id of process ``pid``."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        out[int(tid)] = proc_cpu_seconds_path(f"/proc/{pid}/task/{tid}/stat")
+    return out
+
+
+def proc_cpu_seconds_path(path: str) -> float:
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 class CpuMeter:
-    """CPU used by a process between :meth:`start` and :meth:`stop`, as a share of one core."""
+    """CPU used by a process between :meth:`start` and :meth:`stop`, as a share of one core.
+
+    ``threads`` then holds the share of the main thread (the trio loop) and of the
+    busiest other thread (in notifyd, the SQLite writer).
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.cpu0 = self.wall0 = 0.0
+        self.t0: dict[int, float] = {}
         self.share = float("nan")
+        self.threads: dict[str, float] = {}
 
     def start(self) -> None:
+        self.t0 = thread_cpu_seconds(self.pid)
         self.cpu0, self.wall0 = proc_cpu_seconds(self.pid), time.monotonic()
 
     def stop(self) -> float:
         cpu, wall = proc_cpu_seconds(self.pid), time.monotonic()
-        self.share = (cpu - self.cpu0) / max(wall - self.wall0, 1e-9)
+        t1 = thread_cpu_seconds(self.pid)
+        span = max(wall - self.wall0, 1e-9)
+        self.share = (cpu - self.cpu0) / span
+        per = {tid: (t1[tid] - self.t0.get(tid, 0.0)) / span for tid in t1}
+        main = per.pop(self.pid, float("nan"))
+        self.threads = {"main": main, "busiest_other": max(per.values(), default=0.0)}
         return self.share
 
 
@@ -395,11 +451,17 @@ class Daemon(_Server):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "notifyd", "serve",
-            "--data-dir", str(self.tmp / "data"),
-            "--listen", f"127.0.0.1:{self.port}",
-            "--socket", self.socket_path,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "notifyd",
+            "serve",
+            "--data-dir",
+            str(self.tmp / "data"),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--socket",
+            self.socket_path,
+        ]
 
     def __enter__(self) -> Daemon:
         super().__enter__()
@@ -466,11 +528,26 @@ class Profiler:
             return
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(self.pid), "--duration", str(max(1, round(self.duration))),
-             "--rate", str(self.rate), "--format", "raw", "--threads", "--nonblocking",
-             "--output", str(self.out), *(["--gil"] if self.gil else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            [
+                exe,
+                "record",
+                "--pid",
+                str(self.pid),
+                "--duration",
+                str(max(1, round(self.duration))),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--threads",
+                "--nonblocking",
+                "--output",
+                str(self.out),
+                *(["--gil"] if self.gil else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def finish(self) -> str:
         if self.proc is None:

@@ -127,9 +127,7 @@ def ws_parse(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:
 # -- subscriber processes ------------------------------------------------------------
 
 
-def subscriber_worker(
-    addr: tuple[str, int], path: str, n_subs: int, pipe: Any
-) -> None:  # fmt: skip
+def subscriber_worker(addr: tuple[str, int], path: str, n_subs: int, pipe: Any) -> None:
     """Hold ``n_subs`` WebSocket subscriptions; record arrival times until told to stop."""
     ep = select.epoll()
     socks: dict[int, socket.socket] = {}
@@ -295,8 +293,11 @@ def paced_publish(
             if sent == n_warm:
                 first_measured_send = wall
             body = b'{"topic":"%s","title":"fanout %d","body":"%s:%.6f"}' % (
-                TOPIC.encode(), sent, kind.encode(), wall,
-            )  # fmt: skip
+                TOPIC.encode(),
+                sent,
+                kind.encode(),
+                wall,
+            )
             c.sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             c.sent_at, c.busy = clock(), True
             sent += 1
@@ -345,8 +346,16 @@ def paced_publish(
 # -- (c) fan-out -----------------------------------------------------------------------
 
 
-def run_fanout(d: Daemon, subs: int, procs: int, rate: float, warmup: float,
-               duration: float, pub_conns: int, profile: str | None = None) -> dict[str, Any]:  # fmt: skip
+def run_fanout(
+    d: Daemon,
+    subs: int,
+    procs: int,
+    rate: float,
+    warmup: float,
+    duration: float,
+    pub_conns: int,
+    profile: str | None = None,
+) -> dict[str, Any]:
     since = d.health()["last_event_id"]
     path = f"/v1/stream?topics={TOPIC}&since={since}&token={d.token}"
     progress(f"(c) connecting {subs} WebSocket subscribers from {procs} process(es)")
@@ -367,8 +376,10 @@ def run_fanout(d: Daemon, subs: int, procs: int, rate: float, warmup: float,
     deadline = time.monotonic() + 10
     while d.health().get("stream_clients") != subs and time.monotonic() < deadline:
         time.sleep(0.05)
-    progress(f"(c) {d.health().get('stream_clients')} stream clients; publishing {rate:g} "
-             f"events/s for {warmup:g} s warm-up + {duration:g} s")  # fmt: skip
+    progress(
+        f"(c) {d.health().get('stream_clients')} stream clients; publishing {rate:g} "
+        f"events/s for {warmup:g} s warm-up + {duration:g} s"
+    )
     meter, machine = CpuMeter(d.pid), MachineMeter()
     for _p, conn in children:
         conn.send(("go",))
@@ -436,6 +447,8 @@ def run_fanout(d: Daemon, subs: int, procs: int, rate: float, warmup: float,
         "publisher_max_send_lag_ms": pub["max_send_lag_ms"],
         "publisher_errors": pub["errors"],
         "server_cpu_share": server_cpu,
+        "server_main_thread_cpu_share": meter.threads["main"],
+        "server_busiest_other_thread_cpu_share": meter.threads["busiest_other"],
         "subscriber_cpu_share": [r["cpu_share"] for r in reports],
         "publisher_cpu_share": pub_cpu,
         "machine_busy_cores": machine_cores,
@@ -463,10 +476,13 @@ def publish_batches(d: Daemon, count: int, batch: int) -> tuple[int, int]:
     for start in range(0, count, batch):
         n = min(batch, count - start)
         events = [
-            {"topic": REPLAY_TOPIC, "title": f"replay {start + i}",
-             "body": f"Replay event {start + i}: certificate for host-{i % 50} renews in 14 days."}
+            {
+                "topic": REPLAY_TOPIC,
+                "title": f"replay {start + i}",
+                "body": f"Replay event {start + i}: certificate for host-{i % 50} renews in 14 days.",
+            }
             for i in range(n)
-        ]  # fmt: skip
+        ]
         status, body = request("POST", "/v1/events", tcp=d.addr, body=events, token=d.token)
         if status != 201:
             raise RuntimeError(f"batch publish answered {status}: {str(body)[:200]}")
@@ -509,7 +525,9 @@ def sse_replay(d: Daemon, since: int, last: int, count: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     sock = socket.create_connection(d.addr, timeout=10)
     path = f"/v1/stream/sse?topics={REPLAY_TOPIC}&since={since}&token={d.token}"
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {d.addr[0]}\r\nAccept: text/event-stream\r\n\r\n".encode())  # fmt: skip
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {d.addr[0]}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
     buf = b""
     got: list[int] = []
     first = t_open = 0.0
@@ -542,8 +560,9 @@ def sse_replay(d: Daemon, since: int, last: int, count: int) -> dict[str, Any]:
     return _replay_result("sse", elapsed, t_open, first, got, since, count)
 
 
-def _replay_result(kind: str, elapsed: float, t_open: float, first: float, got: list[int],
-                   since: int, count: int) -> dict[str, Any]:  # fmt: skip
+def _replay_result(
+    kind: str, elapsed: float, t_open: float, first: float, got: list[int], since: int, count: int
+) -> dict[str, Any]:
     expected = set(range(since + 1, since + count + 1))
     return {
         "kind": kind,
@@ -565,9 +584,16 @@ def run_replay(d: Daemon, count: int, batch: int, runs: int) -> dict[str, Any]:
     for kind, fn in (("websocket", ws_replay), ("sse", sse_replay)):
         results = [fn(d, since, last, count) for _ in range(runs)]
         secs = [r["seconds"] for r in results]
-        out[kind] = {"runs": results, "median_seconds": statistics.median(secs), "best_seconds": min(secs)}  # fmt: skip
-        progress(f"(d) {kind}: " + ", ".join(f"{s:.3f} s" for s in secs)
-                 + f"; missing {[r['missing'] for r in results]}")  # fmt: skip
+        out[kind] = {
+            "runs": results,
+            "median_seconds": statistics.median(secs),
+            "best_seconds": min(secs),
+        }
+        progress(
+            f"(d) {kind}: "
+            + ", ".join(f"{s:.3f} s" for s in secs)
+            + f"; missing {[r['missing'] for r in results]}"
+        )
     return out
 
 
@@ -575,7 +601,9 @@ def run_replay(d: Daemon, count: int, batch: int, runs: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--subscribers", type=int, default=100, help="WebSocket subscribers in (c)")
     ap.add_argument("--sub-procs", type=int, default=2, help="processes holding the subscribers")
     ap.add_argument("--rate", type=float, default=200.0, help="events/s published in (c)")
@@ -586,9 +614,12 @@ def main() -> int:
     ap.add_argument("--replay-runs", type=int, default=3, help="runs per protocol in (d)")
     ap.add_argument("--skip-fanout", action="store_true")
     ap.add_argument(
-        "--profile", nargs="?", const="gil", choices=["gil", "threads"],
+        "--profile",
+        nargs="?",
+        const="gil",
+        choices=["gil", "threads"],
         help="record the daemon with py-spy while publishing in (c) (bench/results/fanout.*)",
-    )  # fmt: skip
+    )
     ap.add_argument("--skip-replay", action="store_true")
     args = ap.parse_args()
     print(cores_note(), file=sys.stderr)
@@ -596,9 +627,15 @@ def main() -> int:
     with Daemon() as d:
         if not args.skip_fanout:
             result["fanout"] = run_fanout(
-                d, args.subscribers, args.sub_procs, args.rate, args.warmup, args.duration,
-                args.pub_conns, args.profile,
-            )  # fmt: skip
+                d,
+                args.subscribers,
+                args.sub_procs,
+                args.rate,
+                args.warmup,
+                args.duration,
+                args.pub_conns,
+                args.profile,
+            )
         if not args.skip_replay:
             result["replay"] = run_replay(d, args.replay_events, 1000, args.replay_runs)
 
@@ -609,20 +646,24 @@ def main() -> int:
         met = lat["p99_ms"] <= TARGET_P99_MS
         complete = f["missing_frames"] == 0 and f["duplicate_frames"] == 0
         want = f["subscribers"] * f["rate_events_per_s"]
-        rows.append([
-            f"(c) publish->WS, {f['subscribers']} subs x {f['rate_events_per_s']:g} ev/s",
-            f"p50 {lat['p50_ms']:.1f} / p95 {lat['p95_ms']:.1f} / p99 {lat['p99_ms']:.1f} / "
-            f"max {lat['max_ms']:.1f} ms",
-            f"p99 <= {TARGET_P99_MS:g} ms",
-            f"{lat['p99_ms'] / TARGET_P99_MS:.2f} {'met' if met else 'MISSED'}",
-        ])  # fmt: skip
-        rows.append([
-            "(c) delivered frames/s; missing/duplicate frames",
-            f"{f['delivered_frames_per_s']:,.0f} frames/s; missing {f['missing_frames']:,} "
-            f"of {f['events_acknowledged'] * f['subscribers']:,}, dup {f['duplicate_frames']}",
-            f"{want:,.0f} frames/s, none missing",
-            f"{f['delivered_frames_per_s'] / want:.2f} {'met' if complete else 'MISSED'}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"(c) publish->WS, {f['subscribers']} subs x {f['rate_events_per_s']:g} ev/s",
+                f"p50 {lat['p50_ms']:.1f} / p95 {lat['p95_ms']:.1f} / p99 {lat['p99_ms']:.1f} / "
+                f"max {lat['max_ms']:.1f} ms",
+                f"p99 <= {TARGET_P99_MS:g} ms",
+                f"{lat['p99_ms'] / TARGET_P99_MS:.2f} {'met' if met else 'MISSED'}",
+            ]
+        )
+        rows.append(
+            [
+                "(c) delivered frames/s; missing/duplicate frames",
+                f"{f['delivered_frames_per_s']:,.0f} frames/s; missing {f['missing_frames']:,} "
+                f"of {f['events_acknowledged'] * f['subscribers']:,}, dup {f['duplicate_frames']}",
+                f"{want:,.0f} frames/s, none missing",
+                f"{f['delivered_frames_per_s'] / want:.2f} {'met' if complete else 'MISSED'}",
+            ]
+        )
         result["fanout"]["latency_met"] = met
         result["fanout"]["complete"] = complete
     if "replay" in result:
@@ -632,13 +673,15 @@ def main() -> int:
             miss = sum(x["missing"] for x in r[kind]["runs"])
             ok = med <= TARGET_REPLAY_S and miss == 0
             r[kind]["met"] = ok
-            rows.append([
-                f"(d) replay {r['events']:,} events over {'WebSocket' if kind == 'websocket' else 'SSE'}",
-                f"{med:.3f} s median of {len(r[kind]['runs'])} "
-                f"(best {r[kind]['best_seconds']:.3f} s, {r['events'] / med:,.0f} ev/s)",
-                f"<= {TARGET_REPLAY_S:g} s",
-                f"{med / TARGET_REPLAY_S:.2f} {'met' if ok else 'MISSED'}",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    f"(d) replay {r['events']:,} events over {'WebSocket' if kind == 'websocket' else 'SSE'}",
+                    f"{med:.3f} s median of {len(r[kind]['runs'])} "
+                    f"(best {r[kind]['best_seconds']:.3f} s, {r['events'] / med:,.0f} ev/s)",
+                    f"<= {TARGET_REPLAY_S:g} s",
+                    f"{med / TARGET_REPLAY_S:.2f} {'met' if ok else 'MISSED'}",
+                ]
+            )
     print()
     print_table(["case", "figure", "target", "ratio/met"], rows, title="fan-out benchmark")
     if "fanout" in result:
@@ -650,7 +693,9 @@ def main() -> int:
             f"(max lag {f['publisher_max_send_lag_ms']:.1f} ms)"
         )
         print(
-            f"CPU (share of one core while publishing): daemon {f['server_cpu_share']:.0%}, "
+            f"CPU (share of one core while publishing): daemon {f['server_cpu_share']:.0%} "
+            f"(trio thread {f['server_main_thread_cpu_share']:.0%}, SQLite writer "
+            f"{f['server_busiest_other_thread_cpu_share']:.0%}), "
             "subscriber processes "
             + ", ".join(f"{c:.0%}" for c in f["subscriber_cpu_share"])
             + f", publisher {f['publisher_cpu_share']:.0%}; other processes "
