@@ -109,6 +109,13 @@ def _insert_events(
         rows.append(row)
         events.append(d)
     conn.executemany(_INSERT_EVENT, rows)
+    # Full-text index in the same transaction (search is never behind), but in
+    # one statement: far cheaper than a trigger firing once per row.
+    conn.execute(
+        "INSERT INTO events_fts (rowid, title, body) "
+        "SELECT id, title, body FROM events WHERE id BETWEEN ? AND ?",
+        (next_id, next_id + len(rows) - 1),
+    )
     for d in events:
         if d["collapse_key"] is not None:
             conn.execute(

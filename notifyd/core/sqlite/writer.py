@@ -135,15 +135,25 @@ class Writer:
         started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in group:
-                conn.execute("SAVEPOINT job")
+            if len(group) == 1:
+                # alone in its transaction: a failure rolls back the whole thing
+                job = group[0]
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
+                    conn.execute("ROLLBACK")
                     job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
-                conn.execute("RELEASE job")
-            conn.execute("COMMIT")
+            else:
+                for job in group:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        job.result = job.fn(conn)
+                    except BaseException as exc:
+                        conn.execute("ROLLBACK TO job")
+                        job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+                    conn.execute("RELEASE job")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.error("commit failed: %s", exc)
             try:
