@@ -662,3 +662,30 @@ def test_events_persist_across_restart(daemon: Daemon) -> None:
     daemon.start()
     with daemon.admin() as c:
         assert [e["title"] for e in all_events(c)] == ["third", "second", "first"]
+
+
+def test_concurrent_retries_with_one_idempotency_key_store_one_event(daemon: Daemon) -> None:
+    """Concurrent publishes are merged into one write by the group commit; retries
+    sharing a key inside that one write must still store the event once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def publish(n: int) -> tuple[int, dict]:
+        with daemon.admin() as c:
+            key = "same-key" if n % 2 == 0 else f"key-{n}"
+            r = c.post(
+                "/v1/events",
+                json={"topic": "idem", "title": f"t{n}"},
+                headers={"Idempotency-Key": key},
+            )
+            return r.status_code, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(publish, range(32)))
+    same = [(status, body) for n, (status, body) in enumerate(answers) if n % 2 == 0]
+    assert sorted(status for status, _ in same).count(201) == 1
+    assert {body["id"] for _, body in same} == {same[0][1]["id"]}
+    others = [body["id"] for n, (status, body) in enumerate(answers) if n % 2 == 1]
+    assert len(set(others)) == 16
+    with daemon.admin() as c:
+        stored = c.get("/v1/events", params={"topic": "idem", "limit": 100}).json()["events"]
+    assert len(stored) == 17

@@ -50,6 +50,8 @@ class PublishResult:
     scheduled: list[Event] = field(default_factory=list)
     replayed: bool = False  # an Idempotency-Key matched an earlier publish
     batch: bool = False
+    #: events stored by this call (not replays, not scheduled): what goes live
+    new_events: list[Event] = field(default_factory=list)
 
 
 @dataclass

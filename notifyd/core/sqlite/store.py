@@ -6,6 +6,7 @@ import logging
 import queue
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -124,6 +125,83 @@ def _insert_events(
                 (d["id"], d["topic"], d["collapse_key"], d["id"]),
             )
     return events
+
+
+@dataclass
+class _PublishRequest:
+    events: list[EventIn]
+    publisher_id: int
+    key: str | None
+    batch: bool
+
+
+def _publish_many(conn: sqlite3.Connection, requests: list[_PublishRequest]) -> list[PublishResult]:
+    """Store the events of several publish requests with one insert and one index
+    update (the writer merges concurrent publishes into one call)."""
+    now = now_rfc3339()
+    results: list[PublishResult | None] = []
+    slots: list[list[tuple[str, Any]]] = []  # per request: ("e", index) | ("s", event)
+    immediate: list[tuple[EventIn, int]] = []
+    keys: dict[tuple[int, str], int] = {}  # idempotency keys used earlier in this call
+    for n, req in enumerate(requests):
+        if req.key is not None:
+            earlier = keys.get((req.publisher_id, req.key))
+            if earlier is not None:
+                results.append(None)
+                slots.append([("same", earlier)])
+                continue
+            hit = conn.execute(
+                "SELECT event_ids, batch FROM idempotency WHERE user_id = ? AND key = ?",
+                (req.publisher_id, req.key),
+            ).fetchone()
+            if hit is not None:
+                items = orjson.loads(hit[0])
+                results.append(PublishResult(events=items, replayed=True, batch=bool(hit[1])))
+                slots.append([])
+                continue
+            keys[(req.publisher_id, req.key)] = n
+        mine: list[tuple[str, Any]] = []
+        for ev in req.events:
+            if ev.deliver_at is not None and ev.deliver_at > now:
+                cur = conn.execute(
+                    "INSERT INTO scheduled (deliver_at, publisher_id, payload, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (ev.deliver_at, req.publisher_id, ev.model_dump_json(), now),
+                )
+                _, d = _event_row(ev, 0, now, req.publisher_id)
+                d.update(id=None, scheduled_id=cur.lastrowid, status="scheduled")
+                mine.append(("s", d))
+            else:
+                mine.append(("e", len(immediate)))
+                immediate.append((ev, req.publisher_id))
+        results.append(None)
+        slots.append(mine)
+    stored = _insert_events(conn, immediate, now)
+    out: list[PublishResult] = []
+    for n, req in enumerate(requests):
+        done = results[n]
+        if done is not None:
+            out.append(done)
+            continue
+        if slots[n] and slots[n][0][0] == "same":
+            first = out[slots[n][0][1]]
+            out.append(PublishResult(events=first.events, replayed=True, batch=first.batch))
+            continue
+        items = [stored[v] if kind == "e" else v for kind, v in slots[n]]
+        result = PublishResult(
+            events=items,
+            batch=req.batch,
+            scheduled=[v for kind, v in slots[n] if kind == "s"],
+            new_events=[stored[v] for kind, v in slots[n] if kind == "e"],
+        )
+        if req.key is not None:
+            conn.execute(
+                "INSERT INTO idempotency (user_id, key, event_ids, batch, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (req.publisher_id, req.key, _dumps(items).decode(), int(req.batch), now),
+            )
+        out.append(result)
+    return out
 
 
 class _Readers:
@@ -274,50 +352,10 @@ class SQLiteStore(Store):
         idempotency_key: str | None = None,
         batch: bool = False,
     ) -> PublishResult:
-        def fn(conn: sqlite3.Connection) -> PublishResult:
-            if idempotency_key is not None:
-                hit = conn.execute(
-                    "SELECT event_ids, batch FROM idempotency WHERE user_id = ? AND key = ?",
-                    (publisher_id, idempotency_key),
-                ).fetchone()
-                if hit is not None:
-                    items = orjson.loads(hit[0])
-                    return PublishResult(events=items, replayed=True, batch=bool(hit[1]))
-            now = now_rfc3339()
-            immediate: list[tuple[EventIn, int]] = []
-            order: list[tuple[str, int]] = []
-            scheduled: list[Event] = []
-            for ev in events:
-                if ev.deliver_at is not None and ev.deliver_at > now:
-                    payload = ev.model_dump_json()
-                    cur = conn.execute(
-                        "INSERT INTO scheduled (deliver_at, publisher_id, payload, created_at) "
-                        "VALUES (?, ?, ?, ?)",
-                        (ev.deliver_at, publisher_id, payload, now),
-                    )
-                    _, d = _event_row(ev, 0, now, publisher_id)
-                    d["id"] = None
-                    d["scheduled_id"] = cur.lastrowid
-                    d["status"] = "scheduled"
-                    order.append(("s", len(scheduled)))
-                    scheduled.append(d)
-                else:
-                    order.append(("e", len(immediate)))
-                    immediate.append((ev, publisher_id))
-            stored = _insert_events(conn, immediate, now)
-            items = [stored[i] if kind == "e" else scheduled[i] for kind, i in order]
-            if idempotency_key is not None:
-                conn.execute(
-                    "INSERT INTO idempotency (user_id, key, event_ids, batch, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (publisher_id, idempotency_key, _dumps(items).decode(), int(batch), now),
-                )
-            result = PublishResult(events=items, batch=batch)
-            result.scheduled = scheduled
-            result._new = stored  # type: ignore[attr-defined]
-            return result
-
-        return await self.write(fn, lambda r: self._emit(getattr(r, "_new", [])))
+        request = _PublishRequest(events, publisher_id, idempotency_key, batch)
+        return await self._writer.submit_merged(
+            _publish_many, request, lambda r: self._emit(r.new_events)
+        )
 
     async def release_due(self, now: float, limit: int = 500) -> int:
         from ..timeutil import format_ts

@@ -38,6 +38,10 @@ MAX_GROUP = 512
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
     on_commit: Callable[[Any], None] | None
+    #: jobs with the same ``merge`` function that sit next to each other in a group
+    #: run as one call ``merge(conn, [item, ...]) -> [result, ...]``
+    merge: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
+    item: Any = None
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -51,6 +55,17 @@ def _translate(exc: sqlite3.Error) -> NotifydError:
             retry_after=5,
         )
     return StoreUnavailable(f"database error: {exc}", retry_after=5)
+
+
+def _runs(group: list[_Job]) -> list[list[_Job]]:
+    """Split a group into runs of neighbouring jobs that share a merge function."""
+    runs: list[list[_Job]] = []
+    for job in group:
+        if runs and job.merge is not None and runs[-1][0].merge is job.merge:
+            runs[-1].append(job)
+        else:
+            runs.append([job])
+    return runs
 
 
 class Writer:
@@ -92,9 +107,23 @@ class Writer:
         Cancellation: the job is not withdrawn once submitted; if the caller is
         cancelled it may still commit.
         """
+        return await self._submit(_Job(fn, on_commit))
+
+    async def submit_merged(
+        self,
+        merge: Callable[[sqlite3.Connection, list[Any]], list[Any]],
+        item: Any,
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Like :meth:`submit`, for work that can be merged with its neighbours:
+        concurrent jobs with the same ``merge`` run as one ``merge(conn, items)``
+        call (one insert for many publishes), falling back to one call per item if
+        the merged call fails."""
+        return await self._submit(_Job(lambda conn: merge(conn, [item])[0], on_commit, merge, item))
+
+    async def _submit(self, job: _Job) -> Any:
         if self.closed:
             raise StoreUnavailable("the daemon is shutting down", retry_after=2)
-        job = _Job(fn, on_commit)
         self._queue.put(job)
         await job.done.wait()
         if job.error is not None:
@@ -144,14 +173,11 @@ class Writer:
                     conn.execute("ROLLBACK")
                     job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
             else:
-                for job in group:
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        job.result = job.fn(conn)
-                    except BaseException as exc:
-                        conn.execute("ROLLBACK TO job")
-                        job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
-                    conn.execute("RELEASE job")
+                for run in _runs(group):
+                    if len(run) > 1 and self._run_merged(conn, run):
+                        continue
+                    for job in run:
+                        self._run_one(conn, job)
             if conn.in_transaction:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -171,6 +197,31 @@ class Writer:
             self._token.run_sync_soon(self._finish, group)
         except trio.RunFinishedError:
             pass
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, job: _Job) -> None:
+        conn.execute("SAVEPOINT job")
+        try:
+            job.result = job.fn(conn)
+        except BaseException as exc:
+            conn.execute("ROLLBACK TO job")
+            job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+        conn.execute("RELEASE job")
+
+    @staticmethod
+    def _run_merged(conn: sqlite3.Connection, run: list[_Job]) -> bool:
+        assert run[0].merge is not None
+        conn.execute("SAVEPOINT merged")
+        try:
+            results = run[0].merge(conn, [job.item for job in run])
+        except Exception:
+            conn.execute("ROLLBACK TO merged")
+            conn.execute("RELEASE merged")
+            return False  # retried one by one, so only the bad item fails
+        conn.execute("RELEASE merged")
+        for job, result in zip(run, results, strict=True):
+            job.result = result
+        return True
 
     @staticmethod
     def _finish(group: list[_Job]) -> None:
