@@ -22,8 +22,7 @@ import trio
 from ..core.errors import BadRequest, NotifydError
 from ..core.frames import Frame, ws_close, ws_frame
 from ..core.services import Services
-from .auth import resolve
-from .streams import StreamSession, check_access, parse_since, parse_topics, resync_frame
+from .streams import open_session, resync_frame
 
 log = logging.getLogger("notifyd.stream")
 
@@ -195,12 +194,15 @@ async def serve_raw_stream(
             exc = BadRequest("this is a WebSocket endpoint; use /v1/stream/sse for SSE")
             exc.status = 426
             raise exc
-        principal = await resolve(
-            svc, via_socket, head.headers.get("authorization"), head.query("token")
+        session = await open_session(
+            svc,
+            via_socket=via_socket,
+            authorization=head.headers.get("authorization"),
+            token=head.query("token"),
+            topics=head.query("topics"),
+            since=head.query("since"),
+            last_event_id=head.headers.get("last-event-id"),
         )
-        topics = parse_topics(head.query("topics"))
-        check_access(principal, topics)
-        since = parse_since(head.query("since"), head.headers.get("last-event-id"))
     except NotifydError as exc:
         with trio.move_on_after(5):
             await stream.send_all(http_error(exc))
@@ -223,7 +225,6 @@ async def serve_raw_stream(
         )
         sink = SSESink(stream, lock)
     await sink.write(handshake.encode() + (b"" if websocket else b": connected\n\n"))
-    session = StreamSession(svc, principal, topics, since)
     async with trio.open_nursery() as nursery:
         if websocket:
             nursery.start_soon(_ws_reader, stream, sink, nursery.cancel_scope)

@@ -21,6 +21,7 @@ from ..core.frames import Frame
 from ..core.hub import Subscriber
 from ..core.models import check_pattern
 from ..core.services import Services
+from .auth import resolve
 
 log = logging.getLogger("notifyd.stream")
 
@@ -152,6 +153,23 @@ class StreamSession:
             sub.send_scope = None
             if scope.cancelled_caught and not sub.doomed:
                 sub.doom("the client did not read for too long")
+
+
+async def open_session(
+    svc: Services,
+    *,
+    via_socket: bool,
+    authorization: str | None,
+    token: str | None,
+    topics: str | None,
+    since: str | None,
+    last_event_id: str | None = None,
+) -> StreamSession:
+    """Authenticate and check a stream request; raises ``NotifydError`` (401/403/422)."""
+    principal = await resolve(svc, via_socket, authorization, token)
+    parsed = parse_topics(topics)
+    check_access(principal, parsed)
+    return StreamSession(svc, principal, parsed, parse_since(since, last_event_id))
 
 
 def resync_frame(reason: str) -> bytes:

@@ -17,9 +17,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from ...core.errors import NotifydError
 from ...core.frames import Frame
-from ..auth import SOCKET_SCOPE_KEY, resolve
+from ..auth import SOCKET_SCOPE_KEY
 from ..responses import error_response
-from ..streams import StreamSession, check_access, parse_since, parse_topics, resync_frame
+from ..streams import StreamSession, open_session, resync_frame
 
 router = APIRouter(tags=["stream"])
 
@@ -84,20 +84,19 @@ async def sse(
     since: Annotated[str | None, Query(description="event id or 'all': replay from there")] = None,
     token: Annotated[str | None, Query(description="for clients that cannot set headers")] = None,
 ) -> Response:
-    svc = request.app.state.services
     try:
-        principal = await resolve(
-            svc,
-            bool(request.scope.get(SOCKET_SCOPE_KEY)),
-            request.headers.get("authorization"),
-            token,
+        session = await open_session(
+            request.app.state.services,
+            via_socket=bool(request.scope.get(SOCKET_SCOPE_KEY)),
+            authorization=request.headers.get("authorization"),
+            token=token,
+            topics=topics,
+            since=since,
+            last_event_id=request.headers.get("last-event-id"),
         )
-        parsed = parse_topics(topics)
-        check_access(principal, parsed)
-        cursor = parse_since(since, request.headers.get("last-event-id"))
     except NotifydError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.field)
-    return _SSEResponse(StreamSession(svc, principal, parsed, cursor))
+    return _SSEResponse(session)
 
 
 class _ASGIWebSocketSink:
@@ -120,17 +119,15 @@ class _ASGIWebSocketSink:
 
 @router.websocket("/v1/stream")
 async def websocket_stream(ws: WebSocket) -> None:
-    svc = ws.app.state.services
     try:
-        principal = await resolve(
-            svc,
-            bool(ws.scope.get(SOCKET_SCOPE_KEY)),
-            ws.headers.get("authorization"),
-            ws.query_params.get("token"),
+        session = await open_session(
+            ws.app.state.services,
+            via_socket=bool(ws.scope.get(SOCKET_SCOPE_KEY)),
+            authorization=ws.headers.get("authorization"),
+            token=ws.query_params.get("token"),
+            topics=ws.query_params.get("topics"),
+            since=ws.query_params.get("since"),
         )
-        parsed = parse_topics(ws.query_params.get("topics"))
-        check_access(principal, parsed)
-        cursor = parse_since(ws.query_params.get("since"))
     except NotifydError as exc:
         await ws.send_denial_response(error_response(exc.status, exc.code, exc.message, exc.field))
         return
@@ -145,5 +142,5 @@ async def websocket_stream(ws: WebSocket) -> None:
                 nursery.cancel_scope.cancel(reason="websocket client closed")
 
         nursery.start_soon(watch)
-        await StreamSession(svc, principal, parsed, cursor).run(_ASGIWebSocketSink(ws))
+        await session.run(_ASGIWebSocketSink(ws))
         nursery.cancel_scope.cancel(reason="stream ended")
