@@ -123,9 +123,9 @@ def _first_start_hint(config: Config) -> None:
         f"{config.socket_user!r} was created.\n"
         f"  - Over the socket ({sock}) the CLI acts as that admin: notifyd send test 'hello'\n"
         f"  - For HTTP clients create a token:  notifyd tokens create --user {config.socket_user}\n"
-        f"  - To sign in on the web page, set a password:\n"
+        f"  - To sign in with a password (the web page), set one:\n"
         f"        notifyd users passwd {config.socket_user} --password-stdin\n"
-        f"  - Then open http://{addr}/\n",
+        f"  - API reference: http://{addr}/v1/docs\n",
         flush=True,
     )
 
