@@ -39,6 +39,11 @@ class Config:
     graceful_timeout: float = 10.0
     keep_alive_timeout: float = 30.0
     readers: int = 4
+    plugins: list[str] = field(default_factory=list)
+    vapid_subject: str = "mailto:notifyd@localhost"
+    delivery_max_attempts: int = 8
+    delivery_backoff_seconds: float = 5.0
+    delivery_backoff_max_seconds: float = 3600.0
 
     @property
     def data_path(self) -> Path:
@@ -111,10 +116,14 @@ def _validate(cfg: Config) -> None:
         raise bad("socket_mode", "must be an octal mode such as 0660")
     if cfg.retention_days < 1:
         raise bad("retention_days", "must be at least 1")
-    for key in ("max_request_bytes", "max_batch_events", "stream_queue", "replay_page", "readers"):
+    if not cfg.vapid_subject.startswith(("mailto:", "https://")):
+        raise bad("vapid_subject", "must be a mailto: or https:// URL (push services contact it)")
+    for key in ("max_request_bytes", "max_batch_events", "stream_queue", "replay_page", "readers",
+                "delivery_max_attempts"):  # fmt: skip
         if getattr(cfg, key) < 1:
             raise bad(key, "must be positive")
-    for key in ("keepalive_seconds", "graceful_timeout", "keep_alive_timeout"):
+    for key in ("keepalive_seconds", "graceful_timeout", "keep_alive_timeout",
+                "delivery_backoff_seconds", "delivery_backoff_max_seconds"):  # fmt: skip
         if getattr(cfg, key) <= 0:
             raise bad(key, "must be positive")
 

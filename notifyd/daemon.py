@@ -20,6 +20,7 @@ from .api.app import make_app
 from .api.server import Front, Listener, bind_tcp, bind_unix, inherited_listeners
 from .config import Config
 from .core.housekeeping import run_pruner, run_scheduler, run_token_touch
+from .core.plugins import Plugins
 from .core.services import Services
 from .core.sqlite.store import SQLiteStore
 from .logs import setup_logging
@@ -77,7 +78,11 @@ async def serve(
         user, created = await svc.accounts.ensure_user(config.socket_user, "admin")
         if created:
             _first_start_hint(config)
-        front = Front(svc, make_app(svc))
+        svc.start_delivery(Plugins(modules=config.plugins))
+        assert svc.outbox is not None and svc.plugins is not None
+        app = make_app(svc)
+        svc.plugins.call_safely("register_routes", app=app)
+        front = Front(svc, app)
         listeners = make_listeners(config)
         async with trio.open_nursery() as background:
             await background.start(svc.hub.run_keepalive, config.keepalive_seconds)
@@ -85,6 +90,7 @@ async def serve(
             await background.start(run_pruner, svc)
             await background.start(run_token_touch, svc)
             await background.start(_watchdog)
+            await background.start(svc.outbox.run)
             async with trio.open_nursery() as connections:
                 with trio.CancelScope() as accepting:
                     async with trio.open_nursery() as acceptors:
@@ -102,6 +108,9 @@ async def serve(
                 await front.terminate()
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
             background.cancel_scope.cancel(reason="shutting down")
+        for channel in svc.channels.values():
+            with trio.move_on_after(2, shield=True):
+                await channel.aclose()
     finally:
         with trio.CancelScope(shield=True):
             await store.close()

@@ -1,0 +1,1 @@
+"""Bundled notifyd plugins (installed as notifyd.plugins)."""

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..core.services import Services
 from .responses import JSON, install_error_handlers
-from .routes import accounts, events, stream, system
+from .routes import accounts, channels, events, stream, system
 
 
 def make_app(svc: Services) -> FastAPI:
@@ -24,6 +24,7 @@ def make_app(svc: Services) -> FastAPI:
     install_error_handlers(app)
     app.include_router(events.router)
     app.include_router(accounts.router)
+    app.include_router(channels.router)
     app.include_router(stream.router)
     app.include_router(system.router)
     return app

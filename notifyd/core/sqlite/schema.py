@@ -165,7 +165,55 @@ def _m002_bulk_fts(db: sqlite_utils.Database) -> None:
     db.execute('DROP TRIGGER IF EXISTS "events_ai"')
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial, _m002_bulk_fts]
+def _m003_delivery(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE channels (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            config TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_at TEXT NOT NULL,
+            last_success_at TEXT,
+            last_error TEXT,
+            last_error_at TEXT,
+            UNIQUE (user_id, name)
+        )
+        """
+    )
+    # The outbox: one row per (event, user, channel), written in the event's
+    # transaction. state: pending -> sending -> sent | pending (retry) | dead.
+    db.execute(
+        """
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            event_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            channel_id INTEGER NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            sent_at TEXT
+        )
+        """
+    )
+    db.execute(
+        "CREATE INDEX idx_deliveries_due ON deliveries(next_attempt_at) WHERE state = 'pending'"
+    )
+    db.execute("CREATE INDEX idx_deliveries_state ON deliveries(state, id)")
+    db.execute("CREATE INDEX idx_deliveries_event ON deliveries(event_id)")
+    db.execute("CREATE INDEX idx_deliveries_channel ON deliveries(channel_id)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m001_initial,
+    _m002_bulk_fts,
+    _m003_delivery,
+]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -28,6 +28,7 @@ from ..store import (
     User,
 )
 from ..timeutil import now_rfc3339
+from .delivery import DeliveryStore, enqueue_deliveries
 from .queries import (
     EVENT_COLUMNS,
     SELECT_EVENT,
@@ -124,6 +125,7 @@ def _insert_events(
                 "AND superseded_by IS NULL AND id < ?",
                 (d["id"], d["topic"], d["collapse_key"], d["id"]),
             )
+    enqueue_deliveries(conn, events, created_at)
     return events
 
 
@@ -300,7 +302,7 @@ def _state_params(state: str, user_id: int, event_id: int, now: str, action: str
     return (user_id, event_id, now, now, now, action)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(DeliveryStore, Store):
     def __init__(self, path: str | Path, synchronous: str = "FULL", readers: int = 4) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()

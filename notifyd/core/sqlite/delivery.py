@@ -1,0 +1,304 @@
+"""Channels and the outbox in SQLite (mixed into :class:`SQLiteStore`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+
+from ..acl import glob_match
+from ..channels import ChannelRecord
+from ..errors import Conflict, NotFound
+from ..timeutil import format_ts, now_rfc3339
+from .queries import SELECT_EVENT, event_from_row
+
+T = TypeVar("T")
+
+_CHANNEL_SELECT = (
+    "SELECT c.id, c.user_id, u.name, c.name, c.kind, c.config, c.enabled, c.created_at, "
+    "c.last_success_at, c.last_error, c.last_error_at FROM channels c JOIN users u ON u.id = c.user_id"
+)
+
+
+def _channel(row: tuple) -> ChannelRecord:
+    return ChannelRecord(
+        id=row[0], user_id=row[1], user=row[2], name=row[3], kind=row[4],
+        config=orjson.loads(row[5]), enabled=bool(row[6]), created_at=row[7],
+        last_success_at=row[8], last_error=row[9], last_error_at=row[10],
+    )  # fmt: skip
+
+
+def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict], now: str) -> int:
+    """Write one outbox row per (event, channel) whose user may read the event's
+    topic — in the caller's transaction, so an event and its deliveries commit
+    together."""
+    chans = conn.execute(
+        "SELECT c.id, c.user_id, u.role FROM channels c JOIN users u ON u.id = c.user_id "
+        "WHERE c.enabled = 1"
+    ).fetchall()
+    if not chans or not events:
+        return 0
+    grants: dict[int, list[str]] = {}
+    for user_id, pattern in conn.execute("SELECT user_id, pattern FROM acl WHERE read = 1"):
+        grants.setdefault(user_id, []).append(pattern)
+    rows = []
+    for ev in events:
+        topic = ev["topic"]
+        for channel_id, user_id, role in chans:
+            if role == "admin" or any(glob_match(p, topic) for p in grants.get(user_id, ())):
+                rows.append((ev["id"], user_id, channel_id, now, now))
+    conn.executemany(
+        "INSERT INTO deliveries (event_id, user_id, channel_id, next_attempt_at, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    return len(rows)
+
+
+class DeliveryStore:
+    """Channel and outbox methods; expects ``write``/``_read`` from the store."""
+
+    write: Callable[..., Any]
+    _read: Callable[..., Any]
+
+    # -- channels ----------------------------------------------------------
+
+    async def create_channel(
+        self, user_id: int, name: str, kind: str, config: dict[str, Any]
+    ) -> ChannelRecord:
+        def fn(conn: sqlite3.Connection) -> ChannelRecord:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO channels (user_id, name, kind, config, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (user_id, name, kind, orjson.dumps(config).decode(), now_rfc3339()),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"you have a channel named {name!r} already", field="name") from None
+            return _channel(
+                conn.execute(f"{_CHANNEL_SELECT} WHERE c.id = ?", (cur.lastrowid,)).fetchone()
+            )
+
+        return await self.write(fn)
+
+    async def list_channels(
+        self, user_id: int | None = None, kind: str | None = None
+    ) -> list[ChannelRecord]:
+        def fn(conn: sqlite3.Connection) -> list[ChannelRecord]:
+            where, params = ["1"], []
+            if user_id is not None:
+                where.append("c.user_id = ?")
+                params.append(user_id)
+            if kind is not None:
+                where.append("c.kind = ?")
+                params.append(kind)
+            sql = f"{_CHANNEL_SELECT} WHERE {' AND '.join(where)} ORDER BY u.name, c.name"
+            return [_channel(r) for r in conn.execute(sql, params)]
+
+        return await self._read(fn)
+
+    async def get_channel(self, user_id: int, name: str) -> ChannelRecord | None:
+        def fn(conn: sqlite3.Connection) -> ChannelRecord | None:
+            row = conn.execute(
+                f"{_CHANNEL_SELECT} WHERE c.user_id = ? AND c.name = ?", (user_id, name)
+            ).fetchone()
+            return None if row is None else _channel(row)
+
+        return await self._read(fn)
+
+    async def delete_channel(self, channel_id: int) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM channels WHERE id = ?", (channel_id,)).rowcount == 0:
+                raise NotFound("no such channel", field="name")
+            conn.execute(
+                "UPDATE deliveries SET state = 'dead', last_error = 'channel removed' "
+                "WHERE channel_id = ? AND state IN ('pending', 'sending')",
+                (channel_id,),
+            )
+
+        await self.write(fn)
+
+    # -- outbox ---------------------------------------------------------------
+
+    async def reset_inflight(self) -> int:
+        """After a restart, deliveries that were being sent are due again (at least once)."""
+        return await self.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET state = 'pending' WHERE state = 'sending'"
+                ).rowcount
+            )
+        )
+
+    async def claim_due(self, now: float, limit: int) -> list[tuple[int, int, ChannelRecord, dict]]:
+        """Mark up to ``limit`` due deliveries ``sending`` and return them as
+        (delivery id, attempt number, channel, event), oldest first."""
+        due_at = format_ts(now)
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, int, ChannelRecord, dict]]:
+            rows = conn.execute(
+                "SELECT d.id, d.attempts, d.channel_id, d.event_id FROM deliveries d "
+                "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                (due_at, limit),
+            ).fetchall()
+            out = []
+            for delivery_id, attempts, channel_id, event_id in rows:
+                chan = conn.execute(f"{_CHANNEL_SELECT} WHERE c.id = ?", (channel_id,)).fetchone()
+                ev = conn.execute(
+                    f"SELECT {SELECT_EVENT} FROM events e WHERE e.id = ?", (event_id,)
+                ).fetchone()
+                if chan is None or ev is None:
+                    why = "channel removed" if chan is None else "event no longer stored"
+                    conn.execute(
+                        "UPDATE deliveries SET state = 'dead', last_error = ? WHERE id = ?",
+                        (why, delivery_id),
+                    )
+                    continue
+                conn.execute(
+                    "UPDATE deliveries SET state = 'sending', attempts = attempts + 1 WHERE id = ?",
+                    (delivery_id,),
+                )
+                out.append((delivery_id, attempts + 1, _channel(chan), event_from_row(ev)))
+            return out
+
+        return await self.write(fn)
+
+    async def next_due(self) -> float | None:
+        from ..timeutil import parse_rfc3339
+
+        def fn(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+            ).fetchone()
+            return row[0]
+
+        when = await self._read(fn)
+        return None if when is None else parse_rfc3339(when)
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        channel_id: int,
+        now: float,
+        *,
+        error: str | None = None,
+        retry_at: float | None = None,
+        remove_channel: bool = False,
+    ) -> None:
+        """Record the outcome: sent (no ``error``), retry at ``retry_at``, or dead."""
+        at = format_ts(now)
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if error is None:
+                conn.execute(
+                    "UPDATE deliveries SET state = 'sent', sent_at = ?, last_error = NULL WHERE id = ?",
+                    (at, delivery_id),
+                )
+                conn.execute(
+                    "UPDATE channels SET last_success_at = ? WHERE id = ?", (at, channel_id)
+                )
+                return
+            if retry_at is not None:
+                conn.execute(
+                    "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, last_error = ? WHERE id = ?",
+                    (format_ts(retry_at), error, delivery_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE deliveries SET state = 'dead', last_error = ? WHERE id = ?",
+                    (error, delivery_id),
+                )
+            conn.execute(
+                "UPDATE channels SET last_error = ?, last_error_at = ? WHERE id = ?",
+                (error, at, channel_id),
+            )
+            if remove_channel:
+                conn.execute("DELETE FROM channels WHERE id = ?", (channel_id,))
+                conn.execute(
+                    "UPDATE deliveries SET state = 'dead', last_error = 'channel removed: target gone' "
+                    "WHERE channel_id = ? AND state = 'pending'",
+                    (channel_id,),
+                )
+
+        await self.write(fn)
+
+    async def list_deliveries(
+        self, user_id: int | None, state: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, params = ["1"], []
+            if user_id is not None:
+                where.append("d.user_id = ?")
+                params.append(user_id)
+            if state is not None:
+                where.append("d.state = ?")
+                params.append(state)
+            rows = conn.execute(
+                "SELECT d.id, d.event_id, u.name, c.name, c.kind, d.state, d.attempts, d.next_attempt_at, "
+                "d.last_error, d.created_at, d.sent_at FROM deliveries d JOIN users u ON u.id = d.user_id "
+                f"LEFT JOIN channels c ON c.id = d.channel_id WHERE {' AND '.join(where)} "
+                "ORDER BY d.id DESC LIMIT ?",
+                [*params, limit],
+            )
+            keys = ("id", "event_id", "user", "channel", "kind", "state", "attempts",
+                    "next_attempt_at", "last_error", "created_at", "sent_at")  # fmt: skip
+            return [dict(zip(keys, r, strict=True)) for r in rows]
+
+        return await self._read(fn)
+
+    async def retry_delivery(self, delivery_id: int, user_id: int | None, now: float) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            sql = "UPDATE deliveries SET state = 'pending', next_attempt_at = ? WHERE id = ? AND state != 'sending'"
+            params: list[Any] = [format_ts(now), delivery_id]
+            if user_id is not None:
+                sql += " AND user_id = ?"
+                params.append(user_id)
+            sql += " AND channel_id IN (SELECT id FROM channels)"
+            if conn.execute(sql, params).rowcount == 0:
+                raise NotFound(f"no retryable delivery {delivery_id}", field="id")
+
+        await self.write(fn)
+
+    async def delivery_stats(self, user_id: int | None) -> dict[str, Any]:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any]:
+            where, params = "", []
+            if user_id is not None:
+                where, params = "WHERE d.user_id = ?", [user_id]
+            by_channel: dict[str, dict[str, int]] = {}
+            for kind, state, n in conn.execute(
+                "SELECT coalesce(c.kind, '(removed)'), d.state, count(*) FROM deliveries d "
+                f"LEFT JOIN channels c ON c.id = d.channel_id {where} GROUP BY 1, 2",
+                params,
+            ):
+                by_channel.setdefault(kind, {})[state] = n
+            by_category: dict[str, dict[str, int]] = {}
+            for category, state, n in conn.execute(
+                f"SELECT e.category, d.state, count(*) FROM deliveries d JOIN events e ON e.id = d.event_id {where} GROUP BY 1, 2",
+                params,
+            ):
+                by_category.setdefault(category, {})[state] = n
+            # Of what was delivered, how much was read and clicked (interaction tracking).
+            engaged = (
+                "count(*), sum(CASE WHEN r.read = 1 OR (r.read IS NULL AND d.event_id <= "
+                "coalesce(m.read_upto, 0)) THEN 1 ELSE 0 END), "
+                "sum(CASE WHEN r.clicked_at IS NOT NULL THEN 1 ELSE 0 END) FROM deliveries d "
+                "LEFT JOIN channels c ON c.id = d.channel_id JOIN events e ON e.id = d.event_id "
+                "LEFT JOIN receipts r ON r.user_id = d.user_id AND r.event_id = d.event_id "
+                "LEFT JOIN inbox_marks m ON m.user_id = d.user_id "
+                f"WHERE d.state = 'sent' {'AND d.user_id = ?' if user_id is not None else ''} GROUP BY 1"
+            )
+            for table, key in (
+                (by_channel, "coalesce(c.kind, '(removed)')"),
+                (by_category, "e.category"),
+            ):
+                for name, sent, read, clicked in conn.execute(f"SELECT {key}, {engaged}", params):
+                    row = table.setdefault(name, {})
+                    row.update(
+                        read=read,
+                        clicked=clicked,
+                        read_rate=round(read / sent, 4) if sent else None,
+                    )
+            return {"by_channel": by_channel, "by_category": by_category}
+
+        return await self._read(fn)
