@@ -15,6 +15,7 @@ import click
 
 from notifyd import __version__, clifmt
 from notifyd.cli_admin import acl, tokens, users
+from notifyd.cli_delivery import channels, deliveries, plugins, stats
 from notifyd.cliopts import (
     CONNECTION,
     CONTEXT,
@@ -362,3 +363,7 @@ def tui(**connection: Any) -> None:
 main.add_command(users)
 main.add_command(tokens)
 main.add_command(acl)
+main.add_command(channels)
+main.add_command(deliveries)
+main.add_command(stats)
+main.add_command(plugins)

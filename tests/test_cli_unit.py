@@ -459,7 +459,7 @@ def test_every_command_has_help_with_examples(path: tuple[str, ...]) -> None:
 
 def test_every_client_command_takes_the_connection_options() -> None:
     for path, command in _commands(cli.main):
-        if isinstance(command, click.Group) or path in (("serve",), ("tui",)):
+        if isinstance(command, click.Group) or path in (("serve",), ("tui",), ("plugins",)):
             continue
         names = {opt for p in command.params for opt in getattr(p, "opts", [])}
         assert {"--socket", "--url", "--token", "--json"} <= names, path
