@@ -83,9 +83,7 @@ class Outbox:
                 )
                 for delivery_id, attempt, channel, event in claimed:
                     self._in_flight += 1
-                    delivery = Delivery(
-                        delivery_id, channel, [event], attempt, self.svc.config.base_url
-                    )
+                    delivery = Delivery(delivery_id, channel, [event], attempt, self.base_url)
                     nursery.start_soon(self._send, delivery)
                 if len(claimed) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
                     continue
