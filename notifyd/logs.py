@@ -56,3 +56,5 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("notifyd").setLevel(level.upper())
+    # httpx logs every request URL at INFO; push endpoints carry secrets in their path
+    logging.getLogger("httpx").setLevel(logging.WARNING)
