@@ -32,10 +32,10 @@ def test_merged_publishes_assign_ids_in_request_order_and_share_keys(
     results = _publish_many(
         conn,
         [
-            _PublishRequest(_events("a", "b"), 1, None, True),
-            _PublishRequest(_events("c"), 1, "k", False),
-            _PublishRequest(_events("c-retry"), 1, "k", False),  # same key, same call
-            _PublishRequest(_events("delta"), 2, "k", False),  # keys are per user
+            _PublishRequest(_events("a", "b"), 1, None, True, 1_800_000_000.0),
+            _PublishRequest(_events("c"), 1, "k", False, 1_800_000_000.0),
+            _PublishRequest(_events("c-retry"), 1, "k", False, 1_800_000_000.0),  # same key, same call
+            _PublishRequest(_events("delta"), 2, "k", False, 1_800_000_000.0),  # keys are per user
         ],
     )
     conn.execute("COMMIT")
@@ -48,7 +48,7 @@ def test_merged_publishes_assign_ids_in_request_order_and_share_keys(
     assert titles == ["a", "b", "c", "delta"]
     # a later call finds the key in the table
     conn.execute("BEGIN")
-    (again,) = _publish_many(conn, [_PublishRequest(_events("x"), 1, "k", False)])
+    (again,) = _publish_many(conn, [_PublishRequest(_events("x"), 1, "k", False, 1_800_000_000.0)])
     conn.execute("COMMIT")
     assert again.replayed and again.events[0]["id"] == 3
     # the full-text index covers what was inserted in the merged call

@@ -88,6 +88,8 @@ class Delivery:
     events: list[Event]
     attempt: int  # 1 for the first try
     base_url: str = ""
+    #: every outbox row this delivery covers (several for a digest)
+    row_ids: list[int] = field(default_factory=list)
 
     @property
     def event(self) -> Event:

@@ -81,9 +81,9 @@ class Outbox:
                     if free > 0
                     else []
                 )
-                for delivery_id, attempt, channel, event in claimed:
+                for ids, attempt, channel, events in claimed:
                     self._in_flight += 1
-                    delivery = Delivery(delivery_id, channel, [event], attempt, self.base_url)
+                    delivery = Delivery(ids[0], channel, events, attempt, self.base_url, ids)
                     nursery.start_soon(self._send, delivery)
                 if len(claimed) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
                     continue
@@ -151,7 +151,7 @@ class Outbox:
             )  # fmt: skip
         with trio.CancelScope(shield=True):
             await self.svc.store.finish_delivery(
-                delivery.id, delivery.channel.id, now, error=error, retry_at=retry_at,
+                delivery.row_ids or [delivery.id], delivery.channel.id, now, error=error, retry_at=retry_at,
                 remove_channel=gone,
             )  # fmt: skip
 

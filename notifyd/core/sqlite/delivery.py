@@ -11,6 +11,7 @@ import orjson
 from ..acl import glob_match
 from ..channels import ChannelRecord
 from ..errors import Conflict, NotFound
+from ..prefs import Preferences, plan
 from ..timeutil import format_ts, now_rfc3339
 from .queries import SELECT_EVENT, event_from_row
 
@@ -30,12 +31,29 @@ def _channel(row: tuple) -> ChannelRecord:
     )  # fmt: skip
 
 
-def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict], now: str) -> int:
+def load_preferences(conn: sqlite3.Connection, user_ids: Any) -> dict[int, Preferences]:
+    ids = list(user_ids)
+    if not ids:
+        return {}
+    rows = conn.execute(
+        f"SELECT user_id, doc FROM preferences WHERE user_id IN ({','.join('?' * len(ids))})", ids
+    )
+    out = {}
+    for user_id, doc in rows:
+        try:
+            out[user_id] = Preferences.from_json(orjson.loads(doc))
+        except ValueError:
+            continue  # validated when stored; a bad document must not block publishing
+    return out
+
+
+def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict], now: float) -> int:
     """Write one outbox row per (event, channel) whose user may read the event's
-    topic — in the caller's transaction, so an event and its deliveries commit
-    together."""
+    topic and whose preferences want it there — in the caller's transaction, so an
+    event and its deliveries commit together. Held rows (quiet hours, digests, rate
+    limits) get a later ``next_attempt_at`` and a shared ``digest_key``."""
     chans = conn.execute(
-        "SELECT c.id, c.user_id, u.role FROM channels c JOIN users u ON u.id = c.user_id "
+        "SELECT c.id, c.user_id, u.role, c.name FROM channels c JOIN users u ON u.id = c.user_id "
         "WHERE c.enabled = 1"
     ).fetchall()
     if not chans or not events:
@@ -43,15 +61,35 @@ def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict], now: str) -
     grants: dict[int, list[str]] = {}
     for user_id, pattern in conn.execute("SELECT user_id, pattern FROM acl WHERE read = 1"):
         grants.setdefault(user_id, []).append(pattern)
+    prefs = load_preferences(conn, {c[1] for c in chans})
+    recent: dict[int, int] = {}
+    if any(p.rate_limit_per_minute for p in prefs.values()):
+        for channel_id, n in conn.execute(
+            "SELECT channel_id, count(*) FROM deliveries WHERE created_at > ? AND digest_key IS NULL "
+            "GROUP BY channel_id",
+            (format_ts(now - 60),),
+        ):
+            recent[channel_id] = n
+    stamp = format_ts(now)
     rows = []
     for ev in events:
         topic = ev["topic"]
-        for channel_id, user_id, role in chans:
-            if role == "admin" or any(glob_match(p, topic) for p in grants.get(user_id, ())):
-                rows.append((ev["id"], user_id, channel_id, now, now))
+        for channel_id, user_id, role, name in chans:
+            if role != "admin" and not any(glob_match(p, topic) for p in grants.get(user_id, ())):
+                continue
+            pref = prefs.get(user_id)
+            if pref is None:
+                rows.append((ev["id"], user_id, channel_id, stamp, stamp, None))
+                continue
+            hold = plan(pref, ev, name, now, recent.get(channel_id, 0))
+            if hold is None:
+                continue
+            if hold.digest_key is None:
+                recent[channel_id] = recent.get(channel_id, 0) + 1
+            rows.append((ev["id"], user_id, channel_id, format_ts(hold.at), stamp, hold.digest_key))
     conn.executemany(
-        "INSERT INTO deliveries (event_id, user_id, channel_id, next_attempt_at, created_at) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO deliveries (event_id, user_id, channel_id, next_attempt_at, created_at, digest_key) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
         rows,
     )
     return len(rows)
@@ -131,35 +169,56 @@ class DeliveryStore:
             )
         )
 
-    async def claim_due(self, now: float, limit: int) -> list[tuple[int, int, ChannelRecord, dict]]:
+    async def claim_due(
+        self, now: float, limit: int
+    ) -> list[tuple[list[int], int, ChannelRecord, list[dict]]]:
         """Mark up to ``limit`` due deliveries ``sending`` and return them as
-        (delivery id, attempt number, channel, event), oldest first."""
+        (delivery ids, attempt number, channel, events), oldest first. Due rows that
+        share a digest key go out together, as one notification."""
         due_at = format_ts(now)
 
-        def fn(conn: sqlite3.Connection) -> list[tuple[int, int, ChannelRecord, dict]]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[list[int], int, ChannelRecord, list[dict]]]:
             rows = conn.execute(
-                "SELECT d.id, d.attempts, d.channel_id, d.event_id FROM deliveries d "
+                "SELECT d.id, d.attempts, d.channel_id, d.event_id, d.digest_key FROM deliveries d "
                 "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
                 (due_at, limit),
             ).fetchall()
             out = []
-            for delivery_id, attempts, channel_id, event_id in rows:
+            taken: set[int] = set()
+            for delivery_id, attempts, channel_id, event_id, digest_key in rows:
+                if delivery_id in taken:
+                    continue
                 chan = conn.execute(f"{_CHANNEL_SELECT} WHERE c.id = ?", (channel_id,)).fetchone()
-                ev = conn.execute(
-                    f"SELECT {SELECT_EVENT} FROM events e WHERE e.id = ?", (event_id,)
-                ).fetchone()
-                if chan is None or ev is None:
+                members = [(delivery_id, event_id)]
+                if digest_key is not None:
+                    members = conn.execute(
+                        "SELECT id, event_id FROM deliveries WHERE channel_id = ? AND digest_key = ? "
+                        "AND state = 'pending' AND next_attempt_at <= ? ORDER BY event_id",
+                        (channel_id, digest_key, due_at),
+                    ).fetchall()
+                ids = [m[0] for m in members]
+                taken.update(ids)
+                marks = ",".join("?" * len(ids))
+                events = [
+                    event_from_row(r)
+                    for r in conn.execute(
+                        f"SELECT {SELECT_EVENT} FROM events e WHERE e.id IN ({','.join('?' * len(members))}) "
+                        "ORDER BY e.id",
+                        [m[1] for m in members],
+                    )
+                ]
+                if chan is None or not events:
                     why = "channel removed" if chan is None else "event no longer stored"
                     conn.execute(
-                        "UPDATE deliveries SET state = 'dead', last_error = ? WHERE id = ?",
-                        (why, delivery_id),
+                        f"UPDATE deliveries SET state = 'dead', last_error = ? WHERE id IN ({marks})",
+                        [why, *ids],
                     )
                     continue
                 conn.execute(
-                    "UPDATE deliveries SET state = 'sending', attempts = attempts + 1 WHERE id = ?",
-                    (delivery_id,),
+                    f"UPDATE deliveries SET state = 'sending', attempts = attempts + 1 WHERE id IN ({marks})",
+                    ids,
                 )
-                out.append((delivery_id, attempts + 1, _channel(chan), event_from_row(ev)))
+                out.append((ids, attempts + 1, _channel(chan), events))
             return out
 
         return await self.write(fn)
@@ -178,7 +237,7 @@ class DeliveryStore:
 
     async def finish_delivery(
         self,
-        delivery_id: int,
+        delivery_ids: list[int],
         channel_id: int,
         now: float,
         *,
@@ -188,12 +247,13 @@ class DeliveryStore:
     ) -> None:
         """Record the outcome: sent (no ``error``), retry at ``retry_at``, or dead."""
         at = format_ts(now)
+        marks = ",".join("?" * len(delivery_ids))
 
         def fn(conn: sqlite3.Connection) -> None:
             if error is None:
                 conn.execute(
-                    "UPDATE deliveries SET state = 'sent', sent_at = ?, last_error = NULL WHERE id = ?",
-                    (at, delivery_id),
+                    f"UPDATE deliveries SET state = 'sent', sent_at = ?, last_error = NULL WHERE id IN ({marks})",
+                    [at, *delivery_ids],
                 )
                 conn.execute(
                     "UPDATE channels SET last_success_at = ? WHERE id = ?", (at, channel_id)
@@ -201,13 +261,13 @@ class DeliveryStore:
                 return
             if retry_at is not None:
                 conn.execute(
-                    "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, last_error = ? WHERE id = ?",
-                    (format_ts(retry_at), error, delivery_id),
+                    f"UPDATE deliveries SET state = 'pending', next_attempt_at = ?, last_error = ? WHERE id IN ({marks})",
+                    [format_ts(retry_at), error, *delivery_ids],
                 )
             else:
                 conn.execute(
-                    "UPDATE deliveries SET state = 'dead', last_error = ? WHERE id = ?",
-                    (error, delivery_id),
+                    f"UPDATE deliveries SET state = 'dead', last_error = ? WHERE id IN ({marks})",
+                    [error, *delivery_ids],
                 )
             conn.execute(
                 "UPDATE channels SET last_error = ?, last_error_at = ? WHERE id = ?",
@@ -302,3 +362,23 @@ class DeliveryStore:
             return {"by_channel": by_channel, "by_category": by_category}
 
         return await self._read(fn)
+
+    # -- preferences ------------------------------------------------------------
+
+    async def get_preferences(self, user_id: int) -> dict[str, Any] | None:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT doc FROM preferences WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            return None if row is None else orjson.loads(row[0])
+
+        return await self._read(fn)
+
+    async def set_preferences(self, user_id: int, doc: dict[str, Any]) -> None:
+        await self.write(
+            lambda c: c.execute(
+                "INSERT INTO preferences (user_id, doc, updated_at) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                "DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
+                (user_id, orjson.dumps(doc).decode(), now_rfc3339()),
+            )
+        )

@@ -209,10 +209,24 @@ def _m003_delivery(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_deliveries_channel ON deliveries(channel_id)")
 
 
+def _m004_preferences(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE preferences (user_id INTEGER PRIMARY KEY, doc TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    # Held deliveries (quiet hours, digest windows, rate limits) that share a key
+    # go out together as one notification.
+    db.execute("ALTER TABLE deliveries ADD COLUMN digest_key TEXT")
+    db.execute(
+        "CREATE INDEX idx_deliveries_digest ON deliveries(channel_id, digest_key) "
+        "WHERE digest_key IS NOT NULL AND state = 'pending'"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
     _m003_delivery,
+    _m004_preferences,
 ]
 
 

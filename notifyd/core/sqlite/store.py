@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..store import (
     Token,
     User,
 )
-from ..timeutil import now_rfc3339
+from ..timeutil import format_ts, now_rfc3339
 from .delivery import DeliveryStore, enqueue_deliveries
 from .queries import (
     EVENT_COLUMNS,
@@ -98,11 +99,13 @@ def _event_row(
 
 
 def _insert_events(
-    conn: sqlite3.Connection, items: list[tuple[EventIn, int]], created_at: str
+    conn: sqlite3.Connection, items: list[tuple[EventIn, int]], now: float
 ) -> list[Event]:
-    """Insert events with ids assigned here, in order; apply collapse keys."""
+    """Insert events with ids assigned here, in order; apply collapse keys; write
+    their outbox rows."""
     if not items:
         return []
+    created_at = format_ts(now)
     seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
     next_id = (seq[0] if seq else 0) + 1
     rows, events = [], []
@@ -125,7 +128,7 @@ def _insert_events(
                 "AND superseded_by IS NULL AND id < ?",
                 (d["id"], d["topic"], d["collapse_key"], d["id"]),
             )
-    enqueue_deliveries(conn, events, created_at)
+    enqueue_deliveries(conn, events, now)
     return events
 
 
@@ -135,12 +138,14 @@ class _PublishRequest:
     publisher_id: int
     key: str | None
     batch: bool
+    now: float
 
 
 def _publish_many(conn: sqlite3.Connection, requests: list[_PublishRequest]) -> list[PublishResult]:
     """Store the events of several publish requests with one insert and one index
     update (the writer merges concurrent publishes into one call)."""
-    now = now_rfc3339()
+    now_ts = max(r.now for r in requests)
+    now = format_ts(now_ts)
     results: list[PublishResult | None] = []
     slots: list[list[tuple[str, Any]]] = []  # per request: ("e", index) | ("s", event)
     immediate: list[tuple[EventIn, int]] = []
@@ -178,7 +183,7 @@ def _publish_many(conn: sqlite3.Connection, requests: list[_PublishRequest]) -> 
                 immediate.append((ev, req.publisher_id))
         results.append(None)
         slots.append(mine)
-    stored = _insert_events(conn, immediate, now)
+    stored = _insert_events(conn, immediate, now_ts)
     out: list[PublishResult] = []
     for n, req in enumerate(requests):
         done = results[n]
@@ -303,7 +308,16 @@ def _state_params(state: str, user_id: int, event_id: int, now: str, action: str
 
 
 class SQLiteStore(DeliveryStore, Store):
-    def __init__(self, path: str | Path, synchronous: str = "FULL", readers: int = 4) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: str = "FULL",
+        readers: int = 4,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        #: wall clock of the store (stamps events and plans deliveries); tests
+        #: pass a MockClock-driven one
+        self.clock = clock
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self._n_readers = readers
@@ -354,7 +368,7 @@ class SQLiteStore(DeliveryStore, Store):
         idempotency_key: str | None = None,
         batch: bool = False,
     ) -> PublishResult:
-        request = _PublishRequest(events, publisher_id, idempotency_key, batch)
+        request = _PublishRequest(events, publisher_id, idempotency_key, batch, self.clock())
         return await self._writer.submit_merged(
             _publish_many, request, lambda r: self._emit(r.new_events)
         )
@@ -374,7 +388,7 @@ class SQLiteStore(DeliveryStore, Store):
                 return []
             items = [(EventIn.model_validate_json(r[2]), r[1]) for r in rows]
             conn.executemany("DELETE FROM scheduled WHERE id = ?", [(r[0],) for r in rows])
-            return _insert_events(conn, items, now_rfc3339())
+            return _insert_events(conn, items, self.clock())
 
         return len(await self.write(fn, self._emit))
 
