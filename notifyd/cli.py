@@ -15,7 +15,7 @@ import click
 
 from notifyd import __version__, clifmt
 from notifyd.cli_admin import acl, tokens, users
-from notifyd.cli_delivery import channels, deliveries, plugins, stats
+from notifyd.cli_delivery import channels, deliveries, plugins, prefs, stats
 from notifyd.cliopts import (
     CONNECTION,
     CONTEXT,
@@ -367,3 +367,4 @@ main.add_command(channels)
 main.add_command(deliveries)
 main.add_command(stats)
 main.add_command(plugins)
+main.add_command(prefs)

@@ -232,3 +232,144 @@ def plugins(as_json: bool) -> None:
     rows = [[p.name, p.source, ", ".join(p.hooks), p.error or ""] for p in infos]
     print_table((["PLUGIN", "SOURCE", "HOOKS", "ERROR"], rows), "no plugins")
     click.echo("channel kinds: " + (", ".join(sorted(kinds)) or "none"))
+
+
+@click.group(context_settings=CONTEXT)
+def prefs() -> None:
+    """Show and change what arrives where: rules, mutes, quiet hours, digests, rate limit.
+
+    \b
+    Examples:
+      notifyd prefs show
+      notifyd prefs set --quiet-hours 22:00-07:00 --timezone Europe/Berlin
+      notifyd prefs set --mute 'noisy/*' --digest email=600 --rate-limit 20
+      notifyd prefs set --file prefs.json
+    """
+
+
+@prefs.command("show")
+@click.option("--user", help="Another user's preferences (admins).")
+@client_options
+@output_options
+def prefs_show(client: Any, as_json: bool, user: str | None) -> None:
+    """Show preferences.
+
+    \b
+    Examples:
+      notifyd prefs show
+      notifyd prefs show --user alice --json
+    """
+    doc = client.request("GET", "/v1/preferences", params={"user": user})
+    if as_json:
+        print_json(doc)
+        return
+    quiet = doc["quiet_hours"]
+    click.echo(f"time zone:    {doc['timezone']}")
+    click.echo(
+        f"quiet hours:  {quiet['start'] + '–' + quiet['end'] if quiet else 'off'} (urgent passes)"
+    )
+    digests = ", ".join(f"{k} every {v} s" for k, v in doc["digests"].items()) or "off"
+    click.echo(f"digests:      {digests}")
+    limit = doc["rate_limit_per_minute"]
+    click.echo(f"rate limit:   {f'{limit} per channel per minute' if limit else 'off'}")
+    rows = [
+        [i + 1, r["topic"], r["category"] or "*", clifmt.PRIORITY_LABELS.get(r["min_priority"], r["min_priority"]),
+         "MUTE" if r["mute"] else ("all" if r["channels"] is None else (", ".join(r["channels"]) or "inbox only"))]
+        for i, r in enumerate(doc["rules"])
+    ]  # fmt: skip
+    print_table(
+        (["#", "TOPIC", "CATEGORY", "MIN PRIORITY", "CHANNELS"], rows),
+        "no rules: everything goes everywhere",
+    )
+
+
+def _seconds(value: str) -> tuple[str, int]:
+    name, sep, secs = value.partition("=")
+    if not sep or not secs.isdigit():
+        raise click.BadParameter("use NAME=SECONDS, e.g. email=600")
+    return name, int(secs)
+
+
+@prefs.command("set")
+@click.option("--user", help="Another user's preferences (admins).")
+@click.option(
+    "--file",
+    "file_",
+    type=click.File("r"),
+    help="Replace everything with this JSON document ('-' = stdin).",
+)
+@click.option(
+    "--quiet-hours", metavar="HH:MM-HH:MM|off", help="Hold all but urgent between these times."
+)
+@click.option("--timezone", metavar="ZONE", help="Time zone for quiet hours, e.g. Europe/Berlin.")
+@click.option(
+    "--digest",
+    "digests",
+    multiple=True,
+    metavar="CHANNEL=SECONDS",
+    help="Bundle a channel's notifications.",
+)
+@click.option("--rate-limit", metavar="N|off", help="Most notifications per channel per minute.")
+@click.option(
+    "--mute", "mutes", multiple=True, metavar="PATTERN", help="Mute topics matching PATTERN."
+)
+@click.option(
+    "--rule",
+    "rules",
+    multiple=True,
+    metavar="JSON",
+    help='Append a rule, e.g. \'{"topic": "ci/*", "channels": ["phone"]}\'.',
+)
+@click.option("--clear-rules", is_flag=True, help="Remove all rules (and mutes) first.")
+@client_options
+@output_options
+def prefs_set(client: Any, as_json: bool, user: str | None, file_: Any, quiet_hours: str | None,
+              timezone: str | None, digests: tuple[str, ...], rate_limit: str | None,
+              mutes: tuple[str, ...], rules: tuple[str, ...], clear_rules: bool) -> None:  # fmt: skip
+    """Change preferences; options not given keep their current value.
+
+    \b
+    Examples:
+      notifyd prefs set --quiet-hours 22:00-07:00 --timezone Europe/Berlin
+      notifyd prefs set --quiet-hours off
+      notifyd prefs set --mute 'noisy/*' --rule '{"topic": "ci/*", "min_priority": "high", "channels": ["phone"]}'
+      notifyd prefs set --digest email=600 --rate-limit 20
+      notifyd prefs show --json > p.json && $EDITOR p.json && notifyd prefs set --file p.json
+    """
+    import json
+
+    if file_ is not None:
+        try:
+            doc = json.load(file_)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--file") from None
+    else:
+        doc = client.request("GET", "/v1/preferences", params={"user": user})
+    if quiet_hours is not None:
+        if quiet_hours == "off":
+            doc["quiet_hours"] = None
+        else:
+            start, sep, end = quiet_hours.partition("-")
+            if not sep:
+                raise click.BadParameter("use HH:MM-HH:MM or off", param_hint="--quiet-hours")
+            doc["quiet_hours"] = {"start": start, "end": end}
+    if timezone is not None:
+        doc["timezone"] = timezone
+    for value in digests:
+        name, secs = _seconds(value)
+        doc.setdefault("digests", {})[name] = secs
+    if rate_limit is not None:
+        doc["rate_limit_per_minute"] = (
+            None if rate_limit == "off" else int(rate_limit) if rate_limit.isdigit() else rate_limit
+        )
+    if clear_rules:
+        doc["rules"] = []
+    for pattern in mutes:
+        doc.setdefault("rules", []).insert(0, {"topic": pattern, "mute": True})
+    for raw in rules:
+        try:
+            doc.setdefault("rules", []).append(json.loads(raw))
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--rule") from None
+    saved = client.request("PUT", "/v1/preferences", params={"user": user}, json_body=doc)
+    report(as_json, saved, "preferences saved")

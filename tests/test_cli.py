@@ -119,3 +119,28 @@ def test_tcp_with_token_and_clear_errors(daemon: Daemon, tmp_path: Path) -> None
     assert r.returncode != 0 and "token" in r.stderr.lower()
     r = cli(None, "history", env={"NOTIFYD_SOCKET": str(tmp_path / "nothing.sock")})
     assert r.returncode != 0 and "daemon running" in r.stderr
+
+
+def test_channels_prefs_and_plugins_commands(daemon: Daemon) -> None:
+    url = "mailto://mailer:S3CRET-pw@127.0.0.1:2525/ops@example.com?from=notifyd@example.com"
+    r = cli(daemon, "channels", "add", "email", url)
+    assert r.returncode == 0, r.stderr
+    r = cli(daemon, "channels", "list")
+    assert r.returncode == 0 and "email" in r.stdout and "S3CRET" not in r.stdout
+    r = cli(daemon, "channels", "add", "bad", "nosuchservice://x")
+    assert r.returncode != 0 and "S3CRET" not in r.stderr
+
+    r = cli(daemon, "prefs", "set", "--quiet-hours", "22:00-07:00", "--timezone", "Europe/Berlin",
+            "--mute", "noisy/*", "--digest", "email=600", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(cli(daemon, "prefs", "show", "--json").stdout)
+    assert doc["quiet_hours"] == {"start": "22:00", "end": "07:00"}
+    assert doc["rules"][0] == {"topic": "noisy/*", "category": None, "min_priority": 1, "channels": None, "mute": True}
+    assert doc["digests"] == {"email": 600}
+    r = cli(daemon, "prefs", "set", "--timezone", "Mars/Olympus")
+    assert r.returncode != 0 and "timezone" in r.stderr
+
+    r = cli(None, "plugins")
+    assert r.returncode == 0 and "apprise" in r.stdout and "webpush" in r.stdout
+    r = cli(daemon, "deliveries", "list", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["deliveries"] == []

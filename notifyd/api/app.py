@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..core.services import Services
 from .responses import JSON, install_error_handlers
-from .routes import accounts, channels, events, stream, system
+from .routes import accounts, channels, events, preferences, stream, system
 
 
 def make_app(svc: Services) -> FastAPI:
@@ -25,6 +25,7 @@ def make_app(svc: Services) -> FastAPI:
     app.include_router(events.router)
     app.include_router(accounts.router)
     app.include_router(channels.router)
+    app.include_router(preferences.router)
     app.include_router(stream.router)
     app.include_router(system.router)
     return app

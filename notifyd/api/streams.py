@@ -20,6 +20,7 @@ from ..core.errors import Forbidden, ValidationFailed
 from ..core.frames import Frame
 from ..core.hub import Subscriber
 from ..core.models import check_pattern
+from ..core.prefs import Preferences
 from ..core.services import Services
 from .auth import resolve
 
@@ -84,10 +85,15 @@ class StreamSession:
         self.principal = principal
         self.topics = topics
         self.since = since
+        self.prefs: Preferences | None = None
 
     async def run(self, sink: Sink) -> None:
         hub = self.svc.hub
+        doc = await self.svc.store.get_preferences(self.principal.user_id)
+        self.prefs = Preferences.from_json(doc) if doc else None
         sub = hub.subscribe(self.principal, self.topics, sink.kind)
+        if self.prefs is not None and any(r.mute for r in self.prefs.rules):
+            sub.prefs = self.prefs
         resync: str | None = None
         try:
             cursor = await self._replay(sub, sink)
@@ -118,8 +124,10 @@ class StreamSession:
                 )
                 if not events:
                     break
+                shown = [ev for ev in events if not (self.prefs and self.prefs.muted(ev))]
                 with trio.move_on_after(SEND_TIMEOUT) as scope:
-                    await sink.send([Frame.for_event(ev) for ev in events])
+                    if shown:
+                        await sink.send([Frame.for_event(ev) for ev in shown])
                 if scope.cancelled_caught:
                     sub.doom("the client did not read for too long")
                     return cursor

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -51,6 +52,8 @@ class Subscriber:
         #: While replaying from the store, an overflow only means "replay again".
         self.replaying = True
         self.lagged = False
+        #: the user's preferences, for mutes (None: nothing muted)
+        self.prefs: Any = None
         #: Set when the hub gives up on this client: the reason goes out in a resync.
         self.doomed: str | None = None
         self.closed = False
@@ -168,10 +171,12 @@ class Hub:
             subs = by_topic.get(event["topic"])
             if subs:
                 for sub in subs:
-                    if sub.principal.can_read(event["topic"]):
+                    if sub.principal.can_read(event["topic"]) and not (
+                        sub.prefs and sub.prefs.muted(event)
+                    ):
                         sub.push(frame)
             for sub in wild:
-                if sub.wants(event["topic"]):
+                if sub.wants(event["topic"]) and not (sub.prefs and sub.prefs.muted(event)):
                     sub.push(frame)
 
     def publish_state(self, user_id: int, message: dict, topic: str | None = None) -> None:

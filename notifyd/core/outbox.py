@@ -26,7 +26,8 @@ from .services import Services
 log = logging.getLogger("notifyd.outbox")
 
 CLAIM_BATCH = 64
-IDLE_POLL = 5.0
+#: a safety net only: commits, retries and due times wake the dispatcher
+IDLE_POLL = 60.0
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -43,7 +44,9 @@ class Outbox:
         channels: dict[str, Channel],
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        idle_poll: float = IDLE_POLL,
     ) -> None:
+        self.idle_poll = idle_poll
         self.svc = svc
         self.channels = channels
         self.clock = clock
@@ -90,7 +93,7 @@ class Outbox:
                 await self._sleep_until_due()
 
     async def _sleep_until_due(self) -> None:
-        wait = IDLE_POLL
+        wait = self.idle_poll
         if self._in_flight < self.max_in_flight:
             due = await self.svc.store.next_due()
             if due is not None:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from ..acl import Visibility
+from ..prefs import Preferences
 from ..store import Event, HistoryQuery
 
 EVENT_COLUMNS = (
@@ -89,10 +90,30 @@ def unread_sql() -> str:
     return "(CASE WHEN r.read IS NULL THEN e.id > ? ELSE r.read = 0 END)"
 
 
-def history_where(q: HistoryQuery, now: str, watermark: int) -> tuple[str, list[Any]]:
+def mute_sql(prefs: Preferences | None, params: list[Any]) -> str:
+    """A WHERE fragment dropping what the user's first matching rule mutes ('' = none)."""
+    if prefs is None or not any(r.mute for r in prefs.rules):
+        return ""
+    cases = []
+    for rule in prefs.rules:
+        cond = ["e.topic GLOB ?" if "*" in rule.topic else "e.topic = ?", "e.priority >= ?"]
+        params.extend([rule.topic, rule.min_priority])
+        if rule.category is not None:
+            cond.append("e.category = ?")
+            params.append(rule.category)
+        cases.append(f"WHEN {' AND '.join(cond)} THEN {1 if rule.mute else 0}")
+    return f"(CASE {' '.join(cases)} ELSE 0 END) = 0"
+
+
+def history_where(
+    q: HistoryQuery, now: str, watermark: int, prefs: Preferences | None = None
+) -> tuple[str, list[Any]]:
     params: list[Any] = []
     where = ["e.superseded_by IS NULL", "(e.expires_at IS NULL OR e.expires_at > ?)"]
     params.append(now)
+    muted = mute_sql(prefs, params)
+    if muted:
+        where.append(muted)
     vis = visibility_sql(q.visibility, params)
     if vis:
         where.append(vis)

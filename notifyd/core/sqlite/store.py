@@ -29,7 +29,7 @@ from ..store import (
     User,
 )
 from ..timeutil import format_ts, now_rfc3339
-from .delivery import DeliveryStore, enqueue_deliveries
+from .delivery import DeliveryStore, enqueue_deliveries, load_preferences
 from .queries import (
     EVENT_COLUMNS,
     SELECT_EVENT,
@@ -409,7 +409,8 @@ class SQLiteStore(DeliveryStore, Store):
 
         def fn(conn: sqlite3.Connection) -> list[Event]:
             w = _watermark(conn, query.user_id)
-            where, params = history_where(query, now_rfc3339(), w)
+            prefs = load_preferences(conn, [query.user_id]).get(query.user_id)
+            where, params = history_where(query, now_rfc3339(), w, prefs)
             sql = (
                 f"SELECT {SELECT_EVENT}, {SELECT_STATE} FROM events e LEFT JOIN receipts r "
                 f"ON r.user_id = ? AND r.event_id = e.id WHERE {where} ORDER BY e.id DESC LIMIT ?"
@@ -490,7 +491,8 @@ class SQLiteStore(DeliveryStore, Store):
             seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             upto = seq[0] if seq else 0
             unread_q = HistoryQuery(**{**query.__dict__, "unread": True, "before": upto + 1})
-            where, params = history_where(unread_q, now, w)
+            prefs = load_preferences(conn, [query.user_id]).get(query.user_id)
+            where, params = history_where(unread_q, now, w, prefs)
             base = (
                 "FROM events e LEFT JOIN receipts r ON r.user_id = ? AND r.event_id = e.id "
                 f"WHERE {where}"
