@@ -34,7 +34,35 @@ from notifyd.cliopts import (
 # --- the group ----------------------------------------------------------------
 
 
-@click.group(context_settings=CONTEXT)
+class PluginGroup(click.Group):
+    """The ``notifyd`` group: plugins' ``register_commands`` hooks are consulted
+    only when a command is not built in (or for the full list in ``--help``), so
+    the common commands never pay for loading plugins."""
+
+    _loaded = False
+
+    def _load_plugins(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        from notifyd.core.plugins import Plugins
+
+        modules = [m for m in os.environ.get("NOTIFYD_PLUGINS", "").split(",") if m]
+        Plugins(modules=modules).call_safely("register_commands", cli=self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugins()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=PluginGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="notifyd")
 def main() -> None:
     """notifyd: a self-hosted notification daemon and its command-line client.

@@ -223,7 +223,9 @@ def plugins(as_json: bool) -> None:
 
     from notifyd.core.plugins import Plugins
 
-    manager = Plugins()
+    import os
+
+    manager = Plugins(modules=[m for m in os.environ.get("NOTIFYD_PLUGINS", "").split(",") if m])
     infos = manager.info()
     kinds = {kind: cls.__module__ for kind, cls in manager.channel_kinds().items()}
     if as_json:

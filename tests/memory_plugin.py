@@ -55,3 +55,20 @@ class MemoryChannel(Channel):
 @hookimpl
 def register_channels() -> list[type]:
     return [MemoryChannel]
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    import click
+
+    @cli.command("memory-sent")
+    @click.argument("data_dir")
+    def memory_sent(data_dir: str) -> None:
+        """Print how many deliveries the memory channel recorded in DATA_DIR.
+
+        \b
+        Examples:
+          notifyd memory-sent var
+        """
+        path = __import__("pathlib").Path(data_dir) / "memory-deliveries.jsonl"
+        click.echo(len(path.read_text().splitlines()) if path.exists() else 0)
