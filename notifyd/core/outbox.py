@@ -26,6 +26,8 @@ from .services import Services
 log = logging.getLogger("notifyd.outbox")
 
 CLAIM_BATCH = 64
+#: seconds to let a burst of commits accumulate before claiming (latency vs. fsyncs)
+COALESCE = 0.005
 #: a safety net only: commits, retries and due times wake the dispatcher
 IDLE_POLL = 60.0
 
@@ -79,25 +81,27 @@ class Outbox:
             while True:
                 self._wakeup = trio.Event()
                 free = self.max_in_flight - self._in_flight
-                claimed = (
-                    await self.svc.store.claim_due(self.clock(), min(free, CLAIM_BATCH))
-                    if free > 0
-                    else []
-                )
-                for ids, attempt, channel, events in claimed:
-                    self._in_flight += 1
-                    delivery = Delivery(ids[0], channel, events, attempt, self.base_url, ids)
-                    nursery.start_soon(self._send, delivery)
-                if len(claimed) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
-                    continue
-                await self._sleep_until_due()
+                # Look before claiming: a claim is a write (and an fsync), and most
+                # commits that wake us created nothing that is due.
+                due = await self.svc.store.next_due() if free > 0 else None
+                now = self.clock()
+                if due is not None and due <= now:
+                    claimed = await self.svc.store.claim_due(now, min(free, CLAIM_BATCH))
+                    for ids, attempt, channel, events in claimed:
+                        self._in_flight += 1
+                        delivery = Delivery(ids[0], channel, events, attempt, self.base_url, ids)
+                        nursery.start_soon(self._send, delivery)
+                    if len(claimed) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
+                        continue
+                    due = await self.svc.store.next_due()
+                await self._sleep_until(due)
+                # Let a burst of commits settle so one claim picks up many rows.
+                await trio.sleep(COALESCE)
 
-    async def _sleep_until_due(self) -> None:
+    async def _sleep_until(self, due: float | None) -> None:
         wait = self.idle_poll
-        if self._in_flight < self.max_in_flight:
-            due = await self.svc.store.next_due()
-            if due is not None:
-                wait = min(wait, max(0.0, due - self.clock()))
+        if due is not None and self._in_flight < self.max_in_flight:
+            wait = min(wait, max(0.0, due - self.clock()))
         with trio.move_on_after(wait):
             await self._wakeup.wait()
 
