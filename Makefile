@@ -35,6 +35,7 @@ lint: $(TSTAMP)
 bench: $(STAMP)
 	$(PY) bench/publish.py
 	$(PY) bench/fanout.py
+	$(PY) bench/delivery.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

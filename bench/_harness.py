@@ -385,6 +385,8 @@ class _Server:
         self.addr = ("127.0.0.1", self.port)
         self.proc: subprocess.Popen | None = None
         self._log = None
+        #: added to the server's environment (after PYTHONPATH is cleared)
+        self.extra_env: dict[str, str] = {}
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -393,6 +395,7 @@ class _Server:
         self._log = open(self.tmp / "server.log", "wb")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("PYTHONPATH", None)
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(
             self.command(),
             cwd=REPO,
@@ -444,8 +447,9 @@ class _Server:
 class Daemon(_Server):
     """``python -m notifyd serve`` on a temporary data dir; ``.token`` is a TCP admin token."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__("notifyd")
+        self.extra_env.update(env or {})
         self.socket_path = str(self.tmp / "notifyd.sock")
         self.token = ""
 

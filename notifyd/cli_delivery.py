@@ -219,11 +219,10 @@ def plugins(as_json: bool) -> None:
       notifyd plugins
       notifyd plugins --json
     """
+    import os
     from dataclasses import asdict
 
     from notifyd.core.plugins import Plugins
-
-    import os
 
     manager = Plugins(modules=[m for m in os.environ.get("NOTIFYD_PLUGINS", "").split(",") if m])
     infos = manager.info()

@@ -8,6 +8,7 @@ then stop the writer after its last group commit.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -84,6 +85,11 @@ async def serve(
         svc.plugins.call_safely("register_routes", app=app)
         front = Front(svc, app)
         listeners = make_listeners(config)
+        # Everything imported and built so far (FastAPI, plugins, apprise's large
+        # module graph) lives as long as the process: keep it out of the cyclic
+        # GC's full collections, which otherwise stall the loop for tens of ms.
+        gc.collect()
+        gc.freeze()
         async with trio.open_nursery() as background:
             await background.start(svc.hub.run_keepalive, config.keepalive_seconds)
             await background.start(run_scheduler, svc)

@@ -179,7 +179,10 @@ class DeliveryStore:
 
         def fn(conn: sqlite3.Connection) -> list[tuple[list[int], int, ChannelRecord, list[dict]]]:
             rows = conn.execute(
+                # INDEXED BY: without statistics SQLite prefers idx_deliveries_state and
+                # sorts every pending row, which grows with the backlog.
                 "SELECT d.id, d.attempts, d.channel_id, d.event_id, d.digest_key FROM deliveries d "
+                "INDEXED BY idx_deliveries_due "
                 "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
                 (due_at, limit),
             ).fetchall()
@@ -228,7 +231,7 @@ class DeliveryStore:
 
         def fn(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+                "SELECT min(next_attempt_at) FROM deliveries INDEXED BY idx_deliveries_due WHERE state = 'pending'"
             ).fetchone()
             return row[0]
 
