@@ -449,6 +449,8 @@ class Daemon(_Server):
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         super().__init__("notifyd")
+        # the benchmark's push service listens on 127.0.0.1
+        self.extra_env["NOTIFYD_WEBPUSH_ALLOW_PRIVATE_ENDPOINTS"] = "true"
         self.extra_env.update(env or {})
         self.socket_path = str(self.tmp / "notifyd.sock")
         self.token = ""

@@ -41,6 +41,7 @@ class Config:
     readers: int = 4
     plugins: list[str] = field(default_factory=list)
     vapid_subject: str = "mailto:notifyd@localhost"
+    webpush_allow_private_endpoints: bool = False
     delivery_max_attempts: int = 8
     delivery_backoff_seconds: float = 5.0
     delivery_backoff_max_seconds: float = 3600.0

@@ -62,7 +62,8 @@ class Daemon:
         return self.data_dir / "notifyd.sock"
 
     def start(self, timeout: float = 20.0) -> Daemon:
-        env = {**os.environ, **self.extra_env}
+        # the tests' push services listen on 127.0.0.1
+        env = {**os.environ, "NOTIFYD_WEBPUSH_ALLOW_PRIVATE_ENDPOINTS": "true", **self.extra_env}
         for var in (
             "NOTIFYD_URL",
             "NOTIFYD_TOKEN",

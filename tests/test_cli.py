@@ -135,7 +135,13 @@ def test_channels_prefs_and_plugins_commands(daemon: Daemon) -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(cli(daemon, "prefs", "show", "--json").stdout)
     assert doc["quiet_hours"] == {"start": "22:00", "end": "07:00"}
-    assert doc["rules"][0] == {"topic": "noisy/*", "category": None, "min_priority": 1, "channels": None, "mute": True}
+    assert doc["rules"][0] == {
+        "topic": "noisy/*",
+        "category": None,
+        "min_priority": 1,
+        "channels": None,
+        "mute": True,
+    }
     assert doc["digests"] == {"email": 600}
     r = cli(daemon, "prefs", "set", "--timezone", "Mars/Olympus")
     assert r.returncode != 0 and "timezone" in r.stderr

@@ -34,7 +34,9 @@ def test_merged_publishes_assign_ids_in_request_order_and_share_keys(
         [
             _PublishRequest(_events("a", "b"), 1, None, True, 1_800_000_000.0),
             _PublishRequest(_events("c"), 1, "k", False, 1_800_000_000.0),
-            _PublishRequest(_events("c-retry"), 1, "k", False, 1_800_000_000.0),  # same key, same call
+            _PublishRequest(
+                _events("c-retry"), 1, "k", False, 1_800_000_000.0
+            ),  # same key, same call
             _PublishRequest(_events("delta"), 2, "k", False, 1_800_000_000.0),  # keys are per user
         ],
     )

@@ -297,3 +297,19 @@ def test_subscriptions_and_key_survive_restart(
     daemon.publish("alerts/r", title="after restart")
     got = wait_for(lambda: push.received(sub), message="the push")[0]
     assert got.error is None and got.payload["title"] == "after restart"  # type: ignore[index]
+
+
+def test_private_endpoints_are_refused_unless_allowed(make_daemon: Any) -> None:
+    from notifyd.plugins.webpush.subscription import is_private_endpoint
+
+    for url in ("http://127.0.0.1:9/x", "https://10.1.2.3/x", "https://[::1]/x", "https://localhost/x",
+                "https://printer.local/x", "http://169.254.169.254/latest"):  # fmt: skip
+        assert is_private_endpoint(url), url
+    for url in ("https://fcm.googleapis.com/fcm/send/abc", "https://updates.push.services.mozilla.com/wpush/v2/x",
+                "https://web.push.apple.com/abc", "https://8.8.8.8/x"):  # fmt: skip
+        assert not is_private_endpoint(url), url
+    d = make_daemon(extra_env={"NOTIFYD_WEBPUSH_ALLOW_PRIVATE_ENDPOINTS": "false"}).start()
+    with PushService() as service, d.admin() as c:
+        r = c.post("/v1/webpush/subscriptions", json=service.subscribe().info())
+        assert r.status_code == 422 and r.json()["error"]["field"] == "endpoint"
+        assert "webpush_allow_private_endpoints" in r.json()["error"]["message"]

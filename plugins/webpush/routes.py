@@ -23,7 +23,7 @@ from notifyd.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from notifyd.core.services import Services
 
 from .channel import WebPushChannel
-from .subscription import SubscriptionError, parse_subscription
+from .subscription import SubscriptionError, is_private_endpoint, parse_subscription
 from .vapid import load_or_create, public_key_b64
 
 router = APIRouter(prefix="/v1/webpush", tags=["webpush"])
@@ -88,6 +88,12 @@ async def subscribe(request: Request, caller: Caller, body: SubscriptionIn) -> J
         config = parse_subscription(body.model_dump(), request.headers.get("user-agent", ""))
     except SubscriptionError as exc:
         raise ValidationFailed(str(exc), field=exc.field) from None
+    if not svc.config.webpush_allow_private_endpoints and is_private_endpoint(config["endpoint"]):
+        raise ValidationFailed(
+            "endpoint: push services are on the public internet; this one is on this machine or "
+            "a private network (an admin can allow that with webpush_allow_private_endpoints)",
+            field="endpoint",
+        )
     await _release_elsewhere(svc, caller.user_id, config["endpoint"])
     # the name is a short hash; a longer one settles the (unlikely) case of two
     # endpoints of one user sharing its first 8 digits

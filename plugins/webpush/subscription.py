@@ -90,3 +90,22 @@ def parse_subscription(data: Any, user_agent: str | None = None) -> dict[str, An
         "keys": {"p256dh": b64url(p256dh), "auth": b64url(auth)},
         "user_agent": (ua or "")[:MAX_USER_AGENT],
     }
+
+
+def is_private_endpoint(endpoint: str) -> bool:
+    """True for endpoints on this machine or a private network: ``localhost``,
+    ``*.localhost``, ``*.local``, and IP literals that are loopback, private,
+    link-local, reserved or unspecified. (Names are not resolved here: this keeps
+    casual requests to internal services out, not a DNS-rebinding attacker.)"""
+    import ipaddress
+
+    host = (urlsplit(endpoint).hostname or "").rstrip(".").lower()
+    if host in ("localhost", "") or host.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
+    )
