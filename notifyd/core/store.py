@@ -11,10 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .acl import Grant, Visibility
 from .models import EventIn
+
+if TYPE_CHECKING:  # channels.py imports Event from here
+    from .channels import ChannelRecord
 
 Event = dict[str, Any]
 
@@ -222,3 +225,63 @@ class Store(ABC):
 
     @abstractmethod
     async def revoke_acl(self, user: str, pattern: str) -> None: ...
+
+    # channels and the outbox (see notifyd.core.outbox); outbox rows are written by
+    # publish() itself, in the event's transaction
+    @abstractmethod
+    async def create_channel(
+        self, user_id: int, name: str, kind: str, config: dict[str, Any]
+    ) -> ChannelRecord: ...
+
+    @abstractmethod
+    async def list_channels(
+        self, user_id: int | None = None, kind: str | None = None
+    ) -> list[ChannelRecord]: ...
+
+    @abstractmethod
+    async def get_channel(self, user_id: int, name: str) -> ChannelRecord | None: ...
+
+    @abstractmethod
+    async def delete_channel(self, channel_id: int) -> None: ...
+
+    @abstractmethod
+    async def reset_inflight(self) -> int:
+        """Deliveries left ``sending`` by a stop are due again (at least once)."""
+
+    @abstractmethod
+    async def claim_due(
+        self, now: float, limit: int
+    ) -> list[tuple[list[int], int, ChannelRecord, list[Event]]]:
+        """Mark due deliveries ``sending``; rows sharing a digest key come as one."""
+
+    @abstractmethod
+    async def next_due(self) -> float | None: ...
+
+    @abstractmethod
+    async def finish_delivery(
+        self,
+        delivery_ids: list[int],
+        channel_id: int,
+        now: float,
+        *,
+        error: str | None = None,
+        retry_at: float | None = None,
+        remove_channel: bool = False,
+    ) -> None: ...
+
+    @abstractmethod
+    async def list_deliveries(
+        self, user_id: int | None, state: str | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def retry_delivery(self, delivery_id: int, user_id: int | None, now: float) -> None: ...
+
+    @abstractmethod
+    async def delivery_stats(self, user_id: int | None) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def get_preferences(self, user_id: int) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def set_preferences(self, user_id: int, doc: dict[str, Any]) -> None: ...
