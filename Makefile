@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/publish.py
 	$(PY) bench/fanout.py
 	$(PY) bench/delivery.py
+	$(PY) bench/chart.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
