@@ -32,7 +32,7 @@ test: $(TSTAMP)
 lint: $(TSTAMP)
 	$(VENV)/bin/ruff check notifyd tui plugins tests bench
 
-bench: $(STAMP)
+bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-ece)
 	$(PY) bench/publish.py
 	$(PY) bench/fanout.py
 	$(PY) bench/delivery.py
