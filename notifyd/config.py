@@ -40,6 +40,7 @@ class Config:
     keep_alive_timeout: float = 30.0
     readers: int = 4
     plugins: list[str] = field(default_factory=list)
+    delivery_process: bool = True
     vapid_subject: str = "mailto:notifyd@localhost"
     webpush_allow_private_endpoints: bool = False
     delivery_max_attempts: int = 8

@@ -64,6 +64,57 @@ async def _watchdog(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGN
         await trio.sleep(usec / 2e6)
 
 
+async def _run_deliverer(
+    svc: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Keep the delivery worker process running; poke it after commits."""
+    import dataclasses
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NOTIFYD_WORKER_CONFIG": json.dumps(dataclasses.asdict(svc.config))}
+    env.pop("NOTIFY_SOCKET", None)  # systemd talks to the daemon only
+    pending = trio.Event()
+    svc.wake_delivery = lambda _events=None: pending.set()
+    task_status.started()
+    backoff = 0.5
+    while True:
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "notifyd.deliverer"], stdin=subprocess.PIPE, env=env
+            )
+            assert proc.stdin is not None
+
+            async def poke(proc: trio.Process = proc) -> None:
+                nonlocal pending
+                while True:
+                    await pending.wait()
+                    pending = trio.Event()
+                    try:
+                        await proc.stdin.send_all(b"!")  # type: ignore[union-attr]
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+
+            nursery.start_soon(poke)
+            try:
+                code = await proc.wait()
+            finally:
+                with trio.CancelScope(shield=True):
+                    if proc.returncode is None:
+                        proc.terminate()
+                        with trio.move_on_after(5):
+                            await proc.wait()
+                        if proc.returncode is None:
+                            proc.kill()
+                            await proc.wait()
+            nursery.cancel_scope.cancel(reason="delivery worker exited")
+        log.error("the delivery worker exited with %s; restarting it", code)
+        backoff = 0.5 if trio.current_time() - started > 60 else min(backoff * 2, 30)
+        await trio.sleep(backoff)
+
+
 async def serve(
     config: Config,
     *,
@@ -96,7 +147,10 @@ async def serve(
             await background.start(run_pruner, svc)
             await background.start(run_token_touch, svc)
             await background.start(_watchdog)
-            await background.start(svc.outbox.run)
+            if config.delivery_process:
+                await background.start(_run_deliverer, svc)
+            else:
+                await background.start(svc.outbox.run)
             async with trio.open_nursery() as connections:
                 with trio.CancelScope() as accepting:
                     async with trio.open_nursery() as acceptors:

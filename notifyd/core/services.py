@@ -27,6 +27,8 @@ class Services:
     #: one instance per channel kind, from the plugins
     channels: dict[str, Channel] = field(default_factory=dict)
     outbox: Outbox | None = None
+    #: "deliveries may be due": wakes the outbox, in this process or the worker's
+    wake_delivery: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -51,4 +53,5 @@ class Services:
                     "channel kind %s failed to start", kind
                 )
         self.outbox = Outbox(self, self.channels)
-        self.store.add_commit_listener(self.outbox.wake)
+        self.wake_delivery = self.outbox.wake
+        self.store.add_commit_listener(lambda events: self.wake_delivery(events))

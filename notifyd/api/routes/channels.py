@@ -143,7 +143,7 @@ async def retry_delivery(request: Request, caller: Caller, delivery_id: int) -> 
     assert svc.outbox is not None
     owner = None if caller.is_admin and "admin" in caller.scopes else caller.user_id
     await svc.store.retry_delivery(delivery_id, owner, svc.outbox.clock())
-    svc.outbox.wake()
+    svc.wake_delivery()
     return JSON({"id": delivery_id, "state": "pending"})
 
 
