@@ -82,8 +82,14 @@ async def _run_deliverer(
     while True:
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
+            # Its own session: a Ctrl-C in the terminal reaches the daemon, which
+            # stops the worker in order; if the daemon dies, the worker sees its
+            # stdin close and stops too.
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "notifyd.deliverer"], stdin=subprocess.PIPE, env=env
+                [sys.executable, "-m", "notifyd.deliverer"],
+                stdin=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
             )
             assert proc.stdin is not None
 
