@@ -542,7 +542,10 @@ async def test_replay_races_concurrent_publishing_without_gaps_or_duplicates(
     replay pages go through both the ACL and the topic filter and half of the
     events (``race/x``, ``secret``) must never arrive.
     """
-    env = {"NOTIFYD_REPLAY_PAGE": "100"}
+    # The client deliberately stops reading; on a loaded machine publishing the
+    # ten batches may take longer than the default send timeout, which is not
+    # what this test is about.
+    env = {"NOTIFYD_REPLAY_PAGE": "100", "NOTIFYD_STREAM_SEND_TIMEOUT": "60"}
     if queue is not None:
         env["NOTIFYD_STREAM_QUEUE"] = str(queue)
     d = await sync(make_daemon(extra_env=env).start)

@@ -26,7 +26,6 @@ from .auth import resolve
 
 log = logging.getLogger("notifyd.stream")
 
-SEND_TIMEOUT = 10.0
 
 
 class Sink(Protocol):
@@ -125,7 +124,7 @@ class StreamSession:
                 if not events:
                     break
                 shown = [ev for ev in events if not (self.prefs and self.prefs.muted(ev))]
-                with trio.move_on_after(SEND_TIMEOUT) as scope:
+                with trio.move_on_after(self.svc.config.stream_send_timeout) as scope:
                     if shown:
                         await sink.send([Frame.for_event(ev) for ev in shown])
                 if scope.cancelled_caught:
@@ -155,7 +154,7 @@ class StreamSession:
                 out.append(f)
             if not out:
                 continue
-            with trio.move_on_after(SEND_TIMEOUT) as scope:
+            with trio.move_on_after(self.svc.config.stream_send_timeout) as scope:
                 sub.send_scope = scope
                 await sink.send(out)
             sub.send_scope = None
