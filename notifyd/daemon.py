@@ -8,11 +8,15 @@ then stop the writer after its last group commit.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import logging
 import os
 import signal
 import socket as stdsocket
+import subprocess
+import sys
 import time
 
 import trio
@@ -68,11 +72,6 @@ async def _run_deliverer(
     svc: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Keep the delivery worker process running; poke it after commits."""
-    import dataclasses
-    import json
-    import subprocess
-    import sys
-
     env = {**os.environ, "NOTIFYD_WORKER_CONFIG": json.dumps(dataclasses.asdict(svc.config))}
     env.pop("NOTIFY_SOCKET", None)  # systemd talks to the daemon only
     pending = trio.Event()

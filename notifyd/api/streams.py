@@ -27,7 +27,6 @@ from .auth import resolve
 log = logging.getLogger("notifyd.stream")
 
 
-
 class Sink(Protocol):
     kind: str
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,8 @@ from ..config import Config
 from .accounts import Accounts
 from .hub import Hub
 from .store import Store
+
+log = logging.getLogger("notifyd.plugins")
 
 if TYPE_CHECKING:
     from .channels import Channel
@@ -47,11 +50,7 @@ class Services:
             try:
                 self.channels[kind] = cls(self)
             except Exception:
-                import logging
-
-                logging.getLogger("notifyd.plugins").exception(
-                    "channel kind %s failed to start", kind
-                )
+                log.exception("channel kind %s failed to start", kind)
         self.outbox = Outbox(self, self.channels)
         self.wake_delivery = self.outbox.wake
         self.store.add_commit_listener(lambda events: self.wake_delivery(events))

@@ -374,8 +374,6 @@ class SQLiteStore(DeliveryStore, Store):
         )
 
     async def release_due(self, now: float, limit: int = 500) -> int:
-        from ..timeutil import format_ts
-
         due_at = format_ts(now)
 
         def fn(conn: sqlite3.Connection) -> list[Event]:
@@ -659,8 +657,6 @@ class SQLiteStore(DeliveryStore, Store):
         return await self._read(fn)
 
     async def touch_tokens(self, uses: list[tuple[int, float]]) -> None:
-        from ..timeutil import format_ts
-
         rows = [(format_ts(ts), token_id) for token_id, ts in uses]
         await self.write(
             lambda c: c.executemany("UPDATE tokens SET last_used_at = ? WHERE id = ?", rows)

@@ -57,6 +57,11 @@ def _translate(exc: sqlite3.Error) -> NotifydError:
     return StoreUnavailable(f"database error: {exc}", retry_after=5)
 
 
+def _job_error(exc: BaseException) -> BaseException:
+    """What a failed job raises to its caller: database errors become StoreUnavailable."""
+    return _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+
+
 def _runs(group: list[_Job]) -> list[list[_Job]]:
     """Split a group into runs of neighbouring jobs that share a merge function."""
     runs: list[list[_Job]] = []
@@ -171,7 +176,7 @@ class Writer:
                     job.result = job.fn(conn)
                 except BaseException as exc:
                     conn.execute("ROLLBACK")
-                    job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+                    job.error = _job_error(exc)
             else:
                 for run in _runs(group):
                     if len(run) > 1 and self._run_merged(conn, run):
@@ -205,7 +210,7 @@ class Writer:
             job.result = job.fn(conn)
         except BaseException as exc:
             conn.execute("ROLLBACK TO job")
-            job.error = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+            job.error = _job_error(exc)
         conn.execute("RELEASE job")
 
     @staticmethod
