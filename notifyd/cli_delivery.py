@@ -135,9 +135,7 @@ def deliveries() -> None:
 
 
 @deliveries.command("list")
-@click.option(
-    "--state", type=click.Choice(["pending", "sending", "sent", "dead"]), help="Only this state."
-)
+@click.option("--state", type=click.Choice(["pending", "sent", "dead"]), help="Only this state.")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @client_options
 @output_options
@@ -198,7 +196,7 @@ def stats(client: Any, as_json: bool) -> None:
         return
     for title, table in (("CHANNEL", found["by_channel"]), ("CATEGORY", found["by_category"])):
         rows = [
-            [name, s.get("pending", 0) + s.get("sending", 0), s.get("sent", 0), s.get("dead", 0),
+            [name, s.get("pending", 0), s.get("sent", 0), s.get("dead", 0),
              s.get("read", 0), s.get("clicked", 0),
              "-" if s.get("read_rate") is None else f"{s['read_rate']:.0%}"]
             for name, s in sorted(table.items())

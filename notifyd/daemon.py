@@ -29,6 +29,7 @@ from .core.plugins import Plugins
 from .core.services import Services
 from .core.sqlite.store import SQLiteStore
 from .logs import setup_logging
+from .worker_link import WorkerLink
 
 log = logging.getLogger("notifyd")
 
@@ -74,38 +75,34 @@ async def _run_deliverer(
     """Keep the delivery worker process running; poke it after commits."""
     env = {**os.environ, "NOTIFYD_WORKER_CONFIG": json.dumps(dataclasses.asdict(svc.config))}
     env.pop("NOTIFY_SOCKET", None)  # systemd talks to the daemon only
-    pending = trio.Event()
-    svc.wake_delivery = lambda _events=None: pending.set()
+    link: WorkerLink | None = None
+    svc.wake_delivery = lambda events=None: link.poke(events) if link is not None else None
     task_status.started()
     backoff = 0.5
     while True:
         started = trio.current_time()
+        ours, theirs = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         async with trio.open_nursery() as nursery:
             # Its own session: a Ctrl-C in the terminal reaches the daemon, which
             # stops the worker in order; if the daemon dies, the worker sees its
-            # stdin close and stops too.
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "notifyd.deliverer"],
-                stdin=subprocess.PIPE,
-                env=env,
-                start_new_session=True,
-            )
-            assert proc.stdin is not None
-
-            async def poke(proc: trio.Process = proc) -> None:
-                nonlocal pending
-                while True:
-                    await pending.wait()
-                    pending = trio.Event()
-                    try:
-                        await proc.stdin.send_all(b"!")  # type: ignore[union-attr]
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-
-            nursery.start_soon(poke)
+            # link close and stops too.
+            try:
+                proc = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "notifyd.deliverer"],
+                    stdin=subprocess.DEVNULL,
+                    env={**env, "NOTIFYD_WORKER_FD": str(theirs.fileno())},
+                    pass_fds=(theirs.fileno(),),
+                    start_new_session=True,
+                )
+            finally:
+                theirs.close()
+            link = WorkerLink(svc.store, trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+            nursery.start_soon(link.run)
+            link.poke()  # whatever is due now
             try:
                 code = await proc.wait()
             finally:
+                link = None
                 with trio.CancelScope(shield=True):
                     if proc.returncode is None:
                         proc.terminate()

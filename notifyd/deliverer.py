@@ -2,12 +2,15 @@
 
 Sending pushes and mail costs CPU (encryption, TLS, Apprise's threads). Run in the
 daemon's process it would share the trio loop and the GIL with publishing; in its
-own process it only shares the database. The daemon starts it (``delivery_process
-= true``), restarts it if it dies, and pokes it through its stdin after commits so
-that new deliveries go out at once; it also finds due work by itself.
+own process it shares only the database, and only for reading: its writes (claims
+and outcomes) run on the daemon's writer, through the link in ``worker_link.py``.
+The daemon starts it (``delivery_process = true``), restarts it if it dies, and
+pokes it through the link after commits so that new deliveries go out at once; it
+also finds due work by itself.
 
 Started as ``python -m notifyd.deliverer`` with the daemon's effective
-configuration as JSON in ``NOTIFYD_WORKER_CONFIG``.
+configuration as JSON in ``NOTIFYD_WORKER_CONFIG`` and its end of the link as file
+descriptor ``NOTIFYD_WORKER_FD``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import socket
 
 import trio
 
@@ -24,54 +28,82 @@ from .core.plugins import Plugins
 from .core.services import Services
 from .core.sqlite.store import SQLiteStore
 from .logs import setup_logging
+from .worker_link import DaemonLink, LinkedStore
 
 log = logging.getLogger("notifyd.deliverer")
 
 
-async def _pokes(svc: Services, done: trio.CancelScope) -> None:
-    """Each byte on stdin is a commit that may have created deliveries; end of
-    file means the daemon is gone, and so the worker stops."""
-    stream = trio.lowlevel.FdStream(os.dup(0))
-    async with stream:
-        while await stream.receive_some(4096):
-            assert svc.outbox is not None
-            svc.outbox.wake()
-    done.cancel(reason="the daemon closed the worker's stdin")
-
-
-async def main(config: Config) -> None:
-    store = SQLiteStore(config.db_path, config.synchronous, readers=2)
-    await store.start()
+async def main(config: Config, link_fd: int) -> None:
+    local = SQLiteStore(config.db_path, config.synchronous, readers=2)
+    await local.start()
     try:
-        svc = Services.build(config, store)
-        svc.start_delivery(Plugins(modules=config.plugins))
-        assert svc.outbox is not None
+        sock = trio.socket.fromfd(link_fd, socket.AF_UNIX, socket.SOCK_STREAM)
+        os.close(link_fd)
+        stream = trio.SocketStream(sock)
+        svc: Services | None = None
+
+        def poke() -> None:
+            if svc is not None and svc.outbox is not None:
+                svc.outbox.wake()
+
+        link = DaemonLink(stream, on_poke=poke)
         async with trio.open_nursery() as nursery:
+            await nursery.start(_until_daemon_gone, link, nursery.cancel_scope)
+            svc = Services.build(config, LinkedStore(local, link))  # type: ignore[arg-type]
+            svc.start_delivery(Plugins(modules=config.plugins))
+            assert svc.outbox is not None
             await nursery.start(svc.outbox.run)
-            nursery.start_soon(_pokes, svc, nursery.cancel_scope)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break
             nursery.cancel_scope.cancel(reason="delivery worker stopping")
-        for channel in svc.channels.values():
-            with trio.move_on_after(2, shield=True):
-                await channel.aclose()
+        if svc is not None:
+            for channel in svc.channels.values():
+                with trio.move_on_after(2, shield=True):
+                    await channel.aclose()
     finally:
         with trio.CancelScope(shield=True):
-            await store.close()
+            await local.close()
+
+
+async def _until_daemon_gone(
+    link: DaemonLink, done: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+) -> None:
+    await link.run(task_status=task_status)
+    done.cancel(reason="the daemon closed the worker link")
+
+
+#: how much the worker defers to the daemon for CPU (the nice value, 0–19)
+NICENESS = 19
+
+
+def _lower_priority() -> None:
+    """Publishing comes first: when both compete for the CPU, the kernel favours the
+    daemon; deliveries use what is left and catch up when publishing pauses.
+
+    The worker runs in its own session, and with the kernel's session autogroups
+    (``sched_autogroup_enabled``, the default on desktops and plain VMs) each
+    session is scheduled as one group of equal weight, whatever its processes'
+    nice values: so the group's nice is lowered too. Under systemd the daemon's
+    cgroup takes that role and the process nice value is what counts.
+    """
+    try:
+        os.nice(NICENESS)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(NICENESS))
+    except OSError:
+        pass  # no autogroups: the process nice value is enough
 
 
 def run() -> None:
     data = json.loads(os.environ["NOTIFYD_WORKER_CONFIG"])
     config = Config(**data)
     setup_logging(config.log_level)
-    # Publishing comes first: when both compete for the CPU, the kernel favours the
-    # daemon; deliveries use what is left (and catch up when publishing pauses).
-    try:
-        os.nice(10)
-    except OSError:
-        pass
-    trio.run(main, config)
+    _lower_priority()
+    trio.run(main, config, int(os.environ["NOTIFYD_WORKER_FD"]))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@ Loaded into a daemon subprocess with ``NOTIFYD_PLUGINS=memory_plugin`` (the test
 directory on PYTHONPATH). Each send appends one JSON line to
 ``<data_dir>/memory-deliveries.jsonl``; a channel config ``{"fail": N}`` makes the
 first N attempts of each delivery fail (retryably), ``{"fail": -1}`` always, and
-``{"permanent": true}`` fails without retry.
+``{"permanent": true}`` fails without retry, and ``{"latency": S}`` takes S seconds
+per send, like a peer across a network.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, ClassVar
+
+import trio
 
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.hookspecs import hookimpl
@@ -26,7 +29,10 @@ class MemoryChannel(Channel):
     def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(config.get("fail", 0), int):
             raise ValueError("fail must be an integer")
-        return {"fail": config.get("fail", 0), "permanent": bool(config.get("permanent", False))}
+        if not isinstance(config.get("latency", 0), int | float):
+            raise ValueError("latency must be a number of seconds")
+        return {"fail": config.get("fail", 0), "permanent": bool(config.get("permanent", False)),
+                "latency": config.get("latency", 0)}  # fmt: skip
 
     @classmethod
     def public(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -34,6 +40,8 @@ class MemoryChannel(Channel):
 
     async def send(self, delivery: Delivery) -> None:
         cfg = delivery.channel.config
+        if cfg.get("latency"):
+            await trio.sleep(cfg["latency"])
         if cfg.get("permanent"):
             raise DeliveryError("refused for good", retryable=False)
         fail = cfg.get("fail", 0)

@@ -2,13 +2,18 @@
 
 Outbox rows are written in the same transaction as their event (see
 ``sqlite/delivery.py``), so nothing acknowledged can miss its deliveries. The
-dispatcher claims due rows (marking them ``sending``), sends each under its
-channel kind's concurrency limit and timeout, and records the outcome: ``sent``;
-``pending`` again at ``now + backoff`` (exponential, with jitter) after a
-retryable failure; ``dead`` after a permanent one or the last attempt. Rows
-left ``sending`` by a crash are due again on the next start, so delivery is at
-least once: a crash between a successful send and its commit repeats that one
-send.
+dispatcher reads due rows, sends each under its channel kind's concurrency limit
+and timeout, and records the outcome: ``sent``; ``pending`` again at ``now +
+backoff`` (exponential, with jitter) after a retryable failure; ``dead`` after a
+permanent one or the last attempt. Outcomes that finish while one batch is being
+written are written together as the next batch.
+
+Reading due work is not a write: what is in flight lives in this object's memory
+(``_sending``), and those rows stay ``pending`` in the database until their
+outcome commits. A crash therefore leaves them due, and the next start sends
+them again: delivery is at least once, and a crash between a successful send and
+the commit of its outcome repeats that one send. (One outbox per database: the
+daemon's, in its worker process or in its own loop.)
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from collections.abc import Callable
 import trio
 
 from .channels import Channel, ChannelRecord, Delivery, DeliveryError
+from .errors import NotifydError
 from .services import Services
+from .store import DueDelivery, Outcome
 
 log = logging.getLogger("notifyd.outbox")
 
@@ -58,6 +65,13 @@ class Outbox:
         }
         self._in_flight = 0
         self._wakeup = trio.Event()
+        #: delivery rows being sent or being recorded: left out of the next reads
+        self._sending: set[int] = set()
+        #: rows whose outcome has committed, to leave ``_sending`` before the next read
+        self._recorded_ids: set[int] = set()
+        self._outcomes: list[Outcome] = []
+        self._recording = False
+        self._recorded = trio.Event()  # set when the batch being collected is written
         self.max_in_flight = max(CLAIM_BATCH, sum(ch.concurrency for ch in channels.values()))
 
     @property
@@ -73,30 +87,34 @@ class Outbox:
         self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        recovered = await self.svc.store.reset_inflight()
-        if recovered:
-            log.info("%d deliveries were in flight at the last stop; sending them again", recovered)
+        store = self.svc.store
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
                 self._wakeup = trio.Event()
                 free = self.max_in_flight - self._in_flight
-                # Look before claiming: a claim is a write (and an fsync), and most
-                # commits that wake us created nothing that is due.
-                due = await self.svc.store.next_due() if free > 0 else None
+                due = await store.next_due(self._skip()) if free > 0 else None
                 now = self.clock()
                 if due is not None and due <= now:
-                    claimed = await self.svc.store.claim_due(now, min(free, CLAIM_BATCH))
-                    for ids, attempt, channel, events in claimed:
+                    batch = await store.due_deliveries(now, min(free, CLAIM_BATCH), self._skip())
+                    for due_delivery in batch:
+                        self._sending.update(due_delivery.ids)
                         self._in_flight += 1
-                        delivery = Delivery(ids[0], channel, events, attempt, self.base_url, ids)
-                        nursery.start_soon(self._send, delivery)
-                    if len(claimed) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
+                        nursery.start_soon(self._send, due_delivery)
+                    if len(batch) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
                         continue
-                    due = await self.svc.store.next_due()
+                    due = await store.next_due(self._skip())
                 await self._sleep_until(due)
-                # Let a burst of commits settle so one claim picks up many rows.
+                # Let a burst of commits settle so one read picks up many rows.
                 await trio.sleep(COALESCE)
+
+    def _skip(self) -> frozenset[int]:
+        """What the next read must leave out. Rows whose outcome committed may leave
+        ``_sending`` only now, before a read that starts after that commit: a read
+        already running may still see them pending."""
+        self._sending -= self._recorded_ids
+        self._recorded_ids.clear()
+        return frozenset(self._sending)
 
     async def _sleep_until(self, due: float | None) -> None:
         wait = self.idle_poll
@@ -105,18 +123,22 @@ class Outbox:
         with trio.move_on_after(wait):
             await self._wakeup.wait()
 
-    async def _send(self, delivery: Delivery) -> None:
-        channel = delivery.channel
+    async def _send(self, due: DueDelivery) -> None:
         error: str | None = None
         retry = False
         gone = False
         retry_after: float | None = None
         try:
-            impl = self.channels.get(channel.kind)
-            if impl is None:
+            channel = due.channel
+            impl = None if channel is None else self.channels.get(channel.kind)
+            if channel is None or not due.events:
+                error = "channel removed" if channel is None else "event no longer stored"
+            elif impl is None:
                 error = f"no plugin provides channel kind {channel.kind!r}"
                 retry = True  # the plugin may come back after a restart
             else:
+                delivery = Delivery(due.ids[0], channel, due.events, due.attempt, self.base_url,
+                                    due.ids)  # fmt: skip
                 try:
                     async with self._limiters[channel.kind]:
                         with trio.fail_after(impl.timeout):
@@ -133,34 +155,58 @@ class Outbox:
                 except Exception as exc:  # a plugin bug must not take the daemon down
                     log.exception("channel kind %s failed unexpectedly", channel.kind)
                     error, retry = f"plugin error: {type(exc).__name__}", True
-            await self._record(delivery, error, retry, gone, retry_after)
+            await self._record(due, error, retry, gone, retry_after)
         finally:
             self._in_flight -= 1
             self.wake()
 
-    async def _record(self, delivery: Delivery, error: str | None, retry: bool, gone: bool,
+    async def _record(self, due: DueDelivery, error: str | None, retry: bool, gone: bool,
                       retry_after: float | None) -> None:  # fmt: skip
         now = self.clock()
         cfg = self.svc.config
         retry_at = None
-        if error is not None and retry and delivery.attempt < cfg.delivery_max_attempts:
-            delay = backoff(delivery.attempt, cfg.delivery_backoff_seconds,
+        if error is not None and retry and due.attempt < cfg.delivery_max_attempts:
+            delay = backoff(due.attempt, cfg.delivery_backoff_seconds,
                             cfg.delivery_backoff_max_seconds, self.rng)  # fmt: skip
             if retry_after is not None:
                 delay = max(delay, min(retry_after, cfg.delivery_backoff_max_seconds))
             retry_at = now + delay
         if error is not None:
-            outcome = "retry" if retry_at is not None else "dead"
+            ch = due.channel
             log.warning(
                 "delivery %d to %s channel %r of %s failed (attempt %d, %s): %s",
-                delivery.id, delivery.channel.kind, delivery.channel.name, delivery.channel.user,
-                delivery.attempt, outcome, error,
+                due.ids[0], ch.kind if ch else "-", ch.name if ch else "-", ch.user if ch else "-",
+                due.attempt, "retry" if retry_at is not None else "dead", error,
             )  # fmt: skip
+        outcome = Outcome(due.ids, due.channel_id, now, error, retry_at, remove_channel=gone)
         with trio.CancelScope(shield=True):
-            await self.svc.store.finish_delivery(
-                delivery.row_ids or [delivery.id], delivery.channel.id, now, error=error, retry_at=retry_at,
-                remove_channel=gone,
-            )  # fmt: skip
+            await self._finish(outcome)
+
+    async def _finish(self, outcome: Outcome) -> None:
+        """Record ``outcome`` with the others that finish meanwhile: while one batch is
+        being written, the next accumulates (one write job, not one per send)."""
+        self._outcomes.append(outcome)
+        if self._recording:
+            await self._recorded.wait()
+            return
+        self._recording = True
+        try:
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                done, self._recorded = self._recorded, trio.Event()
+                try:
+                    await self.svc.store.finish_deliveries(batch)
+                except NotifydError as exc:
+                    # The rows stay pending and in flight: they go out again after a
+                    # restart, not in a loop while the database refuses writes.
+                    log.error("could not record %d delivery outcomes: %s", len(batch), exc)
+                else:
+                    for o in batch:
+                        self._recorded_ids.update(o.ids)
+                finally:
+                    done.set()
+        finally:
+            self._recording = False
 
     async def send_test(self, channel_record: ChannelRecord) -> None:
         """Send a test notification to one channel now, outside the outbox.

@@ -9,7 +9,7 @@ API's event object (see :data:`notifyd.core.models.EVENT_FIELDS`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +20,33 @@ if TYPE_CHECKING:  # channels.py imports Event from here
     from .channels import ChannelRecord
 
 Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one send did to its deliveries (one row, or a digest's rows): sent when
+    ``error`` is None; else pending again at ``retry_at``, or dead without one.
+    ``remove_channel``: the target is gone for good (a 404/410 push endpoint)."""
+
+    ids: list[int]
+    channel_id: int
+    at: float
+    error: str | None = None
+    retry_at: float | None = None
+    remove_channel: bool = False
+
+
+@dataclass
+class DueDelivery:
+    """Deliveries to send as one notification: one row, or the rows of a digest.
+    ``channel`` is None if the channel was removed; ``events`` is empty if the
+    events are no longer stored (both are recorded as dead)."""
+
+    ids: list[int]
+    attempt: int  # 1 for the first attempt
+    channel_id: int
+    channel: ChannelRecord | None
+    events: list[Event]
 
 
 @dataclass
@@ -245,29 +272,20 @@ class Store(ABC):
     async def delete_channel(self, channel_id: int) -> None: ...
 
     @abstractmethod
-    async def reset_inflight(self) -> int:
-        """Deliveries left ``sending`` by a stop are due again (at least once)."""
+    async def due_deliveries(
+        self, now: float, limit: int, skip: Collection[int] = ()
+    ) -> list[DueDelivery]:
+        """Up to ``limit`` deliveries due at ``now``, oldest first, leaving out the
+        rows in ``skip`` (those in flight). Rows sharing a digest key come as one.
+        Only reads: the outbox keeps what is in flight in memory."""
 
     @abstractmethod
-    async def claim_due(
-        self, now: float, limit: int
-    ) -> list[tuple[list[int], int, ChannelRecord, list[Event]]]:
-        """Mark due deliveries ``sending``; rows sharing a digest key come as one."""
+    async def next_due(self, skip: Collection[int] = ()) -> float | None:
+        """When the earliest pending delivery not in ``skip`` is due; None if none is."""
 
     @abstractmethod
-    async def next_due(self) -> float | None: ...
-
-    @abstractmethod
-    async def finish_delivery(
-        self,
-        delivery_ids: list[int],
-        channel_id: int,
-        now: float,
-        *,
-        error: str | None = None,
-        retry_at: float | None = None,
-        remove_channel: bool = False,
-    ) -> None: ...
+    async def finish_deliveries(self, outcomes: list[Outcome]) -> None:
+        """Record what happened to claimed deliveries, all in one transaction."""
 
     @abstractmethod
     async def list_deliveries(

@@ -122,7 +122,7 @@ async def remove_channel(
     return Response(status_code=204)
 
 
-DeliveryState = Literal["pending", "sending", "sent", "dead"]
+DeliveryState = Literal["pending", "sent", "dead"]
 
 
 @router.get("/deliveries", summary="Deliveries, newest first (admins see everyone's)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 import orjson
@@ -12,7 +12,8 @@ from ..acl import glob_match
 from ..channels import ChannelRecord
 from ..errors import Conflict, NotFound
 from ..prefs import Preferences, plan
-from ..timeutil import format_ts, now_rfc3339
+from ..store import DueDelivery, Outcome
+from ..timeutil import format_ts, now_rfc3339, parse_rfc3339
 from .queries import SELECT_EVENT, event_from_row
 
 T = TypeVar("T")
@@ -95,6 +96,53 @@ def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict], now: float)
     return len(rows)
 
 
+def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
+    """Apply send outcomes: the ``sent`` ones with two prepared statements, failures one by one."""
+    sent = [o for o in outcomes if o.error is None]
+    conn.executemany(
+        "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL "
+        "WHERE id = ?",
+        [(format_ts(o.at), i) for o in sent for i in o.ids],
+    )
+    last_success: dict[int, float] = {}
+    for o in sent:
+        last_success[o.channel_id] = max(o.at, last_success.get(o.channel_id, 0.0))
+    conn.executemany(
+        "UPDATE channels SET last_success_at = ? WHERE id = ?",
+        [(format_ts(at), channel_id) for channel_id, at in last_success.items()],
+    )
+    for o in outcomes:
+        if o.error is not None:
+            _record_failure(conn, o)
+
+
+def _record_failure(conn: sqlite3.Connection, o: Outcome) -> None:
+    at = format_ts(o.at)
+    marks = ",".join("?" * len(o.ids))
+    if o.retry_at is not None:
+        conn.execute(
+            "UPDATE deliveries SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?, "
+            f"last_error = ? WHERE id IN ({marks})",
+            [format_ts(o.retry_at), o.error, *o.ids],
+        )
+    else:
+        conn.execute(
+            f"UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ? WHERE id IN ({marks})",
+            [o.error, *o.ids],
+        )
+    conn.execute(
+        "UPDATE channels SET last_error = ?, last_error_at = ? WHERE id = ?",
+        (o.error, at, o.channel_id),
+    )
+    if o.remove_channel:
+        conn.execute("DELETE FROM channels WHERE id = ?", (o.channel_id,))
+        conn.execute(
+            "UPDATE deliveries SET state = 'dead', last_error = 'channel removed: target gone' "
+            "WHERE channel_id = ? AND state = 'pending'",
+            (o.channel_id,),
+        )
+
+
 class DeliveryStore:
     """Channel and outbox methods; expects ``write``/``_read`` from the store."""
 
@@ -151,7 +199,7 @@ class DeliveryStore:
                 raise NotFound("no such channel", field="name")
             conn.execute(
                 "UPDATE deliveries SET state = 'dead', last_error = 'channel removed' "
-                "WHERE channel_id = ? AND state IN ('pending', 'sending')",
+                "WHERE channel_id = ? AND state = 'pending'",
                 (channel_id,),
             )
 
@@ -159,49 +207,41 @@ class DeliveryStore:
 
     # -- outbox ---------------------------------------------------------------
 
-    async def reset_inflight(self) -> int:
-        """After a restart, deliveries that were being sent are due again (at least once)."""
-        return await self.write(
-            lambda c: (
-                c.execute(
-                    "UPDATE deliveries SET state = 'pending' WHERE state = 'sending'"
-                ).rowcount
-            )
-        )
-
-    async def claim_due(
-        self, now: float, limit: int
-    ) -> list[tuple[list[int], int, ChannelRecord, list[dict]]]:
-        """Mark up to ``limit`` due deliveries ``sending`` and return them as
-        (delivery ids, attempt number, channel, events), oldest first. Due rows that
-        share a digest key go out together, as one notification."""
+    async def due_deliveries(
+        self, now: float, limit: int, skip: Collection[int] = ()
+    ) -> list[DueDelivery]:
         due_at = format_ts(now)
 
-        def fn(conn: sqlite3.Connection) -> list[tuple[list[int], int, ChannelRecord, list[dict]]]:
+        def fn(conn: sqlite3.Connection) -> list[DueDelivery]:
             rows = conn.execute(
                 # INDEXED BY: without statistics SQLite prefers idx_deliveries_state and
                 # sorts every pending row, which grows with the backlog.
                 "SELECT d.id, d.attempts, d.channel_id, d.event_id, d.digest_key FROM deliveries d "
                 "INDEXED BY idx_deliveries_due "
                 "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                (due_at, limit),
+                (due_at, limit + len(skip)),
             ).fetchall()
-            out = []
-            taken: set[int] = set()
+            out: list[DueDelivery] = []
+            taken = set(skip)
             for delivery_id, attempts, channel_id, event_id, digest_key in rows:
                 if delivery_id in taken:
                     continue
+                if len(out) == limit:
+                    break
                 chan = conn.execute(f"{_CHANNEL_SELECT} WHERE c.id = ?", (channel_id,)).fetchone()
                 members = [(delivery_id, event_id)]
                 if digest_key is not None:
-                    members = conn.execute(
-                        "SELECT id, event_id FROM deliveries WHERE channel_id = ? AND digest_key = ? "
-                        "AND state = 'pending' AND next_attempt_at <= ? ORDER BY event_id",
-                        (channel_id, digest_key, due_at),
-                    ).fetchall()
+                    members = [
+                        m
+                        for m in conn.execute(
+                            "SELECT id, event_id FROM deliveries WHERE channel_id = ? AND digest_key = ? "
+                            "AND state = 'pending' AND next_attempt_at <= ? ORDER BY event_id",
+                            (channel_id, digest_key, due_at),
+                        )
+                        if m[0] not in taken
+                    ]
                 ids = [m[0] for m in members]
                 taken.update(ids)
-                marks = ",".join("?" * len(ids))
                 events = [
                     event_from_row(r)
                     for r in conn.execute(
@@ -210,81 +250,26 @@ class DeliveryStore:
                         [m[1] for m in members],
                     )
                 ]
-                if chan is None or not events:
-                    why = "channel removed" if chan is None else "event no longer stored"
-                    conn.execute(
-                        f"UPDATE deliveries SET state = 'dead', last_error = ? WHERE id IN ({marks})",
-                        [why, *ids],
-                    )
-                    continue
-                conn.execute(
-                    f"UPDATE deliveries SET state = 'sending', attempts = attempts + 1 WHERE id IN ({marks})",
-                    ids,
-                )
-                out.append((ids, attempts + 1, _channel(chan), events))
+                channel = None if chan is None else _channel(chan)
+                out.append(DueDelivery(ids, attempts + 1, channel_id, channel, events))
             return out
 
-        return await self.write(fn)
+        return await self._read(fn)
 
-    async def next_due(self) -> float | None:
-        from ..timeutil import parse_rfc3339
-
+    async def next_due(self, skip: Collection[int] = ()) -> float | None:
         def fn(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT min(next_attempt_at) FROM deliveries INDEXED BY idx_deliveries_due WHERE state = 'pending'"
-            ).fetchone()
-            return row[0]
+            rows = conn.execute(
+                "SELECT id, next_attempt_at FROM deliveries INDEXED BY idx_deliveries_due "
+                "WHERE state = 'pending' ORDER BY next_attempt_at LIMIT ?",
+                (len(skip) + 1,),
+            ).fetchall()  # all of it: an unfinished statement would keep its snapshot
+            return next((at for delivery_id, at in rows if delivery_id not in skip), None)
 
         when = await self._read(fn)
         return None if when is None else parse_rfc3339(when)
 
-    async def finish_delivery(
-        self,
-        delivery_ids: list[int],
-        channel_id: int,
-        now: float,
-        *,
-        error: str | None = None,
-        retry_at: float | None = None,
-        remove_channel: bool = False,
-    ) -> None:
-        """Record the outcome: sent (no ``error``), retry at ``retry_at``, or dead."""
-        at = format_ts(now)
-        marks = ",".join("?" * len(delivery_ids))
-
-        def fn(conn: sqlite3.Connection) -> None:
-            if error is None:
-                conn.execute(
-                    f"UPDATE deliveries SET state = 'sent', sent_at = ?, last_error = NULL WHERE id IN ({marks})",
-                    [at, *delivery_ids],
-                )
-                conn.execute(
-                    "UPDATE channels SET last_success_at = ? WHERE id = ?", (at, channel_id)
-                )
-                return
-            if retry_at is not None:
-                conn.execute(
-                    f"UPDATE deliveries SET state = 'pending', next_attempt_at = ?, last_error = ? WHERE id IN ({marks})",
-                    [format_ts(retry_at), error, *delivery_ids],
-                )
-            else:
-                conn.execute(
-                    f"UPDATE deliveries SET state = 'dead', last_error = ? WHERE id IN ({marks})",
-                    [error, *delivery_ids],
-                )
-            conn.execute(
-                "UPDATE channels SET last_error = ?, last_error_at = ? WHERE id = ?",
-                (error, at, channel_id),
-            )
-            if remove_channel:
-                conn.execute("DELETE FROM channels WHERE id = ?", (channel_id,))
-                conn.execute(
-                    "UPDATE deliveries SET state = 'dead', last_error = 'channel removed: target gone' "
-                    "WHERE channel_id = ? AND state = 'pending'",
-                    (channel_id,),
-                )
-
-        await self.write(fn)
+    async def finish_deliveries(self, outcomes: list[Outcome]) -> None:
+        await self.write(lambda conn: record_outcomes(conn, outcomes))
 
     async def list_deliveries(
         self, user_id: int | None, state: str | None, limit: int
@@ -312,7 +297,7 @@ class DeliveryStore:
 
     async def retry_delivery(self, delivery_id: int, user_id: int | None, now: float) -> None:
         def fn(conn: sqlite3.Connection) -> None:
-            sql = "UPDATE deliveries SET state = 'pending', next_attempt_at = ? WHERE id = ? AND state != 'sending'"
+            sql = "UPDATE deliveries SET state = 'pending', next_attempt_at = ? WHERE id = ?"
             params: list[Any] = [format_ts(now), delivery_id]
             if user_id is not None:
                 sql += " AND user_id = ?"

@@ -184,7 +184,8 @@ def _m003_delivery(db: sqlite_utils.Database) -> None:
         """
     )
     # The outbox: one row per (event, user, channel), written in the event's
-    # transaction. state: pending -> sending -> sent | pending (retry) | dead.
+    # transaction. state: pending -> sent | pending (retry) | dead (m005: no more
+    # 'sending'; what is in flight lives in the outbox's memory).
     db.execute(
         """
         CREATE TABLE deliveries (
@@ -222,11 +223,18 @@ def _m004_preferences(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m005_inflight_in_memory(db: sqlite_utils.Database) -> None:
+    # The outbox keeps what it is sending in memory (a claim is no longer a write);
+    # rows an older version left 'sending' are due again.
+    db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
     _m003_delivery,
     _m004_preferences,
+    _m005_inflight_in_memory,
 ]
 
 
