@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean chromium
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("notifyd needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -26,7 +26,23 @@ run: $(STAMP)
 	mkdir -p var
 	$(VENV)/bin/notifyd serve --config notifyd.toml
 
-test: $(TSTAMP)
+# What the browser tests need besides Python packages: Debian's Chromium (installed
+# when we are root; never a downloaded browser) and axe-core from npm.
+AXE := .cache/npm/node_modules/axe-core/axe.min.js
+
+$(AXE):
+	npm install --prefix .cache/npm --no-audit --no-fund --silent axe-core@4
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "note: /usr/bin/chromium is missing and we are not root: the browser tests will be skipped"; fi; \
+	fi
+
+test: $(TSTAMP) $(AXE) chromium
 	$(PY) -m pytest -q
 
 lint: $(TSTAMP)
@@ -39,4 +55,4 @@ bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-e
 	$(PY) bench/chart.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .cache test-artifacts

@@ -47,6 +47,7 @@ class Config:
     delivery_max_attempts: int = 8
     delivery_backoff_seconds: float = 5.0
     delivery_backoff_max_seconds: float = 3600.0
+    session_days: float = 30.0
 
     @property
     def data_path(self) -> Path:
@@ -126,7 +127,7 @@ def _validate(cfg: Config) -> None:
         if getattr(cfg, key) < 1:
             raise bad(key, "must be positive")
     for key in ("keepalive_seconds", "stream_send_timeout", "graceful_timeout", "keep_alive_timeout",
-                "delivery_backoff_seconds", "delivery_backoff_max_seconds"):  # fmt: skip
+                "delivery_backoff_seconds", "delivery_backoff_max_seconds", "session_days"):  # fmt: skip
         if getattr(cfg, key) <= 0:
             raise bad(key, "must be positive")
 

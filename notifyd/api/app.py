@@ -7,14 +7,15 @@ from fastapi import FastAPI
 from .. import __version__
 from ..core.services import Services
 from .responses import JSON, install_error_handlers
-from .routes import accounts, channels, events, preferences, stream, system
+from .routes import accounts, channels, events, preferences, session, stream, system, web
 
 
 def make_app(svc: Services) -> FastAPI:
     app = FastAPI(
         title="notifyd",
         version=__version__,
-        description="Self-hosted notification daemon. Authenticate with `Authorization: Bearer nfy_…`.",
+        description="Self-hosted notification daemon. Authenticate with `Authorization: Bearer nfy_…` "
+        "(or, from the web page, the session cookie of `POST /v1/session`).",
         openapi_url="/v1/openapi.json",
         docs_url="/v1/docs",
         redoc_url=None,
@@ -28,4 +29,6 @@ def make_app(svc: Services) -> FastAPI:
     app.include_router(preferences.router)
     app.include_router(stream.router)
     app.include_router(system.router)
+    app.include_router(session.router)
+    app.include_router(web.router)
     return app

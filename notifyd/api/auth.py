@@ -1,14 +1,29 @@
-"""Who is calling: the Unix socket (acts as ``socket_user``), or a bearer token."""
+"""Who is calling: the Unix socket (acts as ``socket_user``), a bearer token, or
+the web page's session cookie.
+
+A cookie is sent by the browser on its own, so requests it authenticates get two
+extra checks: state-changing methods must carry ``X-CSRF-Token`` (the value the
+page got from ``/v1/session``, derived from the session secret), and when the
+browser says where the request comes from (``Origin``), it must be this server.
+"""
 
 from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
 from ..core.acl import Principal
-from ..core.errors import Unauthorized
+from ..core.errors import Forbidden, Unauthorized
 from ..core.services import Services
 
 SOCKET_SCOPE_KEY = "notifyd.via_socket"
+SESSION_COOKIE = "notifyd_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def services(request: Request) -> Services:
@@ -24,14 +39,60 @@ def bearer(header: str | None) -> str | None:
     return value.strip()
 
 
-async def resolve(svc: Services, via_socket: bool, authorization: str | None,
-                  query_token: str | None = None) -> Principal:  # fmt: skip
+def session_cookie(cookie_header: str | None) -> str | None:
+    """The session secret from a ``Cookie`` header, if there is one."""
+    if not cookie_header or SESSION_COOKIE not in cookie_header:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(cookie_header)
+    except CookieError:
+        return None
+    morsel = jar.get(SESSION_COOKIE)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def check_cookie_request(
+    svc: Services, secret: str, method: str, headers: Mapping[str, str]
+) -> None:
+    """The CSRF and origin checks of a cookie-authenticated request."""
+    origin = headers.get("origin")
+    if origin:
+        allowed = {headers.get("host", "").lower()}
+        if svc.config.base_url:
+            allowed.add(urlsplit(svc.config.base_url).netloc.lower())
+        if urlsplit(origin).netloc.lower() not in allowed:
+            raise Forbidden("cross-origin request refused", code="csrf")
+    if method.upper() not in SAFE_METHODS:
+        sent = headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent, svc.accounts.csrf_token(secret)):
+            raise Forbidden(
+                "missing or wrong X-CSRF-Token header (sign in again if this persists)",
+                code="csrf",
+            )
+
+
+async def resolve(
+    svc: Services,
+    via_socket: bool,
+    authorization: str | None,
+    query_token: str | None = None,
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+) -> Principal:
+    """The caller. ``headers`` (lower-case names) are needed only to accept the
+    session cookie: a bearer token, the socket or ``?token=`` come first."""
     if via_socket:
         return await svc.accounts.socket_principal(svc.config.socket_user)
     token = bearer(authorization) or query_token
-    if token is None:
-        raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
-    return await svc.accounts.authenticate_token(token)
+    if token is not None:
+        return await svc.accounts.authenticate_token(token)
+    secret = session_cookie(headers.get("cookie")) if headers is not None else None
+    if secret is not None:
+        check_cookie_request(svc, secret, method, headers)  # type: ignore[arg-type]
+        return await svc.accounts.authenticate_session(secret)
+    raise Unauthorized("authentication required: send 'Authorization: Bearer <token>' or sign in")
 
 
 async def principal(request: Request) -> Principal:
@@ -40,4 +101,6 @@ async def principal(request: Request) -> Principal:
         services(request),
         bool(request.scope.get(SOCKET_SCOPE_KEY)),
         request.headers.get("authorization"),
+        method=request.method,
+        headers=request.headers,
     )

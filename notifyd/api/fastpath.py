@@ -44,10 +44,15 @@ class PublishFastPath:
 
     async def _publish(self, scope: dict, receive: Any, send: Any) -> None:
         authorization = idempotency_key = length = None
+        cookie_headers: dict[str, str] | None = None
         has_body = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name in (b"cookie", b"origin", b"host", b"x-csrf-token"):
+                if cookie_headers is None:
+                    cookie_headers = {}
+                cookie_headers[name.decode()] = value.decode("latin-1")
             elif name == b"content-length":
                 length, has_body = value, True
             elif name == b"idempotency-key":
@@ -56,7 +61,10 @@ class PublishFastPath:
                 has_body = True
         body_read = False
         try:
-            caller = await resolve(self.svc, bool(scope.get(SOCKET_SCOPE_KEY)), authorization)
+            caller = await resolve(
+                self.svc, bool(scope.get(SOCKET_SCOPE_KEY)), authorization,
+                method="POST", headers=cookie_headers,
+            )  # fmt: skip
             limit = self.svc.config.max_request_bytes
             if length is not None and length.isdigit() and int(length) > limit:
                 raise PayloadTooLarge(f"request body over {limit} bytes")

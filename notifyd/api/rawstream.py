@@ -202,6 +202,7 @@ async def serve_raw_stream(
             topics=head.query("topics"),
             since=head.query("since"),
             last_event_id=head.headers.get("last-event-id"),
+            headers=head.headers,
         )
     except NotifydError as exc:
         with trio.move_on_after(5):

@@ -10,6 +10,7 @@ client that asks for a stream on a reused keep-alive connection.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 import orjson
@@ -170,9 +171,11 @@ async def open_session(
     topics: str | None,
     since: str | None,
     last_event_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> StreamSession:
-    """Authenticate and check a stream request; raises ``NotifydError`` (401/403/422)."""
-    principal = await resolve(svc, via_socket, authorization, token)
+    """Authenticate and check a stream request; raises ``NotifydError`` (401/403/422).
+    ``headers`` (lower-case names) let the web page's session cookie in."""
+    principal = await resolve(svc, via_socket, authorization, token, headers=headers)
     parsed = parse_topics(topics)
     check_access(principal, parsed)
     return StreamSession(svc, principal, parsed, parse_since(since, last_event_id))

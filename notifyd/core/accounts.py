@@ -28,6 +28,7 @@ from .store import AclEntry, Store, Token, User
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,31}$")
 TOKEN_PREFIX = "nfy_"
+SESSION_PREFIX = "nfs_"
 CACHE_TTL = 30.0
 _hasher = PasswordHasher()
 _argon_limiter = trio.CapacityLimiter(2)
@@ -99,6 +100,49 @@ class Accounts:
         self._cache[digest] = (now + CACHE_TTL, principal)
         self.token_uses[tok.id] = time.time()
         return principal
+
+    # -- web sessions --------------------------------------------------------------
+
+    async def create_session(self, user: User, user_agent: str | None, days: float) -> str:
+        """Start a web session for ``user``; returns its secret (the cookie value)."""
+        secret = SESSION_PREFIX + secrets.token_urlsafe(30)
+        await self.store.create_session(
+            user.id,
+            hash_token(secret),
+            (user_agent or "")[:200] or None,
+            time.time() + days * 86400,
+        )
+        return secret
+
+    async def authenticate_session(self, secret: str) -> Principal:
+        """The principal of a live session: the user with every scope their role has."""
+        if not secret.startswith(SESSION_PREFIX):
+            raise Unauthorized("not a notifyd session; sign in again")
+        digest = hash_token(secret)
+        key = "session:" + digest
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        user_id = await self.store.session_user(digest, time.time())
+        user = None if user_id is None else await self.store.get_user_by_id(user_id)
+        if user is None:
+            raise Unauthorized("the session has ended; sign in again")
+        principal = await self.principal_for(user, "session")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now + CACHE_TTL, principal)
+        return principal
+
+    async def end_session(self, secret: str) -> None:
+        await self.store.delete_session(hash_token(secret))
+        self._cache.pop("session:" + hash_token(secret), None)
+
+    @staticmethod
+    def csrf_token(secret: str) -> str:
+        """The anti-CSRF value of a session: derived from its secret, so nothing more is
+        stored, and only a page that could read a same-origin response can know it."""
+        return hashlib.sha256(b"csrf:" + secret.encode()).hexdigest()[:32]
 
     async def flush_token_uses(self) -> int:
         """Write the last-use times noted since the previous flush."""

@@ -22,7 +22,8 @@ IDEMPOTENCY_HOURS = 24
 
 
 async def prune_once(svc: Services, now: float | None = None) -> int:
-    """Delete events older than ``retention_days`` and expired ones; return how many."""
+    """Delete events older than ``retention_days`` and expired ones (returns how many
+    events), old idempotency keys and expired web sessions."""
     now = time.time() if now is None else now
     cutoff = format_ts(now - svc.config.retention_days * 86400)
     total = 0
@@ -34,6 +35,7 @@ async def prune_once(svc: Services, now: float | None = None) -> int:
             break
         await trio.sleep(PRUNE_PAUSE)
     await svc.store.forget_idempotency_keys(format_ts(now - IDEMPOTENCY_HOURS * 3600))
+    await svc.store.prune_sessions(now)
     if total:
         log.info("pruned %d events (retention %d days)", total, svc.config.retention_days)
     return total

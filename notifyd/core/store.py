@@ -230,6 +230,23 @@ class Store(ABC):
     @abstractmethod
     async def token_by_hash(self, token_hash: str) -> Token | None: ...
 
+    # web sign-in sessions (only the SHA-256 of the secret is stored)
+    @abstractmethod
+    async def create_session(
+        self, user_id: int, secret_hash: str, user_agent: str | None, expires_at: float
+    ) -> None: ...
+
+    @abstractmethod
+    async def session_user(self, secret_hash: str, now: float) -> int | None:
+        """The user id of an unexpired session, or None."""
+
+    @abstractmethod
+    async def delete_session(self, secret_hash: str) -> None: ...
+
+    @abstractmethod
+    async def prune_sessions(self, now: float) -> int:
+        """Delete expired sessions; returns how many."""
+
     @abstractmethod
     async def touch_tokens(self, uses: list[tuple[int, float]]) -> None:
         """Record when tokens were last used: (token id, unix time) pairs."""

@@ -93,6 +93,7 @@ async def sse(
             topics=topics,
             since=since,
             last_event_id=request.headers.get("last-event-id"),
+            headers=request.headers,
         )
     except NotifydError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.field)
@@ -127,6 +128,7 @@ async def websocket_stream(ws: WebSocket) -> None:
             token=ws.query_params.get("token"),
             topics=ws.query_params.get("topics"),
             since=ws.query_params.get("since"),
+            headers=ws.headers,
         )
     except NotifydError as exc:
         await ws.send_denial_response(error_response(exc.status, exc.code, exc.message, exc.field))

@@ -229,12 +229,31 @@ def _m005_inflight_in_memory(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
 
 
+def _m006_sessions(db: sqlite_utils.Database) -> None:
+    # Web sign-in sessions: like tokens, only the SHA-256 of the secret is stored.
+    db.execute(
+        """
+        CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            user_agent TEXT,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX idx_sessions_user ON sessions(user_id)")
+    db.execute("CREATE INDEX idx_sessions_expiry ON sessions(expires_at)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
     _m003_delivery,
     _m004_preferences,
     _m005_inflight_in_memory,
+    _m006_sessions,
 ]
 
 

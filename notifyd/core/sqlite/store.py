@@ -622,7 +622,7 @@ class SQLiteStore(DeliveryStore, Store):
             row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NotFound(f"no user named {name!r}", field="name")
-            for table in ("tokens", "acl", "receipts", "inbox_marks", "idempotency"):
+            for table in ("tokens", "sessions", "acl", "receipts", "inbox_marks", "idempotency"):
                 conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (row[0],))
             conn.execute("DELETE FROM users WHERE id = ?", (row[0],))
 
@@ -655,6 +655,37 @@ class SQLiteStore(DeliveryStore, Store):
             return None if row is None else _token(row)
 
         return await self._read(fn)
+
+    async def create_session(
+        self, user_id: int, secret_hash: str, user_agent: str | None, expires_at: float
+    ) -> None:
+        await self.write(
+            lambda c: c.execute(
+                "INSERT INTO sessions (user_id, hash, user_agent, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (user_id, secret_hash, user_agent, now_rfc3339(), format_ts(expires_at)),
+            )
+        )
+
+    async def session_user(self, secret_hash: str, now: float) -> int | None:
+        def fn(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT user_id FROM sessions WHERE hash = ? AND expires_at > ?",
+                (secret_hash, format_ts(now)),
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._read(fn)
+
+    async def delete_session(self, secret_hash: str) -> None:
+        await self.write(lambda c: c.execute("DELETE FROM sessions WHERE hash = ?", (secret_hash,)))
+
+    async def prune_sessions(self, now: float) -> int:
+        return await self.write(
+            lambda c: (
+                c.execute("DELETE FROM sessions WHERE expires_at <= ?", (format_ts(now),)).rowcount
+            )
+        )
 
     async def touch_tokens(self, uses: list[tuple[int, float]]) -> None:
         rows = [(format_ts(ts), token_id) for token_id, ts in uses]

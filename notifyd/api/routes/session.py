@@ -1,0 +1,106 @@
+"""``/v1/session``: signing in to the web page with a user name and password.
+
+The session secret travels only in an HttpOnly, SameSite=Strict cookie (Secure
+when the page is served over HTTPS); the page gets the anti-CSRF value to send
+with state-changing requests in the JSON body instead. Failed sign-ins are
+throttled per client address and per (user, address).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from ...core.errors import Unauthorized
+from ...core.store import User
+from ...core.throttle import FailureThrottle
+from ..auth import SESSION_COOKIE, check_cookie_request, services, session_cookie
+from ..responses import JSON
+
+router = APIRouter(prefix="/v1", tags=["session"])
+
+#: failed sign-ins allowed per (user, client address), and per address, in WINDOW s
+PER_USER = 5
+PER_ADDRESS = 50
+WINDOW = 15 * 60
+
+
+class SignIn(BaseModel):
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+def _throttles(request: Request) -> tuple[FailureThrottle, FailureThrottle]:
+    state = request.app.state
+    if not hasattr(state, "signin_throttles"):
+        state.signin_throttles = (
+            FailureThrottle(PER_USER, WINDOW),
+            FailureThrottle(PER_ADDRESS, WINDOW),
+        )
+    return state.signin_throttles
+
+
+def _secure(request: Request) -> bool:
+    base = services(request).config.base_url
+    return request.url.scheme == "https" or base.startswith("https://")
+
+
+def _body(user: User, csrf: str) -> dict:
+    return {"user": {"name": user.name, "role": user.role, "tz": user.tz}, "csrf": csrf}
+
+
+@router.post(
+    "/session",
+    summary="Sign in (web page): sets the session cookie",
+    responses={401: {"description": "wrong user name or password"},
+               429: {"description": "too many failed attempts (see Retry-After)"}},
+)  # fmt: skip
+async def sign_in(body: SignIn, request: Request) -> Response:
+    svc = services(request)
+    address = request.client.host if request.client else "local"
+    per_user, per_address = _throttles(request)
+    user_key, address_key = f"{body.username}@{address}", address
+    per_user.check(user_key)
+    per_address.check(address_key)
+    try:
+        user = await svc.accounts.check_password(body.username, body.password)
+    except Unauthorized:
+        per_user.failed(user_key)
+        per_address.failed(address_key)
+        raise
+    per_user.succeeded(user_key)
+    days = svc.config.session_days
+    secret = await svc.accounts.create_session(user, request.headers.get("user-agent"), days)
+    response = JSON(_body(user, svc.accounts.csrf_token(secret)))
+    response.set_cookie(
+        SESSION_COOKIE, secret, max_age=int(days * 86400), path="/", httponly=True,
+        samesite="strict", secure=_secure(request),
+    )  # fmt: skip
+    return response
+
+
+@router.get("/session", summary="The signed-in user and the page's anti-CSRF value")
+async def current(request: Request) -> Response:
+    svc = services(request)
+    secret = session_cookie(request.headers.get("cookie"))
+    if secret is None:
+        raise Unauthorized("not signed in")
+    caller = await svc.accounts.authenticate_session(secret)
+    user = await svc.store.get_user_by_id(caller.user_id)
+    if user is None:
+        raise Unauthorized("not signed in")
+    return JSON(_body(user, svc.accounts.csrf_token(secret)))
+
+
+@router.delete("/session", status_code=204, summary="Sign out: ends the session")
+async def sign_out(request: Request) -> Response:
+    svc = services(request)
+    secret = session_cookie(request.headers.get("cookie"))
+    if secret is not None:
+        check_cookie_request(svc, secret, request.method, request.headers)
+        await svc.accounts.end_session(secret)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=_secure(request))  # fmt: skip
+    return response
