@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from notifyd.config import Config
+from notifyd.core.acl import Visibility
 from notifyd.core.errors import Conflict
+from notifyd.core.housekeeping import prune_once
 from notifyd.core.models import validate_events
+from notifyd.core.services import Services
 from notifyd.core.sqlite.schema import migrate
 from notifyd.core.sqlite.store import SQLiteStore, _publish_many, _PublishRequest, connect
 
@@ -83,5 +87,44 @@ async def test_a_failing_job_in_a_group_fails_alone(tmp_path: Path) -> None:
         ids = sorted(r.events[0]["id"] for k, r in results.items() if k != "dup")  # type: ignore[attr-defined]
         assert ids == list(range(1, 21))
         assert await store.last_event_id() == 20
+    finally:
+        await store.close()
+
+
+@pytest.mark.trio
+async def test_retention_prunes_old_events_with_their_receipts_and_deliveries(
+    tmp_path: Path,
+) -> None:
+
+    day = 86400.0
+    now = [1_800_000_000.0 - 40 * day]
+    store = SQLiteStore(tmp_path / "r.db", clock=lambda: now[0])
+    await store.start()
+    try:
+        svc = Services.build(Config(data_dir=str(tmp_path), retention_days=30), store)
+        admin = await store.create_user("admin", "admin", None)
+        await store.create_channel(admin.id, "phone", "memory", {})
+        old = (await store.publish(_events("old 1", "old 2"), admin.id, batch=True)).events
+        now[0] += 20 * day
+        mid = (await store.publish(_events("20 days old"), admin.id)).events
+        now[0] += 20 * day
+        new = (await store.publish(_events("today"), admin.id)).events
+        ids = [e["id"] for e in old + mid + new]
+        await store.set_state(admin.id, ids, "read", Visibility(everything=True))
+
+        def counts() -> tuple[int, ...]:
+            c = sqlite3.connect(tmp_path / "r.db")
+            try:
+                return tuple(
+                    c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("events", "receipts", "deliveries")
+                )
+            finally:
+                c.close()
+
+        assert counts() == (4, 4, 4)
+        assert await prune_once(svc, now=now[0]) == 2
+        assert counts() == (2, 2, 2)  # 30 days: the 20-day-old event stays
+        assert await prune_once(svc, now=now[0]) == 0
     finally:
         await store.close()

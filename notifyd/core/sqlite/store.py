@@ -536,6 +536,7 @@ class SQLiteStore(DeliveryStore, Store):
                 )
             ]
             conn.executemany("DELETE FROM receipts WHERE event_id = ?", ids)
+            conn.executemany("DELETE FROM deliveries WHERE event_id = ?", ids)
             conn.executemany("DELETE FROM events WHERE id = ?", ids)
             return len(ids)
 
