@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean chromium
+.PHONY: run test lint bench clean chromium screenshots
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("notifyd needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -44,6 +44,9 @@ chromium:
 
 test: $(TSTAMP) $(AXE) chromium
 	$(PY) -m pytest -q
+
+screenshots: $(TSTAMP) $(AXE) chromium  # the README's pictures of the web page
+	NOTIFYD_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web.py -k screenshots
 
 lint: $(TSTAMP)
 	$(VENV)/bin/ruff check notifyd tui plugins tests bench

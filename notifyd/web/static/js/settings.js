@@ -1,4 +1,4 @@
-// The "Devices & channels" view: push on this device, the push subscriptions of
+// The "Channels and devices" view: push on this device, the push subscriptions of
 // all the user's devices, and Apprise channels (add, test, remove).
 
 import { api, ApiError } from "./api.js";
@@ -38,6 +38,9 @@ function removeButton(label, onConfirm) {
       yes.disabled = true;
       try {
         await onConfirm();
+      } catch (err) {
+        question.querySelector(".error-text")?.remove();
+        question.append(h("span", { class: "error-text", role: "alert", text: `Could not remove: ${err.message}` }));
       } finally {
         yes.disabled = false;
       }
@@ -69,7 +72,7 @@ export class Settings {
 
   message(el, text, { error = false } = {}) {
     el.textContent = text;
-    el.classList.toggle("error", error);
+    el.classList.toggle("error-text", error);
     el.hidden = !text;
   }
 
@@ -235,6 +238,7 @@ export class Settings {
     const fields = { name: form.elements.name, url: form.elements.url };
     for (const input of Object.values(fields)) input.removeAttribute("aria-invalid");
     this.message(error, "");
+    this.message($("#channel-form-status", form), "");
     const name = fields.name.value.trim();
     const url = fields.url.value.trim();
     const submit = form.querySelector('[type="submit"]');
