@@ -1,0 +1,14 @@
+"""Placeholder: being built."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+
+class UsersScreen(Screen):
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("users")
+        yield Footer()
