@@ -501,6 +501,20 @@ def test_bulk_state_and_read_all(daemon: Daemon) -> None:
             assert_error(c.post("/v1/inbox/state", json=bad), 422, "invalid")
         assert ids(all_events(c, unread="true")) == [y2, y1, x2]
 
+        def count(**filters: str) -> int:
+            r = c.get("/v1/inbox/count", params=filters)
+            assert r.status_code == 200, r.text
+            return r.json()["count"]
+
+        # the count follows the same filters as the history, archived excluded by default
+        assert count(unread="true") == 3
+        assert count() == 4
+        assert count(unread="true", topic="y/*") == 2
+        assert count(unread="true", min_priority="urgent") == 1
+        assert count(q="x2") == 1
+        assert count(archived="only") == 0
+        assert_error(c.get("/v1/inbox/count", params={"unread": "maybe"}), 422, "invalid")
+
         # read-all with filters marks only the matching ones
         r = c.post("/v1/inbox/read-all", params={"topic": "y/*", "category": "beta"})
         assert r.status_code == 200, r.text
@@ -518,6 +532,7 @@ def test_bulk_state_and_read_all(daemon: Daemon) -> None:
         assert r.json()["updated"] == 1
         assert r.json()["upto"] == y2
         assert all_events(c, unread="true") == []
+        assert count(unread="true") == 0
         later = publish(c, "x", title="later")["id"]
         assert ids(all_events(c, unread="true")) == [later]
         # an event read via read-all can be marked unread again

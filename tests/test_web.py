@@ -702,3 +702,23 @@ def test_screenshots(browser: Browser, make_daemon: Callable[..., Daemon]) -> No
         shutil.copyfile(shots["390-light"], docs / "web-inbox-phone.png")
     for path in shots.values():
         assert path.stat().st_size > 10_000
+
+
+def test_unread_count_is_exact_beyond_one_page(
+    context: BrowserContext, daemon: Daemon, user: WebUser
+) -> None:
+    # more unread than the page keeps in memory (500): the count comes from the server
+    with daemon.admin() as c:
+        batch = [{"topic": user.topic("bulk"), "title": f"n{i}"} for i in range(520)]
+        r = c.post("/v1/events", json=batch)
+        assert r.status_code == 201, r.text
+    page = context.new_page()
+    sign_in(page, user)
+    expect(page).to_have_title("(520) notifyd")
+    expect(page.locator("#unread-summary")).to_have_text("520 unread")
+    last = publish(daemon, user.topic("bulk"), title="one more")
+    expect(card(page, last["id"])).to_be_visible()
+    expect(page).to_have_title("(521) notifyd")
+    with user.http() as c:
+        assert c.post(f"/v1/events/{last['id']}/read").status_code == 200
+    expect(page).to_have_title("(520) notifyd")

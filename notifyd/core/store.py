@@ -156,6 +156,10 @@ class Store(ABC):
     async def history(self, query: HistoryQuery) -> list[Event]: ...
 
     @abstractmethod
+    async def count(self, query: HistoryQuery) -> int:
+        """How many events match ``query`` (its ``limit`` is ignored)."""
+
+    @abstractmethod
     async def events_after(
         self,
         cursor: int,

@@ -100,6 +100,17 @@ async def history(
     return JSON({"events": events, "next": nxt})
 
 
+@router.get(
+    "/inbox/count",
+    summary="How many events match the filters (e.g. unread=true: the unread count)",
+)
+async def count(
+    request: Request, caller: Caller, filters: Annotated[Filters, Depends()]
+) -> JSON:
+    query = inbox.history_query(caller, **filters.values)
+    return JSON({"count": await services(request).store.count(query)})
+
+
 EventId = Annotated[int, Path(ge=1, le=2**62)]
 
 

@@ -418,6 +418,22 @@ class SQLiteStore(DeliveryStore, Store):
 
         return await self._read(fn)
 
+    async def count(self, query: HistoryQuery) -> int:
+        if query.visibility.empty:
+            return 0
+
+        def fn(conn: sqlite3.Connection) -> int:
+            w = _watermark(conn, query.user_id)
+            prefs = load_preferences(conn, [query.user_id]).get(query.user_id)
+            where, params = history_where(query, now_rfc3339(), w, prefs)
+            sql = (
+                "SELECT count(*) FROM events e LEFT JOIN receipts r "
+                f"ON r.user_id = ? AND r.event_id = e.id WHERE {where}"
+            )
+            return conn.execute(sql, [query.user_id, *params]).fetchone()[0]
+
+        return await self._read(fn)
+
     async def events_after(
         self,
         cursor: int,

@@ -33,6 +33,9 @@ export class Inbox {
     this.events = new Map(); // id → event, what the list shows
     this.unread = new Map(); // id → event, for the count (newest UNREAD_LIMIT)
     this.unreadMore = false;
+    // Beyond UNREAD_LIMIT the map is incomplete: the exact count comes from the server.
+    this.unreadTotal = null;
+    this.recountTimer = null;
     this.pending = new Set(); // ids with a queued offline change
     this.next = null;
     this.done = false;
@@ -238,6 +241,7 @@ export class Inbox {
       const page = await api.get("/v1/events", { unread: "true", limit: UNREAD_LIMIT });
       this.unread = new Map(page.events.map((ev) => [ev.id, ev]));
       this.unreadMore = page.next !== null;
+      this.unreadTotal = this.unreadMore ? await this.fetchUnreadCount() : null;
       // read state may have changed while we were not listening: reconcile the list
       const oldest = page.events.length ? page.events[page.events.length - 1].id : Infinity;
       for (const ev of this.events.values()) {
@@ -254,21 +258,43 @@ export class Inbox {
       const saved = await offline.loadEvents();
       this.unread = new Map(saved.filter((ev) => !ev.read && !ev.archived).map((ev) => [ev.id, ev]));
       this.unreadMore = false;
+      this.unreadTotal = null;
     }
     this.showCount();
   }
 
+  async fetchUnreadCount() {
+    const { count } = await api.get("/v1/inbox/count", { unread: "true" });
+    return count;
+  }
+
   showCount() {
-    showUnreadCount(this.unread.size, { more: this.unreadMore });
+    const exact = this.unreadTotal !== null;
+    const n = exact ? this.unreadTotal : this.unread.size;
+    const more = this.unreadMore && !exact;
+    showUnreadCount(n, { more });
     const summary = $("#unread-summary", this.root);
-    const n = this.unread.size;
-    summary.textContent = n ? `${n}${this.unreadMore ? "+" : ""} unread` : "All caught up";
+    summary.textContent = n ? `${n}${more ? "+" : ""} unread` : "All caught up";
   }
 
   trackUnread(ev) {
     if (!ev.read && !ev.archived) this.unread.set(ev.id, ev);
     else this.unread.delete(ev.id);
+    if (this.unreadMore) this.scheduleRecount();
     this.showCount();
+  }
+
+  // With more unread than the map holds, ask the server again (once per burst).
+  scheduleRecount() {
+    clearTimeout(this.recountTimer);
+    this.recountTimer = setTimeout(async () => {
+      try {
+        this.unreadTotal = await this.fetchUnreadCount();
+        this.showCount();
+      } catch (err) {
+        if (!(err instanceof NetworkError)) throw err;
+      }
+    }, 300);
   }
 
   // -- live frames ------------------------------------------------------------
