@@ -262,6 +262,7 @@ class Client:
         since: int | None = None,
         *,
         on_retry: Callable[[float, str], None] | None = None,
+        on_open: Callable[[httpx.Response], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Iterator[dict]:
         """Yield stream frames (``event`` and ``state``) forever, reconnecting as needed.
@@ -270,7 +271,9 @@ class Client:
         live only, in which case the newest visible id is fetched first so that a
         reconnect can resume without a gap. After a drop or a ``resync`` frame the
         stream is reopened with ``since=<last id>``, backing off from 0.5 s to 10 s;
-        ``on_retry(delay, reason)`` is told each time. Events already yielded are not
+        ``on_retry(delay, reason)`` is told each time, and ``on_open(response)`` each
+        time the daemon accepts the stream (a caller in another thread may shut the
+        response's socket down to end a blocked read). Events already yielded are not
         yielded again. A failure before the first connection, and any 4xx answer, is
         raised as :class:`ClientError`. Stop by closing the generator (or Ctrl-C).
         """
@@ -283,8 +286,10 @@ class Client:
             reason = "the stream ended"
             try:
                 for frame in self._sse(topic_list, cursor):
-                    if frame is _OPENED:
+                    if isinstance(frame, _Opened):
                         connected, delay = True, BACKOFF_MIN
+                        if on_open:
+                            on_open(frame.response)
                         continue
                     kind = frame.get("type")
                     if kind == "resync":
@@ -331,7 +336,7 @@ class Client:
                 if resp.status_code >= 400:
                     resp.read()
                     raise self._http_error(resp)
-                yield _OPENED
+                yield _Opened(resp)
                 data: list[str] = []
                 for line in resp.iter_lines():
                     if not line:
@@ -397,7 +402,13 @@ class Client:
         self.request("DELETE", "/v1/acl", params={"user": user, "pattern": pattern})
 
 
-_OPENED = object()  # yielded by _sse once the daemon has accepted the stream
+class _Opened:
+    """Yielded by ``_sse`` once the daemon has accepted the stream."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
 
 
 def _decode_frame(data: str) -> dict | None:

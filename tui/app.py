@@ -6,21 +6,31 @@ as the socket's admin) or over TCP with a token, with the same synchronous
 never blocks. Screens are Textual modes: one per area, switched with the number
 keys or the command palette.
 
+The live stream (:mod:`notifyd.tui.live`) runs in a thread of its own; the app
+turns its messages into the ``connection`` reactive (for the connection indicator)
+and the ``live_frames`` signal (for the screens that show events).
+
     make_app(TuiConfig(url="https://notify.example.org", token="nfy_…")).run()
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import webbrowser
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.signal import Signal
 
 from notifyd.client import Client, ClientError
 
+from .live import ConnectionStatus, LiveFeed
 from .screens.channels import ChannelsScreen
 from .screens.deliveries import DeliveriesScreen
 from .screens.inbox import InboxScreen
@@ -40,6 +50,12 @@ class TuiConfig:
     token: str | None = None
     #: seconds per HTTP request (the live stream has no read timeout)
     timeout: float = 10.0
+    #: events per history page (the inbox loads the next page as you scroll)
+    page_size: int = 100
+    #: open links in a web browser when a graphical one is available; else show them
+    browser: bool = True
+    #: the current time, for relative times ("5m"); tests pin it
+    clock: Callable[[], datetime] | None = None
 
 
 class NotifydApp(App[None]):
@@ -60,14 +76,37 @@ class NotifydApp(App[None]):
         Binding("4", "switch_mode('deliveries')", "Deliveries"),
         Binding("5", "switch_mode('users')", "Users"),
         Binding("q", "quit", "Quit"),
+        Binding("question_mark", "toggle_help", "Keys", show=False),
     ]
+
+    #: the live stream's state, shown by every ConnectionIndicator
+    connection: reactive[ConnectionStatus] = reactive(ConnectionStatus)
 
     def __init__(self, config: TuiConfig | None = None) -> None:
         super().__init__()
         self.config = config or TuiConfig()
-        self.client = Client(
-            self.config.socket_path, self.config.url, self.config.token, self.config.timeout
-        )
+        self.client = self.new_client()
+        #: every stream frame (``event`` and ``state``), published on the app's thread
+        self.live_frames: Signal[dict] = Signal(self, "live-frames")
+        self.live = LiveFeed(self, self.new_client)
+
+    def new_client(self) -> Client:
+        """A client for this app's daemon (the live feed has one of its own)."""
+        config = self.config
+        return Client(config.socket_path, config.url, config.token, config.timeout)
+
+    def now(self) -> datetime:
+        return self.config.clock() if self.config.clock else datetime.now(UTC)
+
+    def start_live(self, since: int | None) -> None:
+        """Follow the stream after event ``since`` (None: from now on); once per app."""
+        self.live.start(since)
+
+    def on_live_feed_frame(self, message: LiveFeed.Frame) -> None:
+        self.live_frames.publish(message.frame)
+
+    def on_live_feed_status_changed(self, message: LiveFeed.StatusChanged) -> None:
+        self.connection = message.status
 
     async def api(self, call: Callable[[Client], T]) -> T:
         """Run ``call(client)`` in a worker thread and return its result.
@@ -85,8 +124,58 @@ class NotifydApp(App[None]):
             self.notify(f"{what}: {exc}", severity="error", timeout=8)
             return None
 
+    def open_link(self, url: str) -> None:
+        """Open ``url`` in a graphical browser, or show it (and copy it) when there is
+        none: a console browser would fight this app for the terminal."""
+        if self.config.browser and _graphical_browser():
+            try:
+                if webbrowser.open(url):
+                    self.notify(url, title="Opened in the browser", timeout=4)
+                    return
+            except webbrowser.Error:
+                pass
+        self.copy_to_clipboard(url)
+        self.notify(url, title="Link (copied to the clipboard)", timeout=15)
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for key, (mode, help_text) in enumerate(_MODE_HELP.items(), start=1):
+            yield SystemCommand(
+                f"Go to {mode}", f"{help_text} ({key})", lambda mode=mode: self.switch_mode(mode)
+            )
+
     def on_unmount(self) -> None:
+        self.live.stop()
         self.client.close()
+
+
+_MODE_HELP = {
+    "inbox": "Notifications, live",
+    "channels": "Delivery channels",
+    "preferences": "Delivery rules, quiet hours, digests",
+    "deliveries": "The delivery outbox",
+    "users": "Users, tokens and ACL",
+}
+
+
+def _graphical_browser() -> bool:
+    """Whether webbrowser would start a browser that does not need this terminal."""
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    # console browsers (lynx, w3m, www-browser, elinks) run in the foreground
+    if isinstance(browser, webbrowser.GenericBrowser):
+        return isinstance(browser, webbrowser.BackgroundBrowser)
+    if isinstance(browser, webbrowser.UnixBrowser):
+        return bool(browser.background)
+    return True
 
 
 def make_app(config: TuiConfig | None = None, **options: Any) -> NotifydApp:
@@ -96,4 +185,10 @@ def make_app(config: TuiConfig | None = None, **options: Any) -> NotifydApp:
 
 def main() -> None:
     """Entry point of ``notifyd tui`` (the connection comes from the environment)."""
-    make_app().run()
+    from rich.console import Console
+
+    app = make_app()
+    if Console().color_system in ("standard", "windows"):
+        # 16 colours: use the terminal's own palette rather than approximations
+        app.theme = "ansi-dark"
+    app.run()
