@@ -181,16 +181,17 @@ async def measure_ui(socket_path: str, page_size: int, pages: int, fetches: int,
         table.move_cursor(row=0)
         await settle(app)
         loaded_ms = []
-        rows_before = table.row_count
+        visible = out["visible_rows"]
         for _ in range(pages):
             before = table.cursor_row
+            if table.row_count - before < 5 * visible:
+                break  # stay clear of the prefetch distance: this is about drawing
             loaded_ms.append(
                 await key_to_paint(
                     app, paints, "pagedown", lambda c, r, b=before: c > b, "a page down"
                 )
             )
             await settle(app)
-        assert table.row_count == rows_before, "a PageDown far from the end fetched"
         out["pagedown_loaded"] = latency_summary([ms / 1e3 for ms in loaded_ms])
 
         # (d) holding PageDown: presses back to back, on past the loaded rows, while

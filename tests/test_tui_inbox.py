@@ -60,6 +60,10 @@ def indicator(app: NotifydApp) -> str:
     return str(app.screen.query_one("#connection", Static).content)
 
 
+def status(app: NotifydApp) -> str:
+    return str(app.screen.query_one("#inbox-status", Static).content)
+
+
 def palette_hits(app: NotifydApp) -> int:
     lists = app.screen.query(CommandList)
     return lists.first().option_count if lists else 0
@@ -137,7 +141,7 @@ def test_published_events_appear_live(daemon: Daemon) -> None:
         assert not table(app).events[first["id"]]["read"]
         await pilot.press("home")
         await until(pilot, lambda: inbox(app).detail.event["id"] == second["id"], "the detail pane")
-        assert "3 loaded · 3 unread" in str(app.screen.query_one("#inbox-status", Static).content)
+        await until(pilot, lambda: "3 loaded · 3 unread" in status(app), lambda: status(app))
 
     run(app, scenario)
 
@@ -387,8 +391,7 @@ def test_scrolling_to_the_end_loads_older_pages_lazily(daemon: Daemon) -> None:
                 pilot, lambda n=count: t.row_count > n or inbox(app).exhausted, "the next page"
             )
         assert t.ordered_ids() == server_ids  # every event once, newest first
-        status = str(app.screen.query_one("#inbox-status", Static).content)
-        assert "300 loaded" in status and "end of history" in status
+        assert "300 loaded" in status(app) and "end of history" in status(app)
 
     run(app, scenario)
 

@@ -49,8 +49,9 @@ CHANGES: dict[str, dict[str, bool]] = {
 }
 EVENT_DEFAULTS = {"read": False, "seen": False, "archived": False, "clicked_at": None}
 FRAME_BATCH_DELAY = 0.03  # seconds: a burst of frames (a replay) is applied at once
-DETAIL_DELAY = 0.05  # seconds: scrolling fast does not render every body on the way
+DETAIL_DELAY = 0.08  # seconds: scrolling fast (key repeat) does not render every body on the way
 RECONCILE_PAGES = 10  # at most this many 500-event requests after a reconnect
+COUNT_DELAY = 0.2  # seconds: a burst of changes asks for the unread count once
 
 
 def newest_id(client: Client) -> int:
@@ -135,6 +136,9 @@ class InboxScreen(Screen):
         self._pending_frames: list[dict] = []
         self._frame_timer: Timer | None = None
         self._detail_timer: Timer | None = None
+        self._count_timer: Timer | None = None
+        #: unread events matching the filters, from GET /v1/inbox/count (None: unknown)
+        self.unread_count: int | None = None
 
     # --- layout --------------------------------------------------------------
 
@@ -185,6 +189,7 @@ class InboxScreen(Screen):
             self.fetching = False
             self.error = str(exc)
             self._show_status()
+            self._show_detail()
             self.app.start_live(None)  # type: ignore[attr-defined]
             return
         if filters == self.filters:  # else a reload with the new filters is under way
@@ -194,6 +199,7 @@ class InboxScreen(Screen):
     def reload(self) -> None:
         """Load the first page again (new filters, or a first connection)."""
         self.generation += 1
+        self.unread_count = None
         self.fetching = False
         self.workers.cancel_group(self, "history")
         self._load_page(reset=True)
@@ -215,6 +221,9 @@ class InboxScreen(Screen):
             if generation == self.generation:
                 self.fetching = False
                 self.error = str(exc)
+                if reset:  # the rows shown were for other filters
+                    self.table.set_events([])
+                    self._show_detail()
                 self._show_status()
             return
         if generation == self.generation:
@@ -231,6 +240,7 @@ class InboxScreen(Screen):
             self.table.set_events(events)
             self.table.move_cursor(row=0)
             self._show_detail()
+            self._recount()
         else:
             self.table.append_events(events)
         self._show_status()
@@ -270,6 +280,8 @@ class InboxScreen(Screen):
                 self._state(frame["id"], str(frame.get("state")), new)
         if new:
             self.table.insert_events(new.values())
+        if frames:
+            self._recount()
         self._show_status()
         self._refresh_detail()
 
@@ -353,6 +365,8 @@ class InboxScreen(Screen):
             self.reload()
         elif status.connects > 1:
             self._reconcile()
+            if self.error and not self.exhausted:
+                self.table.rearm_near_end()  # a page that failed while we were away
 
     @work(group="reconcile", exclusive=True)
     async def _reconcile(self) -> None:
@@ -390,6 +404,7 @@ class InboxScreen(Screen):
             elif any(fresh.get(k) != event.get(k) for k in ("read", "seen", "archived")):
                 self.table.update_event({**event, **fresh})
         self.table.remove_events(gone)
+        self._recount()
         self._show_status()
         self._refresh_detail()
 
@@ -405,8 +420,10 @@ class InboxScreen(Screen):
         self._detail_timer = None
         event = self.table.current
         if event is None:
-            if self.fetching or not self.loaded:
-                empty = "Loading…" if not self.error else ""
+            if self.error:
+                empty = f"Could not load the inbox: {self.error}"
+            elif self.fetching or not self.loaded:
+                empty = "Loading…"
             elif self.filters.active:
                 empty = "Nothing matches the filters (x clears them)."
             else:
@@ -456,12 +473,15 @@ class InboxScreen(Screen):
         try:
             await self.app.api(lambda c: c.set_state([eid], state))  # type: ignore[attr-defined]
         except ClientError as exc:
+            self._recount()
             self.notify(f"Could not mark #{eid} {state}: {exc}", severity="error", timeout=8)
             if eid in self.table.events:
                 self.table.update_event(before)
             elif state in ("archive", "unarchive"):
                 self.table.insert_events([before])
             self._refresh_detail()
+            return
+        self._recount()
 
     @work(group="state")
     async def action_mark_all_read(self) -> None:
@@ -475,6 +495,7 @@ class InboxScreen(Screen):
             return
         self._read_all(result.get("upto"), params, {})
         self._refresh_detail()
+        self._recount()
         count = int(result.get("updated") or 0)
         self.notify(f"Marked {count} notification{'s' if count != 1 else ''} read", timeout=3)
 
@@ -560,14 +581,36 @@ class InboxScreen(Screen):
 
     # --- status line ---------------------------------------------------------
 
+    def _recount(self) -> None:
+        """Ask for the unread count soon (changes come in bursts)."""
+        if self._count_timer is None:
+            self._count_timer = self.set_timer(COUNT_DELAY, self._fetch_count)
+
+    @work(group="count", exclusive=True)
+    async def _fetch_count(self) -> None:
+        self._count_timer = None
+        params = {**self.filters.params(), "unread": "true"}
+        generation = self.generation
+        try:
+            result = await self.app.api(  # type: ignore[attr-defined]
+                lambda c: c.request("GET", "/v1/inbox/count", params=params) or {}
+            )
+        except ClientError:
+            return  # the status line falls back to the loaded rows
+        if generation == self.generation:
+            self.unread_count = int(result.get("count") or 0)
+            self._show_status()
+
     def _show_status(self) -> None:
         table = self.query_one(EventTable)
         if self.error:
             text = f"could not load: {self.error}"
         else:
             count = len(table.events)
-            unread = sum(1 for ev in table.events.values() if not ev["read"])
-            parts = [f"{count} loaded", f"{unread} unread"]
+            unread = self.unread_count
+            if unread is None:
+                unread = sum(1 for ev in table.events.values() if not ev["read"])
+            parts = [f"{count} loaded", f"{unread:,} unread"]
             if self.fetching:
                 parts.append("loading…")
             elif self.loaded:

@@ -41,6 +41,7 @@ class ConnectionIndicator(Static):
 
     def _show(self, status: ConnectionStatus) -> None:
         self.update(describe(status))
-        self.tooltip = status.reason or None
+        target = getattr(getattr(self.app, "client", None), "target", "the daemon")
+        self.tooltip = status.reason or f"live stream from {target}"
         for state in STATES:
             self.set_class(state == status.state, f"-{state}")

@@ -257,6 +257,11 @@ class EventTable(DataTable[Text]):
 
     # --- infinite scroll -----------------------------------------------------
 
+    def rearm_near_end(self) -> None:
+        """Allow :class:`NearEnd` again (after a failed fetch) and check at once."""
+        self._near_end_posted = False
+        self.call_after_refresh(self.check_near_end)
+
     def check_near_end(self) -> None:
         """Post :class:`NearEnd` when fewer than about three screens of rows remain
         below: holding PageDown then rarely reaches rows that are not loaded yet."""
@@ -303,6 +308,10 @@ class EventTable(DataTable[Text]):
             self.notify_style_update()
 
     def _restyle(self) -> None:
+        # after the refresh, when the new theme's styles are in place
+        self.call_after_refresh(self._restyle_rows)
+
+    def _restyle_rows(self) -> None:
         for event in list(self.events.values()):
             self.update_event(event)
 
