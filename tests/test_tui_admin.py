@@ -111,7 +111,9 @@ async def palette(pilot: Pilot, command: str) -> None:
     await pilot.press("ctrl+p")
     await until(pilot, lambda: type(pilot.app.screen).__name__ == "CommandPalette", "the palette")
     await pilot.press(*command)
-    await pilot.pause()
+    await until(
+        pilot, lambda: pilot.app.screen.query_one("CommandList").option_count, f"hits for {command}"
+    )
     await pilot.press("enter")
 
 
@@ -496,6 +498,14 @@ def test_users_tokens_and_grants(daemon: Daemon) -> None:
 def test_users_screen_tells_a_non_admin_it_is_for_admins(daemon: Daemon) -> None:
     token = daemon.user("bob", grants={"home/*": "read"})
     app = make_app(url=daemon.url, token=token)
+    toasts: list[str] = []
+    notify = app.notify
+
+    def record(message: str, **options: Any) -> None:
+        toasts.append(message)
+        notify(message, **options)
+
+    app.notify = record  # type: ignore[method-assign]
 
     async def scenario(pilot: Pilot) -> None:
         await pilot.app.switch_mode("users")
@@ -509,14 +519,8 @@ def test_users_screen_tells_a_non_admin_it_is_for_admins(daemon: Daemon) -> None
         screen = app.screen
         assert isinstance(screen, ChannelsScreen)
         await pilot.press("a")
-        await until(
-            pilot,
-            lambda: (
-                not screen.show_all
-                and any("Only admins" in str(n.message) for n in app._notifications)
-            ),
-            "the refusal",
-        )
+        await until(pilot, lambda: any("Only admins" in n for n in toasts), "the refusal")
+        assert not screen.show_all
         assert text(app, "#channels-title").startswith("Your channels")
 
     drive(app, scenario)

@@ -1,16 +1,18 @@
 """What the admin screens (channels, preferences, deliveries, users) share.
 
-:class:`AdminScreen` gives each of them a header and footer, a reload whenever the
-screen is shown (and on F5), and helpers that run client calls through the app's
-worker threads. :class:`ScreenCommands` turns a screen's actions into command
-palette entries, so that everything a key does can also be found by name.
+:class:`AdminScreen` gives each of them a reload whenever the screen is shown (and
+on F5) and helpers that run client calls through the app's worker threads, so the
+UI never waits on the daemon. :class:`ScreenCommands` turns a screen's actions into
+command palette entries, so that everything a key does can also be found by name.
+:func:`fill_table` refills a DataTable with plain cells and settled column widths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
+from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
 from textual.color import Color, ColorParseError
@@ -71,10 +73,16 @@ class AdminScreen(Screen):
         """Run ``call(client)`` in a worker thread; a failure becomes an error toast and None."""
         return await self.notifyd.api_or_notify(call, what)
 
+    #: whether the screen was away (or never shown) since it last loaded
+    away = True
+
+    def on_screen_suspend(self) -> None:
+        self.away = True
+
     def on_screen_resume(self) -> None:
-        # Textual may resume a mode's screen twice when it is first shown: one load
-        # in flight already brings fresh data
-        if not self.loading:
+        # Textual resumes a mode's screen twice when it is first shown: load once
+        if self.away:
+            self.away = False
             self.reload()
 
     def action_refresh(self) -> None:
@@ -82,16 +90,10 @@ class AdminScreen(Screen):
 
     def reload(self) -> None:
         """Start :meth:`load` in a worker, cancelling a load still waiting for its answer."""
-        self.run_worker(self.load(), group=LOAD_GROUP, exclusive=True, exit_on_error=True)
+        self.run_worker(self.load(), group=LOAD_GROUP, exclusive=True)
 
     async def load(self) -> None:
         """Fetch what the screen shows and show it (subclasses)."""
-
-    @property
-    def loading(self) -> bool:
-        return any(
-            w.node is self and w.group == LOAD_GROUP and not w.is_finished for w in self.workers
-        )
 
     # -- rendering helpers ------------------------------------------------------
 
@@ -124,6 +126,26 @@ def selected_key(table: DataTable) -> str | None:
         return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
     except CellDoesNotExist:
         return None
+
+
+def fill_table(
+    table: DataTable, headers: Sequence[str], rows: Iterable[tuple[str | None, Sequence[Text]]]
+) -> None:
+    """Replace the table's columns and rows, keeping the cursor on the same row.
+
+    Column widths are measured here rather than left to DataTable: its automatic
+    widths are settled on a later idle pass that does not repaint, so a table
+    filled just before a repaint could show clipped columns until the next one.
+    """
+    rows = list(rows)
+    current = selected_key(table)
+    table.clear(columns=True)
+    for index, header in enumerate(headers):
+        width = max([cell_len(header), *(cells[index].cell_len for _, cells in rows)])
+        table.add_column(header, width=width)
+    for key, cells in rows:
+        table.add_row(*cells, key=key)
+    keep_cursor(table, current)
 
 
 def keep_cursor(table: DataTable, key: str | None) -> None:

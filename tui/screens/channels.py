@@ -22,7 +22,7 @@ from notifyd.clifmt import short_time
 
 from ..widgets.confirm import ConfirmDialog
 from ..widgets.form_dialog import FormDialog, FormField
-from .admin_base import AdminScreen, ScreenCommands, keep_cursor, plain, selected_key
+from .admin_base import AdminScreen, ScreenCommands, fill_table, plain, selected_key
 
 
 class ChannelsCommands(ScreenCommands):
@@ -101,17 +101,15 @@ class ChannelsScreen(AdminScreen):
 
     def show_channels(self, channels: list[dict[str, Any]]) -> None:
         table = self.query_one("#channels-table", DataTable)
-        current = selected_key(table)
-        table.clear(columns=True)
         columns = ["Name", "Kind", "State", "Target", "Last success", "Last error"]
         if self.show_all:
             columns.insert(1, "User")
-        table.add_columns(*columns)
         self.channels = {}
+        rows = []
         for ch in channels:
             key = self._key(ch)
             self.channels[key] = ch
-            row: list[Any] = [
+            row: list[Text] = [
                 plain(ch["name"]),
                 plain(ch["kind"]),
                 self._state(ch),
@@ -121,8 +119,8 @@ class ChannelsScreen(AdminScreen):
             ]
             if self.show_all:
                 row.insert(1, plain(ch["user"]))
-            table.add_row(*row, key=key)
-        keep_cursor(table, current)
+            rows.append((key, row))
+        fill_table(table, columns, rows)
         whose = "Every user's channels" if self.show_all else "Your channels"
         self.query_one("#channels-title", Static).update(f"{whose} ({len(channels)})")
         if not channels:
@@ -147,26 +145,26 @@ class ChannelsScreen(AdminScreen):
 
     def show_devices(self, subs: list[dict[str, Any]] | None) -> None:
         table = self.query_one("#webpush-table", DataTable)
-        current = selected_key(table)
-        table.clear(columns=True)
-        table.add_columns("Device", "Push service", "Channel", "Subscribed", "Last error")
+        headers = ["Device", "Push service", "Channel", "Subscribed", "Last error"]
         self.devices = {}
         title = self.query_one("#webpush-title", Static)
         if subs is None:
+            fill_table(table, headers, [])
             title.update("Web Push devices — the webpush plugin is not loaded")
             return
+        rows = []
         for sub in subs:
             key = str(sub["id"])
             self.devices[key] = sub
-            table.add_row(
+            cells = [
                 plain(_device(sub.get("user_agent") or ""), 28),
                 plain(sub.get("endpoint_origin") or "", 30),
                 plain(sub.get("name")),
                 plain(short_time(sub.get("created_at"))),
                 plain(sub.get("last_error") or "", 24),
-                key=key,
-            )
-        keep_cursor(table, current)
+            ]
+            rows.append((key, cells))
+        fill_table(table, headers, rows)
         title.update(
             f"Web Push devices ({len(subs)}) — subscribe a browser from the web page"
             if subs

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static, Tab, Tabs
 from notifyd.client import Client
 from notifyd.clifmt import plural, short_time
 
-from .admin_base import AdminScreen, ScreenCommands, keep_cursor, plain, selected_key
+from .admin_base import AdminScreen, ScreenCommands, fill_table, plain, selected_key
 
 STATES = ("all", "pending", "sent", "dead")
 STATE_COLOURS = {"pending": "warning", "sent": "success", "dead": "error"}
@@ -82,38 +82,34 @@ class DeliveriesScreen(AdminScreen):
         self.show_stats(found[1])
 
     def show_stats(self, stats: dict[str, Any]) -> None:
-        table = self.query_one("#stats-table", DataTable)
-        table.clear(columns=True)
-        table.add_columns("Channel kind", "Pending", "Sent", "Dead", "Read", "Clicked", "Read rate")
         totals = {"pending": 0, "sent": 0, "dead": 0}
+        rows = []
         for kind, row in sorted((stats.get("by_channel") or {}).items()):
             for state in totals:
                 totals[state] += int(row.get(state) or 0)
             rate = row.get("read_rate")
-            table.add_row(
+            cells = [
                 plain(kind),
                 *(plain(row.get(k) or 0) for k in ("pending", "sent", "dead", "read", "clicked")),
                 plain("-" if rate is None else f"{rate:.0%}"),
-            )
-        if table.row_count == 0:
-            table.add_row(plain("(no deliveries yet)"), *(plain("") for _ in range(6)))
+            ]
+            rows.append((None, cells))
+        if not rows:
+            rows.append((None, [plain("(no deliveries yet)"), *(plain("") for _ in range(6))]))
+        headers = ["Channel kind", "Pending", "Sent", "Dead", "Read", "Clicked", "Read rate"]
+        fill_table(self.query_one("#stats-table", DataTable), headers, rows)
         self.query_one("#stats-totals", Static).update(
             " · ".join(f"{n} {state}" for state, n in totals.items())
         )
 
     def show_deliveries(self, deliveries: list[dict[str, Any]]) -> None:
-        table = self.query_one("#deliveries-table", DataTable)
-        current = selected_key(table)
-        table.clear(columns=True)
-        table.add_columns(
-            "ID", "Event", "User", "Channel", "State", "Tries", "Next / sent", "Error"
-        )
         self.deliveries = {}
+        rows = []
         for d in deliveries:
             key = str(d["id"])
             self.deliveries[key] = d
             when = d.get("sent_at") if d["state"] == "sent" else d.get("next_attempt_at")
-            table.add_row(
+            cells = [
                 plain(d["id"]),
                 plain(d["event_id"]),
                 plain(d["user"]),
@@ -122,9 +118,10 @@ class DeliveriesScreen(AdminScreen):
                 plain(d.get("attempts")),
                 plain(short_time(when) if when and d["state"] != "dead" else "-"),
                 plain(d.get("last_error") or "", 32),
-                key=key,
-            )
-        keep_cursor(table, current)
+            ]
+            rows.append((key, cells))
+        headers = ["ID", "Event", "User", "Channel", "State", "Tries", "Next / sent", "Error"]
+        fill_table(self.query_one("#deliveries-table", DataTable), headers, rows)
         self._show_detail()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -135,8 +135,9 @@ class PreferencesScreen(AdminScreen):
     # -- loading --------------------------------------------------------------------
 
     def on_screen_resume(self) -> None:
-        if not self.dirty and not self.loading:  # coming back to unsaved edits keeps them
-            self.reload()
+        if self.dirty:  # coming back to unsaved edits keeps them
+            self.away = False
+        super().on_screen_resume()
 
     async def load(self) -> None:
         def fetch(c: Any) -> tuple[dict, list[str]]:

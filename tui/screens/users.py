@@ -20,7 +20,7 @@ from notifyd.clifmt import SCOPES, acl_table, permission_of, tokens_table, users
 from ..widgets.confirm import ConfirmDialog
 from ..widgets.form_dialog import FormDialog, FormField
 from ..widgets.token_secret import TokenSecretDialog
-from .admin_base import AdminScreen, ScreenCommands, keep_cursor, plain, selected_key
+from .admin_base import AdminScreen, ScreenCommands, fill_table, plain, selected_key
 
 TABS = {"users": "users-pane", "tokens": "tokens-pane", "acl": "acl-pane"}
 HEADERS = {"ID": "ID", "TZ": "Time zone"}
@@ -117,13 +117,11 @@ class UsersScreen(AdminScreen):
         self, selector: str, table_data: tuple[list[str], list[list[Any]]], keys: list[str]
     ) -> None:
         headers, rows = table_data
-        table = self.query_one(selector, DataTable)
-        current = selected_key(table)
-        table.clear(columns=True)
-        table.add_columns(*(HEADERS.get(h, h.capitalize()) for h in headers))
-        for key, row in zip(keys, rows, strict=True):
-            table.add_row(*(plain(v, 28) for v in row), key=key)
-        keep_cursor(table, current)
+        fill_table(
+            self.query_one(selector, DataTable),
+            [HEADERS.get(h, h.capitalize()) for h in headers],
+            [(key, [plain(v, 28) for v in row]) for key, row in zip(keys, rows, strict=True)],
+        )
 
     # -- helpers --------------------------------------------------------------------
 
