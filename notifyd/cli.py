@@ -15,6 +15,8 @@ import click
 
 from notifyd import __version__, clifmt
 from notifyd.cli_admin import acl, tokens, users
+from notifyd.cli_config import config
+from notifyd.cli_ops import OPS_COMMANDS
 from notifyd.cli_delivery import channels, deliveries, plugins, prefs, stats
 from notifyd.cliopts import (
     CONNECTION,
@@ -396,3 +398,6 @@ main.add_command(deliveries)
 main.add_command(stats)
 main.add_command(plugins)
 main.add_command(prefs)
+main.add_command(config)
+for _command in OPS_COMMANDS:
+    main.add_command(_command)
