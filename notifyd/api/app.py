@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..core.services import Services
 from .responses import JSON, install_error_handlers
-from .routes import accounts, channels, events, preferences, session, stream, system, web
+from .routes import accounts, admin, channels, events, preferences, session, stream, system, web
 
 
 def make_app(svc: Services) -> FastAPI:
@@ -30,5 +30,6 @@ def make_app(svc: Services) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(system.router)
     app.include_router(session.router)
+    app.include_router(admin.router)
     app.include_router(web.router)
     return app
