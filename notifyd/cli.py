@@ -16,8 +16,8 @@ import click
 from notifyd import __version__, clifmt
 from notifyd.cli_admin import acl, tokens, users
 from notifyd.cli_config import config
-from notifyd.cli_ops import OPS_COMMANDS
 from notifyd.cli_delivery import channels, deliveries, plugins, prefs, stats
+from notifyd.cli_ops import OPS_COMMANDS
 from notifyd.cliopts import (
     CONNECTION,
     CONTEXT,
@@ -131,7 +131,7 @@ def serve(config_path: str | None, **flags: Any) -> None:
     except ConfigError as exc:
         raise click.ClickException(f"bad configuration: {exc}") from exc
     try:
-        run(config)
+        run(config, reload=lambda: load_config(config_path, overrides))
     except KeyboardInterrupt:
         sys.exit(130)
 

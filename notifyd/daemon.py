@@ -18,6 +18,7 @@ import socket as stdsocket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -29,6 +30,7 @@ from .core.plugins import Plugins
 from .core.services import Services
 from .core.sqlite.store import SQLiteStore
 from .logs import setup_logging
+from .reload import reload_and_report
 from .worker_link import WorkerLink
 
 log = logging.getLogger("notifyd")
@@ -119,6 +121,7 @@ async def _run_deliverer(
 
 async def serve(
     config: Config,
+    reload: Callable[[], Config] | None = None,
     *,
     task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -160,9 +163,10 @@ async def serve(
                             await acceptors.start(front.serve, listener, connections)
                         for listener in listeners:
                             log.info("listening on %s (%s)", listener.address, listener.name)
-                        sd_notify(f"READY=1\nSTATUS=serving on {len(listeners)} listeners")
+                        status = f"serving on {len(listeners)} listeners"
+                        sd_notify(f"READY=1\nSTATUS={status}")
                         task_status.started(listeners)
-                        await _wait_for_signal()
+                        await _wait_for_signal(config, reload, status)
                         accepting.cancel(reason="shutting down")
                 sd_notify("STOPPING=1")
                 log.info("shutting down: closing streams, finishing requests")
@@ -179,10 +183,22 @@ async def serve(
     log.info("stopped")
 
 
-async def _wait_for_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _wait_for_signal(
+    config: Config, reload: Callable[[], Config] | None, status: str
+) -> None:
+    """Until SIGTERM or SIGINT; SIGHUP reloads the configuration in between."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                if reload is None:
+                    log.warning("SIGHUP: this daemon was started without a configuration to reload")
+                    continue
+                sd_notify("RELOADING=1")
+                outcome = reload_and_report(config, reload)
+                sd_notify(f"READY=1\nSTATUS={status}; {outcome}")
+                continue
             log.info("received %s", signal.Signals(signum).name)
+            sd_notify("STATUS=stopping: closing streams, finishing requests")
             return
 
 
@@ -201,7 +217,8 @@ def _first_start_hint(config: Config) -> None:
     )
 
 
-def run(config: Config) -> None:
-    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT; ``reload()`` loads the
+    configuration again on SIGHUP (see :mod:`notifyd.reload`)."""
     setup_logging(config.log_level)
-    trio.run(serve, config)
+    trio.run(serve, config, reload)

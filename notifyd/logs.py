@@ -49,6 +49,12 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+def set_level(level: str) -> None:
+    """Change the log level of a running process (configuration reload)."""
+    logging.getLogger().setLevel(level.upper())
+    logging.getLogger("notifyd").setLevel(level.upper())
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter(journald="JOURNAL_STREAM" in os.environ))

@@ -3,6 +3,8 @@ and mistakes stop start-up with a message naming the key and its line."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -70,3 +72,25 @@ def test_serve_refuses_bad_config_with_a_message(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "n.toml:2: unknown key 'synchronus'" in proc.stderr
     assert not (tmp_path / "x").exists(), "nothing may be created for a config that does not load"
+
+
+def test_config_show_prints_effective_values_with_sources_and_masks_secrets(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "n.toml"
+    conf.write_text('retention_days = 40\nbase_url = "https://admin:hunter2@notify.example.org"\n')
+    env = {**os.environ, "NOTIFYD_READERS": "7"}
+    run = [sys.executable, "-m", "notifyd", "config", "show", "--config", str(conf)]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
+    assert f"retention_days = 40  # file {conf}" in out
+    assert "readers = 7  # environment NOTIFYD_READERS" in out
+    assert 'log_level = "info"  # default' in out
+    assert "hunter2" not in out and "https://****@notify.example.org" in out
+    as_json = subprocess.run([*run, "--json"], env=env, capture_output=True, text=True, check=True)
+    data = json.loads(as_json.stdout)
+    assert data["retention_days"] == 40 and data["readers"] == 7
+    assert "hunter2" not in as_json.stdout
+    conf.write_text("retention_days = 40\nbogus = 1\n")
+    bad = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "n.toml:2: unknown key 'bogus'" in bad.stderr

@@ -91,6 +91,10 @@ class StreamSession:
         doc = await self.svc.store.get_preferences(self.principal.user_id)
         self.prefs = Preferences.from_json(doc) if doc else None
         sub = hub.subscribe(self.principal, self.topics, sink.kind)
+        log.debug(
+            "stream opened: %s for %s, topics %s, since %s",
+            sink.kind, self.principal.name, self.topics or "*", self.since,
+        )  # fmt: skip
         if self.prefs is not None and any(r.mute for r in self.prefs.rules):
             sub.prefs = self.prefs
         resync: str | None = None
