@@ -47,7 +47,12 @@ def _sources(path: str | None, keys: list[str]) -> dict[str, str]:
 
 @click.group()
 def config() -> None:
-    """Inspect the configuration the daemon would run with."""
+    """Inspect the configuration the daemon would run with.
+
+    \b
+    Examples:
+      notifyd config show --config /etc/notifyd/notifyd.toml
+    """
 
 
 @config.command("show")

@@ -18,6 +18,7 @@ about it. The module imports only httpx so that ``notifyd send`` starts quickly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -155,6 +156,41 @@ class Client:
                 f"{self.target} answered {method} {path} with something that is not JSON: "
                 "is that really notifyd?",
             ) from exc
+
+    @contextlib.contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        content: Iterable[bytes] | bytes | None = None,
+        headers: dict | None = None,
+    ) -> Iterator[httpx.Response]:
+        """Send one request and hand over the response with its body unread: for
+        downloads and uploads of any size (backup, export, import).
+
+        ``content`` may be an iterator of bytes, sent chunked as it is produced. No
+        read timeout applies (a backup of a large database takes a while to start).
+        Raises :class:`ClientError` for an answer >= 400 and for a transport failure,
+        also one while the caller reads the body inside the ``with`` block.
+        """
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            with self._http.stream(
+                method,
+                path,
+                params=params or None,
+                content=content,
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, read=None),
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise self._http_error(resp)
+                yield resp
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
 
     def _http_error(self, resp: httpx.Response) -> ClientError:
         code, message, field = f"http_{resp.status_code}", "", None

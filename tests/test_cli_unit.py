@@ -429,7 +429,7 @@ def test_serve_passes_only_given_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 
     calls = []
     monkeypatch.setattr(config, "load_config", lambda path, overrides: calls.append(overrides))
-    monkeypatch.setattr(daemon, "run", lambda cfg: None)
+    monkeypatch.setattr(daemon, "run", lambda cfg, reload=None: None)
     assert run("serve", "--listen", "127.0.0.1:1", "--listen", "[::1]:2").exit_code == 0
     assert run("serve", "--data-dir", "/d", "--socket", "/s").exit_code == 0
     assert calls == [{"listen": ["127.0.0.1:1", "[::1]:2"]}, {"data_dir": "/d", "socket": "/s"}]
@@ -459,7 +459,8 @@ def test_every_command_has_help_with_examples(path: tuple[str, ...]) -> None:
 
 def test_every_client_command_takes_the_connection_options() -> None:
     for path, command in _commands(cli.main):
-        if isinstance(command, click.Group) or path in (("serve",), ("tui",), ("plugins",)):
+        local = (("serve",), ("tui",), ("plugins",), ("config", "show"))  # never call a daemon
+        if isinstance(command, click.Group) or path in local:
             continue
         names = {opt for p in command.params for opt in getattr(p, "opts", [])}
         assert {"--socket", "--url", "--token", "--json"} <= names, path

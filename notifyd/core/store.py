@@ -116,6 +116,74 @@ class AclEntry:
     write: bool
 
 
+@dataclass
+class BackupInfo:
+    """What a backup holds: the snapshot it copied."""
+
+    path: str
+    bytes: int
+    last_event_id: int
+    events: int
+
+
+@dataclass
+class ExportSummary:
+    """The snapshot an export reads: how many events follow, the newest id of the
+    source, and the users (name, role) that have read state among those events."""
+
+    events: int
+    last_event_id: int
+    users: list[tuple[str, str]]
+
+
+class EventExport(ABC):
+    """Events being read out of one consistent snapshot, oldest first, in pages.
+
+    Each event is the API's event object plus ``superseded`` (bool: a newer event
+    with the same collapse key replaced it) and ``state``: ``{user name: {read?,
+    seen_at?, read_at?, archived_at?, clicked_at?, action?}}`` for the users whose
+    state differs from unread (a user's "mark all read" watermark is resolved
+    into ``read: true`` for the events that user may read).
+    """
+
+    summary: ExportSummary
+
+    @abstractmethod
+    async def next_page(self, limit: int = 500) -> list[Event]:
+        """The next events; an empty list at the end."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the snapshot."""
+
+
+@dataclass
+class ImportItem:
+    """One event to import: ``event`` holds the validated input fields (those of
+    :class:`~notifyd.core.models.EventIn`, normalised), ``created_at`` is kept.
+
+    ``occurrence``: how many events with the same (created_at, topic, title, body)
+    came before it in the file, plus one; the store skips the item when the target
+    held at least that many such events before the import began.
+    """
+
+    event: dict[str, Any]
+    created_at: str
+    superseded: bool = False
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    occurrence: int = 1
+
+
+@dataclass
+class ImportBatch:
+    """What one :meth:`Store.import_events` call did."""
+
+    stored: list[Event] = field(default_factory=list)
+    skipped: int = 0
+    #: per-user state entries written (receipts)
+    states: int = 0
+
+
 CommitListener = Callable[[list[Event]], None]
 
 STATES = ("read", "unread", "seen", "archive", "unarchive", "click")
@@ -321,6 +389,34 @@ class Store(ABC):
 
     @abstractmethod
     async def get_preferences(self, user_id: int) -> dict[str, Any] | None: ...
+
+    # operations (see notifyd.core.transfer and notifyd.core.doctor)
+    @abstractmethod
+    async def backup(
+        self, dest: str, pages: int = 1024, progress: Callable[[int, int], None] | None = None
+    ) -> BackupInfo:
+        """Write a consistent copy of the whole database to the new file ``dest``,
+        while the store keeps serving; ``progress(done, total)`` is called from a
+        worker thread. Publishing is not held up while the copy is made."""
+
+    @abstractmethod
+    async def integrity_check(self, full: bool = False) -> list[str]:
+        """The database's own consistency check: ``["ok"]`` or the problems found."""
+
+    @abstractmethod
+    async def open_export(self, topic: str | None, since: int | None) -> EventExport:
+        """Start reading events (``topic``: exact or a ``*`` pattern; ``since``:
+        ids above it) from a snapshot; the caller must ``aclose()`` it."""
+
+    @abstractmethod
+    async def import_events(
+        self, items: list[ImportItem], publisher_id: int, users: dict[str, int], before_id: int
+    ) -> ImportBatch:
+        """Store ``items`` as new events (new ids, in order) in one transaction,
+        without creating deliveries, skipping those already present (see
+        :class:`ImportItem`; only events with ids up to ``before_id`` count), and
+        write their per-user state for the users in ``users`` (name → id).
+        The stored events go to the commit listeners like published ones."""
 
     @abstractmethod
     async def set_preferences(self, user_id: int, doc: dict[str, Any]) -> None: ...

@@ -1,7 +1,170 @@
-"""``/v1/admin/…``: operations on the live database (backup, export, import) — being built."""
+"""``/v1/admin/…``: operations on the live database — backup, export, import and
+the integrity check. Admins only (the Unix socket, or an admin token).
+
+These run inside the daemon so that they see the database as it serves: a backup
+is a consistent snapshot taken while publishing goes on, an export reads one
+snapshot, and an import goes through the single writer like any publish.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import os
+import tempfile
+import time
+from typing import Annotated
+
+import trio
+from fastapi import APIRouter, Query, Request
+from starlette.responses import StreamingResponse
+
+from ...core import transfer
+from ...core.errors import ValidationFailed
+from ...core.models import check_pattern
+from ...core.timeutil import format_ts
+from ..auth import services
+from ..responses import JSON
+from .accounts import Admin
 
 router = APIRouter(prefix="/v1/admin", tags=["operations"])
+
+CHUNK = 256 * 1024
+
+
+@router.get(
+    "/backup",
+    summary="A consistent copy of the database (SQLite file), made while the daemon serves",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/vnd.sqlite3": {}}}},
+)
+async def backup(request: Request, caller: Admin) -> StreamingResponse:
+    svc = services(request)
+    # mode 0600: a backup holds password and token hashes and channel secrets.
+    # SQLite takes the empty file as an empty database to copy into.
+    fd, path = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=svc.config.data_path)
+    os.close(fd)
+    try:
+        info = await svc.store.backup(path)
+        f = open(path, "rb")  # noqa: SIM115 - closed by the response body below
+    finally:
+        # the open file stays readable; nothing is left behind if the client goes away
+        for leftover in (path, path + "-journal"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+    async def body() -> object:
+        try:
+            while data := await trio.to_thread.run_sync(f.read, CHUNK):
+                yield data
+        finally:
+            f.close()
+
+    stamp = format_ts(time.time()).replace(":", "").replace("-", "")[:15]
+    return StreamingResponse(
+        body(),  # type: ignore[arg-type]
+        media_type="application/vnd.sqlite3",
+        headers={
+            "Content-Length": str(info.bytes),
+            "Content-Disposition": f'attachment; filename="notifyd-{stamp}.db"',
+            "X-Notifyd-Last-Event-Id": str(info.last_event_id),
+            "X-Notifyd-Events": str(info.events),
+        },
+    )
+
+
+@router.get("/integrity", summary="SQLite's quick_check (or integrity_check with full=true)")
+async def integrity(request: Request, caller: Admin, full: bool = False) -> JSON:
+    svc = services(request)
+    started = time.monotonic()
+    problems = await svc.store.integrity_check(full)
+    db = svc.config.db_path
+    wal = db.with_name(db.name + "-wal")
+    return JSON(
+        {
+            "ok": problems == ["ok"],
+            "check": "integrity_check" if full else "quick_check",
+            "problems": [] if problems == ["ok"] else problems,
+            "seconds": round(time.monotonic() - started, 3),
+            "path": str(db),
+            "size_bytes": db.stat().st_size if db.exists() else None,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            "last_event_id": await svc.store.last_event_id(),
+        }
+    )
+
+
+@router.get(
+    "/export",
+    summary="Events with their per-user read state, as JSON Lines (see docs/operations.md)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+async def export(
+    request: Request,
+    caller: Admin,
+    topic: Annotated[str | None, Query(description="exact topic or a '*' pattern")] = None,
+    since: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
+) -> StreamingResponse:
+    svc = services(request)
+    if topic is not None:
+        try:
+            check_pattern(topic)
+        except ValueError as exc:
+            raise ValidationFailed(f"topic: {exc}", field="topic") from None
+    lines = transfer.export_lines(svc.store, topic, since)
+    # open the snapshot now, so that a failure is an error response, not a cut stream
+    first = await lines.__anext__()
+
+    async def body() -> object:
+        try:
+            yield first
+            async for chunk in lines:
+                yield chunk
+        finally:
+            with trio.CancelScope(shield=True):
+                await lines.aclose()
+
+    return StreamingResponse(
+        body(),  # type: ignore[arg-type]
+        media_type="application/x-ndjson",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.post(
+    "/import",
+    summary="Import an export (JSON Lines body): validated whole, then written; no deliveries",
+    openapi_extra={
+        "requestBody": {"content": {"application/x-ndjson": {}}, "required": True},
+    },
+)
+async def import_(
+    request: Request,
+    caller: Admin,
+    create_users: Annotated[
+        bool, Query(description="create users named in the state that do not exist")
+    ] = False,
+    dry_run: Annotated[bool, Query(description="validate only; write nothing")] = False,
+) -> JSON:
+    svc = services(request)
+    importer = transfer.Importer(
+        svc.store,
+        svc.accounts,
+        spool_dir=svc.config.data_path,
+        publisher_id=caller.user_id,
+        create_users=create_users,
+        retention_days=svc.config.retention_days,
+    )
+    try:
+        await importer.read(request.stream())
+        if dry_run:
+            importer.report.dry_run = True
+            return JSON(importer.report.to_json())
+        # one import writes at a time: each skips what the ones before it stored
+        lock = svc.extra.setdefault("import_lock", trio.Lock())
+        async with lock:
+            report = await importer.apply()
+    finally:
+        importer.close()
+    return JSON(report.to_json())

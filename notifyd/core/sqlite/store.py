@@ -15,14 +15,18 @@ import orjson
 import trio
 
 from ..acl import Grant, Visibility
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, NotFound, StoreUnavailable
 from ..metrics import EVENTS_PUBLISHED, PRUNED
 from ..models import EventIn
 from ..store import (
     AclEntry,
+    BackupInfo,
     CommitListener,
     Event,
+    EventExport,
     HistoryQuery,
+    ImportBatch,
+    ImportItem,
     PublishResult,
     Store,
     Token,
@@ -30,6 +34,7 @@ from ..store import (
 )
 from ..timeutil import format_ts, now_rfc3339
 from .delivery import DeliveryStore, enqueue_deliveries, load_preferences
+from .maintenance import backup_file, quick_check
 from .queries import (
     EVENT_COLUMNS,
     SELECT_EVENT,
@@ -42,6 +47,7 @@ from .queries import (
     visibility_sql,
 )
 from .schema import migrate
+from .transfer import SQLiteExport, import_items
 from .writer import Writer
 
 log = logging.getLogger("notifyd.store")
@@ -785,6 +791,41 @@ class SQLiteStore(DeliveryStore, Store):
                 raise NotFound(f"user {user!r} has no grant for {pattern!r}", field="pattern")
 
         await self.write(fn)
+
+    # -- operations (backup, integrity, export, import) -------------------------
+
+    async def backup(
+        self, dest: str, pages: int = 1024, progress: Callable[[int, int], None] | None = None
+    ) -> BackupInfo:
+        try:
+            last_id, events = await trio.to_thread.run_sync(
+                lambda: backup_file(self.path, dest, pages, progress)
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(
+                f"the backup failed: {exc} (it needs free space for one copy of the "
+                "database in the data directory)",
+                retry_after=60,
+            ) from exc
+        return BackupInfo(
+            path=dest, bytes=Path(dest).stat().st_size, last_event_id=last_id, events=events
+        )
+
+    async def integrity_check(self, full: bool = False) -> list[str]:
+        return await self._read(lambda conn: quick_check(conn, full))
+
+    async def open_export(self, topic: str | None, since: int | None) -> EventExport:
+        export = SQLiteExport(lambda: connect(self.path, readonly=True), topic, since)
+        await export.open()
+        return export
+
+    async def import_events(
+        self, items: list[ImportItem], publisher_id: int, users: dict[str, int], before_id: int
+    ) -> ImportBatch:
+        return await self.write(
+            lambda conn: import_items(conn, items, publisher_id, users, before_id),
+            lambda batch: self._emit(batch.stored),
+        )
 
 
 __all__ = ["SQLiteStore", "connect", "unread_sql"]

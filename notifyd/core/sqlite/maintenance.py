@@ -1,0 +1,126 @@
+"""Online backup and consistency checks of SQLite database files.
+
+A backup copies the database with SQLite's online backup API from a dedicated
+read-only connection that first opens a read transaction: in WAL mode that
+transaction is a snapshot, so the copy is consistent as of its start, the writer
+never waits for it, and copying in steps never restarts however fast events are
+published meanwhile (a backup without the transaction starts over each time
+another connection writes). The price: while the copy runs, checkpoints cannot
+move the WAL past the snapshot, so the WAL may grow until it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass
+class FileReport:
+    """What :func:`check_file` found in a database file."""
+
+    path: str
+    problems: list[str]  # ["ok"] when healthy
+    schema_version: int | None = None
+    events: int | None = None
+    last_event_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == ["ok"]
+
+
+def _last_id(conn: sqlite3.Connection) -> int:
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    except sqlite3.DatabaseError:
+        return 0
+    return row[0] if row else 0
+
+
+def backup_file(
+    source: str,
+    dest: str,
+    pages: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, int]:
+    """Copy the database ``source`` into the new file ``dest`` (blocking; run it in
+    a thread). Returns (last event id, number of events) of the copied snapshot.
+
+    The copy is left in rollback-journal mode, so that it is one self-contained
+    file; the daemon switches it back to WAL when it opens it after a restore.
+    """
+    src = sqlite3.connect(source, isolation_level=None, check_same_thread=False, timeout=10)
+    try:
+        src.execute("PRAGMA query_only = ON")
+        src.execute("BEGIN")
+        # the first read fixes the snapshot that every step below copies
+        last_id = _last_id(src)
+        events = src.execute("SELECT count(*) FROM events").fetchone()[0]
+        dst = sqlite3.connect(dest, isolation_level=None)
+        try:
+
+            def step(status: int, remaining: int, total: int) -> None:
+                if progress is not None:
+                    progress(total - remaining, total)
+
+            src.backup(dst, pages=pages, progress=step, sleep=0)
+            dst.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dst.close()
+        src.execute("COMMIT")
+    finally:
+        src.close()
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return last_id, events
+
+
+def quick_check(conn: sqlite3.Connection, full: bool = False) -> list[str]:
+    pragma = "integrity_check" if full else "quick_check"
+    return [row[0] for row in conn.execute(f"PRAGMA {pragma}")]
+
+
+def check_file(path: str | Path, full: bool = True) -> FileReport:
+    """Open the database file ``path`` read-only and check it (blocking).
+
+    Used on backups before they replace anything, and by ``notifyd doctor`` on
+    the database of a daemon that is not running. Never raises for a bad file: the
+    problems are in the report.
+    """
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        return FileReport(path, [f"cannot read {path}: {exc.strerror}"])
+    if magic != SQLITE_MAGIC:
+        return FileReport(path, [f"{path} is not an SQLite database"])
+    try:
+        conn = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        return FileReport(path, [f"cannot open {path}: {exc}"])
+    try:
+        problems = quick_check(conn, full)
+        report = FileReport(path, problems)
+        if report.ok:
+            report.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
+            try:
+                report.events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            except sqlite3.DatabaseError:
+                report.problems = ["the file has no events table: not a notifyd database"]
+                return report
+            report.last_event_id = _last_id(conn)
+        return report
+    except sqlite3.DatabaseError as exc:
+        return FileReport(path, [f"{path}: {exc}"])
+    finally:
+        conn.close()
