@@ -132,6 +132,8 @@ def serve(config_path: str | None, **flags: Any) -> None:
         raise click.ClickException(f"bad configuration: {exc}") from exc
     try:
         run(config, reload=lambda: load_config(config_path, overrides))
+    except OSError as exc:  # a listener that cannot be bound or was refused
+        raise click.ClickException(f"cannot serve: {exc}") from exc
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -76,7 +76,8 @@ async def _run_deliverer(
 ) -> None:
     """Keep the delivery worker process running; poke it after commits."""
     env = {**os.environ, "NOTIFYD_WORKER_CONFIG": json.dumps(dataclasses.asdict(svc.config))}
-    env.pop("NOTIFY_SOCKET", None)  # systemd talks to the daemon only
+    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(var, None)  # systemd talks to the daemon only
     link: WorkerLink | None = None
     svc.wake_delivery = lambda events=None: link.poke(events) if link is not None else None
     task_status.started()
@@ -133,14 +134,14 @@ async def serve(
         svc.started_at = time.time()
         svc.hub.last_id = await store.last_event_id()
         user, created = await svc.accounts.ensure_user(config.socket_user, "admin")
-        if created:
-            _first_start_hint(config)
         svc.start_delivery(Plugins(modules=config.plugins))
         assert svc.outbox is not None and svc.plugins is not None
         app = make_app(svc)
         svc.plugins.call_safely("register_routes", app=app)
         front = Front(svc, app)
         listeners = make_listeners(config)
+        if created:
+            _first_start_hint(config, listeners)
         # Everything imported and built so far (FastAPI, plugins, apprise's large
         # module graph) lives as long as the process: keep it out of the cyclic
         # GC's full collections, which otherwise stall the loop for tens of ms.
@@ -193,7 +194,8 @@ async def _wait_for_signal(
                 if reload is None:
                     log.warning("SIGHUP: this daemon was started without a configuration to reload")
                     continue
-                sd_notify("RELOADING=1")
+                usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
                 outcome = reload_and_report(config, reload)
                 sd_notify(f"READY=1\nSTATUS={status}; {outcome}")
                 continue
@@ -202,9 +204,10 @@ async def _wait_for_signal(
             return
 
 
-def _first_start_hint(config: Config) -> None:
-    addr = config.listen[0] if config.listen else "127.0.0.1:8780"
-    sock = config.socket_path
+def _first_start_hint(config: Config, listeners: list[Listener]) -> None:
+    # the real addresses: under socket activation they are systemd's, not the config's
+    addr = next((str(x.address) for x in listeners if x.name == "http"), "127.0.0.1:8780")
+    sock = next((str(x.address) for x in listeners if x.name == "socket"), config.socket_path)
     print(
         "\nnotifyd: first start. The admin user "
         f"{config.socket_user!r} was created.\n"

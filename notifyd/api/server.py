@@ -139,7 +139,15 @@ def bind_unix(path: Path, mode: int) -> Listener:
 
 
 def inherited_listeners() -> list[Listener] | None:
-    """Sockets passed by systemd (``LISTEN_FDS``/``LISTEN_FDNAMES``), or None."""
+    """Sockets passed by systemd (``LISTEN_FDS``/``LISTEN_FDNAMES``), or None.
+
+    Each descriptor is used by its name (``FileDescriptorName=`` in the socket
+    unit): ``http`` is an HTTP listener (token or session required) and ``socket``
+    the admin socket, which must be a Unix socket. A descriptor with another name
+    (systemd's default is the socket unit's name) is an admin socket if it is a Unix
+    socket and an HTTP listener otherwise. When descriptors are passed, nothing else
+    is bound: the configured ``listen`` and ``socket`` are ignored.
+    """
     if os.environ.get("LISTEN_PID") not in (None, str(os.getpid())):
         return None
     count = int(os.environ.get("LISTEN_FDS", "0") or 0)
@@ -149,13 +157,35 @@ def inherited_listeners() -> list[Listener] | None:
     out = []
     for i in range(count):
         fd = 3 + i
-        sock = stdsocket.socket(fileno=fd)
-        sock.setblocking(False)
         name = names[i] if i < len(names) and names[i] else ""
+        try:
+            sock = stdsocket.socket(fileno=fd)
+        except OSError as exc:
+            raise OSError(f"LISTEN_FDS: descriptor {fd} ({name or 'unnamed'}) is not a socket: "
+                          f"{exc.strerror}") from None  # fmt: skip
+        if sock.type != stdsocket.SOCK_STREAM:
+            raise OSError(f"LISTEN_FDS: descriptor {fd} ({name or 'unnamed'}) is not a stream "
+                          "socket (use ListenStream= in the socket unit)")  # fmt: skip
+        unix = sock.family == stdsocket.AF_UNIX
+        if name == "socket" and not unix:
+            # the socket acts as the admin without credentials: never over TCP
+            raise OSError(f"LISTEN_FDS: descriptor {fd} is named 'socket' (the admin socket) "
+                          "but is not a Unix socket; name TCP listeners 'http'")  # fmt: skip
         if name not in ("http", "socket"):
-            name = "socket" if sock.family == stdsocket.AF_UNIX else "http"
+            fallback = "socket" if unix else "http"
+            log.info("descriptor %d named %r: used as %r (a %s socket)", fd, name, fallback,
+                     "Unix" if unix else "TCP")  # fmt: skip
+            name = fallback
+        sock.set_inheritable(False)  # not passed on to the delivery worker
+        sock.setblocking(False)
         addr = sock.getsockname()
-        out.append(Listener(name, trio.socket.from_stdlib_socket(sock), str(addr)))
+        if unix:
+            address = addr if isinstance(addr, str) and addr else f"fd {fd}"
+        elif sock.family == stdsocket.AF_INET6:
+            address = f"[{addr[0]}]:{addr[1]}"
+        else:
+            address = f"{addr[0]}:{addr[1]}"
+        out.append(Listener(name, trio.socket.from_stdlib_socket(sock), address))
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)
     return out
