@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..core.services import Services
+from .compat import gotify, ntfy
 from .responses import JSON, install_error_handlers
 from .routes import accounts, admin, channels, events, preferences, session, stream, system, web
 
@@ -32,4 +33,7 @@ def make_app(svc: Services) -> FastAPI:
     app.include_router(session.router)
     app.include_router(admin.router)
     app.include_router(web.router)
+    # last: ntfy's topic routes match any other top-level path
+    app.include_router(gotify.router)
+    app.include_router(ntfy.router)
     return app
