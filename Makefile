@@ -56,6 +56,7 @@ bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-e
 	$(PY) bench/fanout.py
 	$(PY) bench/delivery.py
 	$(PY) bench/tui.py
+	$(PY) bench/compat.py
 	$(PY) bench/chart.py
 
 clean:

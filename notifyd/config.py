@@ -35,6 +35,7 @@ class Config:
     max_batch_events: int = 5000
     stream_queue: int = 2000
     keepalive_seconds: float = 25.0
+    ntfy_keepalive_seconds: float = 45.0
     stream_send_timeout: float = 10.0
     replay_page: int = 1000
     graceful_timeout: float = 10.0
@@ -126,8 +127,9 @@ def _validate(cfg: Config) -> None:
                 "delivery_max_attempts"):  # fmt: skip
         if getattr(cfg, key) < 1:
             raise bad(key, "must be positive")
-    for key in ("keepalive_seconds", "stream_send_timeout", "graceful_timeout", "keep_alive_timeout",
-                "delivery_backoff_seconds", "delivery_backoff_max_seconds", "session_days"):  # fmt: skip
+    for key in ("keepalive_seconds", "ntfy_keepalive_seconds", "stream_send_timeout",
+                "graceful_timeout", "keep_alive_timeout", "delivery_backoff_seconds",
+                "delivery_backoff_max_seconds", "session_days"):  # fmt: skip
         if getattr(cfg, key) <= 0:
             raise bad(key, "must be positive")
 

@@ -22,6 +22,7 @@ log = logging.getLogger("notifyd")
 LIVE_KEYS = frozenset({
     "log_level", "max_request_bytes", "max_batch_events", "stream_send_timeout",
     "replay_page", "retention_days", "session_days", "graceful_timeout",
+    "ntfy_keepalive_seconds",
 })  # fmt: skip
 
 

@@ -4,8 +4,10 @@ Publishing is the hottest request. FastAPI's routing, dependency resolution and
 response machinery cost more per request than validating and durably committing
 the event itself, so this handler sits in front of the FastAPI app and serves
 exactly that one route with the same core calls (``inbox.publish``), the same
-validation and the same error shape. Every other request, and the OpenAPI
-description of this one, still comes from FastAPI.
+validation and the same error shape — and hands ntfy's publish requests
+(``PUT``/``POST /<topic>``, :mod:`.compat.ntfy_publish`) to their own bare handler
+the same way. Every other request, and the OpenAPI description of this one, still
+comes from FastAPI.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..core import inbox
 from ..core.errors import BadRequest, NotifydError, PayloadTooLarge
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY, resolve
+from .compat import ntfy, ntfy_publish
 
 log = logging.getLogger("notifyd.api")
 
@@ -39,8 +42,15 @@ class PublishFastPath:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/events" and scope["method"] == "POST":
             await self._publish(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "http":
+            # ntfy's publish (PUT/POST /<topic>, /<topic>/<id>, /): the same shortcut
+            reserved = ntfy.reserved_names(self.app)
+            target = ntfy_publish.fast_path_target(scope, reserved)
+            if target is not None:
+                await ntfy_publish.serve_asgi(self.svc, reserved, scope, receive, send, target)
+                return
+        await self.app(scope, receive, send)
 
     async def _publish(self, scope: dict, receive: Any, send: Any) -> None:
         authorization = idempotency_key = length = None

@@ -31,6 +31,8 @@ from hypercorn.utils import wrap_app
 from ..core.errors import NotifydError
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY
+from .compat import ntfy
+from .compat import ntfy_stream as ntfy_streams
 from .fastpath import PublishFastPath
 from .rawstream import RequestHead, http_error, parse_head, serve_raw_stream
 
@@ -191,11 +193,21 @@ def inherited_listeners() -> list[Listener] | None:
     return out
 
 
+def _peer(stream: trio.SocketStream, via_socket: bool) -> str:
+    if via_socket:
+        return "local"
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, IndexError, TypeError):
+        return "unknown"
+
+
 class Front:
     """Accepts connections and routes each to the stream fast path or hypercorn."""
 
     def __init__(self, svc: Services, app: Any) -> None:
         self.svc = svc
+        self.ntfy_reserved = ntfy.reserved_names(app)
         self.hconfig = hypercorn_config(svc)
         self.context = WorkerContext(None)
         app = PublishFastPath(app, svc)
@@ -206,6 +218,7 @@ class Front:
     async def handle(self, stream: trio.SocketStream, via_socket: bool) -> None:
         buf = b""
         head: RequestHead | None = None
+        ntfy_stream = False
         try:
             # Only reading the request head is bounded by HEAD_TIMEOUT; a stream
             # that follows lives as long as its client.
@@ -216,7 +229,8 @@ class Front:
                         await stream.aclose()
                         return
                     buf += data
-                if buf.startswith(STREAM_PREFIXES):
+                ntfy_stream = ntfy_streams.fast_path_match(buf, self.ntfy_reserved)
+                if ntfy_stream or buf.startswith(STREAM_PREFIXES):
                     while b"\r\n\r\n" not in buf and len(buf) < HEAD_LIMIT:
                         data = await stream.receive_some(HEAD_LIMIT)
                         if not data:
@@ -231,6 +245,17 @@ class Front:
             with trio.move_on_after(5):
                 await stream.send_all(http_error(exc))
             await stream.aclose()
+            return
+        if head is not None and ntfy_stream:
+            try:
+                await ntfy_streams.serve_raw(
+                    self.svc, self.ntfy_reserved, stream, head, via_socket,
+                    _peer(stream, via_socket),
+                )  # fmt: skip
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                await stream.aclose()
             return
         if head is not None:
             try:

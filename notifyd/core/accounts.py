@@ -12,6 +12,7 @@ that a future multi-daemon store only has to bound staleness, not track it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -25,6 +26,7 @@ from .errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from .hub import Hub
 from .models import check_pattern
 from .store import AclEntry, Store, Token, User
+from .throttle import SignInThrottle
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,31}$")
 TOKEN_PREFIX = "nfy_"
@@ -61,6 +63,10 @@ class Accounts:
         self.store = store
         self.hub = hub
         self._cache: dict[str, tuple[float, Principal]] = {}
+        #: keys the digests under which authenticate_password remembers successes
+        self._password_key = secrets.token_bytes(32)
+        #: failed password checks, shared by every door that takes a password
+        self.signin = SignInThrottle()
         #: token id → last use (unix time), flushed to the store by housekeeping
         self.token_uses: dict[int, float] = {}
 
@@ -164,6 +170,33 @@ class Accounts:
         self._cache["socket:" + name] = (now + CACHE_TTL, principal)
         return principal
 
+    async def authenticate_password(
+        self, name: str, password: str, via: str, address: str
+    ) -> Principal:
+        """The principal of a user name and password (HTTP Basic in the compatibility
+        layers): the user with every scope their role has, like a web session.
+        Failures from ``address`` are throttled like the web sign-in's
+        (:class:`RateLimited` once used up).
+
+        Phone apps send the password with every request, and argon2 is slow on
+        purpose, so a success is remembered for :data:`CACHE_TTL` seconds under a
+        keyed digest of the pair (never the password itself); any account change,
+        a new password included, forgets it. Raises :class:`Unauthorized`."""
+        name, password = name[:64], password[:1024]
+        with self.signin.attempt(name, address):
+            digest = hmac.new(self._password_key, f"{name}\0{password}".encode(), hashlib.sha256)
+            key = "password:" + digest.hexdigest()
+            hit = self._cache.get(key)
+            now = time.monotonic()
+            if hit is not None and hit[0] > now:
+                return hit[1]
+            user = await self.check_password(name, password)
+            principal = await self.principal_for(user, via)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now + CACHE_TTL, principal)
+            return principal
+
     async def check_password(self, name: str, password: str) -> User:
         row = await self.store.password_hash(name)
         if row is None:
@@ -208,6 +241,7 @@ class Accounts:
 
     async def set_password(self, name: str, password: str) -> None:
         await self.store.set_password(name, await self._hash_password(password))
+        self._cache.clear()  # remembered passwords (authenticate_password) no longer hold
 
     async def delete_user(self, name: str) -> None:
         user = await self.store.get_user(name)

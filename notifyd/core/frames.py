@@ -8,7 +8,8 @@ are computed lazily, once, and shared by every subscriber that receives it.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -29,17 +30,29 @@ def ws_close(code: int, reason: str = "") -> bytes:
     return ws_frame(struct.pack("!H", code) + reason.encode()[:120], opcode=0x8)
 
 
+T = TypeVar("T")
+
+
 class Frame:
     """One message of the stream protocol, with its wire forms cached."""
 
-    __slots__ = ("event_id", "topic", "payload", "_ws", "_sse")
+    __slots__ = ("event_id", "topic", "payload", "event", "_ws", "_sse", "_derived")
 
-    def __init__(self, payload: bytes, event_id: int | None = None, topic: str | None = None):
+    def __init__(
+        self,
+        payload: bytes,
+        event_id: int | None = None,
+        topic: str | None = None,
+        event: dict[str, Any] | None = None,
+    ):
         self.payload = payload
         self.event_id = event_id
         self.topic = topic
+        #: the event this frame carries (None for other frames), for other encodings
+        self.event = event
         self._ws: bytes | None = None
         self._sse: bytes | None = None
+        self._derived: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, message: dict[str, Any]) -> Frame:
@@ -47,7 +60,21 @@ class Frame:
 
     @classmethod
     def for_event(cls, event: dict[str, Any]) -> Frame:
-        return cls(orjson.dumps({"type": "event", "event": event}), event["id"], event["topic"])
+        return cls(
+            orjson.dumps({"type": "event", "event": event}), event["id"], event["topic"], event
+        )
+
+    def derived(self, key: str, build: Callable[[Frame], T]) -> T:
+        """Another encoding of this frame (e.g. a compatibility layer's wire form),
+        built once by ``build(frame)`` and shared by every client that asks for it."""
+        cache = self._derived
+        if cache is None:
+            cache = self._derived = {}
+        try:
+            return cache[key]
+        except KeyError:
+            value = cache[key] = build(self)
+            return value
 
     @property
     def ws(self) -> bytes:

@@ -13,16 +13,26 @@ from .acl import Principal
 from .errors import NotFound, PayloadTooLarge, ValidationFailed
 from .models import validate_events
 from .services import Services
-from .store import STATES, Event, HistoryQuery, PublishResult
+from .store import STATES, Event, EventExtras, HistoryQuery, PublishResult
 from .timeutil import now_rfc3339
 
 MAX_STATE_IDS = 500
 
 
 async def publish(
-    svc: Services, principal: Principal, payload: Any, idempotency_key: str | None = None
+    svc: Services,
+    principal: Principal,
+    payload: Any,
+    idempotency_key: str | None = None,
+    *,
+    compat: EventExtras | None = None,
 ) -> PublishResult:
+    """Validate and store ``payload`` (one event or a list). ``compat``: what a
+    compatibility layer keeps with each of the events (see ``Store.event_extras``)."""
     events, batch = validate_events(payload)
+    if compat is not None:
+        for ev in events:
+            ev._token_id, ev._extras = compat.token_id, compat.extras
     if len(events) > svc.config.max_batch_events:
         raise PayloadTooLarge(
             f"a batch holds at most {svc.config.max_batch_events} events; split it",

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -121,6 +122,13 @@ class EventIn(BaseModel):
     collapse_key: str | None = None
     deliver_at: str | None = Field(None, description="RFC 3339; the event is held until then")
     expires_at: str | None = Field(None, description="RFC 3339; hidden from then on")
+
+    #: Kept with the event for the compatibility layers, never read from input and never
+    #: part of the event object (``/v1`` does not show it): the id of the token that
+    #: published it (Gotify's ``appid``) and Gotify's ``extras``, stored unchanged.
+    #: See :meth:`notifyd.core.store.Store.event_extras`.
+    _token_id: int | None = PrivateAttr(None)
+    _extras: dict[str, Any] | None = PrivateAttr(None)
 
     _topic = field_validator("topic")(classmethod(lambda cls, v: check_topic(v)))
     _priority = field_validator("priority", mode="before")(

@@ -84,6 +84,16 @@ class PublishResult:
     new_events: list[Event] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EventExtras:
+    """What a compatibility layer kept with an event when it was published (see
+    ``EventIn._token_id`` / ``EventIn._extras``): the publishing token's id (Gotify's
+    ``appid``) and Gotify's ``extras`` object, unchanged. Not part of the event object."""
+
+    token_id: int | None
+    extras: dict[str, Any] | None
+
+
 @dataclass
 class User:
     id: int
@@ -240,6 +250,22 @@ class Store(ABC):
 
     @abstractmethod
     async def last_event_id(self) -> int: ...
+
+    @abstractmethod
+    async def cursor_at(self, created_at: str) -> int:
+        """A replay cursor for a point in time: the id just below the first event
+        created at or after ``created_at`` (the newest id when there is none), so
+        that replaying after it yields the events from that time on."""
+
+    @abstractmethod
+    async def cancel_scheduled(self, topic: str, collapse_key: str) -> int:
+        """Drop the scheduled (not yet released) events of ``topic`` with that
+        collapse key; returns how many. No rights are checked here."""
+
+    @abstractmethod
+    async def event_extras(self, event_ids: list[int]) -> dict[int, EventExtras]:
+        """The :class:`EventExtras` of those of ``event_ids`` that have some (events
+        published through a compatibility layer); no rights are checked here."""
 
     @abstractmethod
     async def set_state(

@@ -12,12 +12,18 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from .errors import RateLimited
+from .errors import RateLimited, Unauthorized
 
 #: keys tracked at most; the oldest are forgotten first (bounded memory under a flood)
 MAX_KEYS = 50_000
+
+#: failed sign-ins allowed per (user, client address), and per address, in WINDOW s
+PER_USER = 5
+PER_ADDRESS = 50
+WINDOW = 15 * 60
 
 
 class FailureThrottle:
@@ -65,3 +71,29 @@ class FailureThrottle:
     def succeeded(self, *keys: str) -> None:
         for key in keys:
             self._failures.pop(key, None)
+
+
+class SignInThrottle:
+    """Password checks from every door (the web page, ntfy's and Gotify's Basic
+    auth) share these limits, so a guesser gets no more tries through one than
+    through another."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_user = FailureThrottle(PER_USER, WINDOW, clock)
+        self.per_address = FailureThrottle(PER_ADDRESS, WINDOW, clock)
+
+    @contextmanager
+    def attempt(self, name: str, address: str) -> Iterator[None]:
+        """Wrap one password check: refuse with :class:`RateLimited` while either
+        key is used up, count an :class:`Unauthorized` from the body as a failure,
+        and clear the (user, address) key on success."""
+        user_key = f"{name}@{address}"
+        self.per_user.check(user_key)
+        self.per_address.check(address)
+        try:
+            yield
+        except Unauthorized:
+            self.per_user.failed(user_key)
+            self.per_address.failed(address)
+            raise
+        self.per_user.succeeded(user_key)

@@ -104,9 +104,7 @@ async def history(
     "/inbox/count",
     summary="How many events match the filters (e.g. unread=true: the unread count)",
 )
-async def count(
-    request: Request, caller: Caller, filters: Annotated[Filters, Depends()]
-) -> JSON:
+async def count(request: Request, caller: Caller, filters: Annotated[Filters, Depends()]) -> JSON:
     query = inbox.history_query(caller, **filters.values)
     return JSON({"count": await services(request).store.count(query)})
 

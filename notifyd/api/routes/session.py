@@ -14,31 +14,15 @@ from starlette.responses import Response
 
 from ...core.errors import Unauthorized
 from ...core.store import User
-from ...core.throttle import FailureThrottle
 from ..auth import SESSION_COOKIE, check_cookie_request, services, session_cookie
 from ..responses import JSON
 
 router = APIRouter(prefix="/v1", tags=["session"])
 
-#: failed sign-ins allowed per (user, client address), and per address, in WINDOW s
-PER_USER = 5
-PER_ADDRESS = 50
-WINDOW = 15 * 60
-
 
 class SignIn(BaseModel):
     username: str = Field(max_length=64)
     password: str = Field(max_length=1024)
-
-
-def _throttles(request: Request) -> tuple[FailureThrottle, FailureThrottle]:
-    state = request.app.state
-    if not hasattr(state, "signin_throttles"):
-        state.signin_throttles = (
-            FailureThrottle(PER_USER, WINDOW),
-            FailureThrottle(PER_ADDRESS, WINDOW),
-        )
-    return state.signin_throttles
 
 
 def _secure(request: Request) -> bool:
@@ -59,17 +43,8 @@ def _body(user: User, csrf: str) -> dict:
 async def sign_in(body: SignIn, request: Request) -> Response:
     svc = services(request)
     address = request.client.host if request.client else "local"
-    per_user, per_address = _throttles(request)
-    user_key, address_key = f"{body.username}@{address}", address
-    per_user.check(user_key)
-    per_address.check(address_key)
-    try:
+    with svc.accounts.signin.attempt(body.username, address):
         user = await svc.accounts.check_password(body.username, body.password)
-    except Unauthorized:
-        per_user.failed(user_key)
-        per_address.failed(address_key)
-        raise
-    per_user.succeeded(user_key)
     days = svc.config.session_days
     secret = await svc.accounts.create_session(user, request.headers.get("user-agent"), days)
     response = JSON(_body(user, svc.accounts.csrf_token(secret)))

@@ -247,6 +247,21 @@ def _m006_sessions(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_sessions_expiry ON sessions(expires_at)")
 
 
+def _m007_event_extras(db: sqlite_utils.Database) -> None:
+    # What a compatibility layer keeps with an event (Gotify: the publishing
+    # application token, its `extras` object as sent), outside the event object.
+    # Written in the event's transaction, deleted with the event.
+    db.execute(
+        """
+        CREATE TABLE event_extras (
+            event_id INTEGER PRIMARY KEY,
+            token_id INTEGER,
+            extras TEXT
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
@@ -254,6 +269,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m004_preferences,
     _m005_inflight_in_memory,
     _m006_sessions,
+    _m007_event_extras,
 ]
 
 

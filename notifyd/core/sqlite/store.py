@@ -24,6 +24,7 @@ from ..store import (
     CommitListener,
     Event,
     EventExport,
+    EventExtras,
     HistoryQuery,
     ImportBatch,
     ImportItem,
@@ -127,6 +128,15 @@ def _insert_events(
         "SELECT id, title, body FROM events WHERE id BETWEEN ? AND ?",
         (next_id, next_id + len(rows) - 1),
     )
+    extras = [
+        (d["id"], ev._token_id, None if ev._extras is None else _dumps(ev._extras).decode())
+        for (ev, _), d in zip(items, events, strict=True)
+        if ev._token_id is not None or ev._extras is not None
+    ]
+    if extras:
+        conn.executemany(
+            "INSERT INTO event_extras (event_id, token_id, extras) VALUES (?, ?, ?)", extras
+        )
     for d in events:
         if d["collapse_key"] is not None:
             conn.execute(
@@ -136,6 +146,16 @@ def _insert_events(
             )
     enqueue_deliveries(conn, events, now)
     return events
+
+
+def _cancel_scheduled(conn: sqlite3.Connection, topic: str, collapse_key: str) -> int:
+    """A newer event with the same collapse key replaces a scheduled one that is not
+    out yet: it is never released (ntfy's "updating scheduled notifications")."""
+    return conn.execute(
+        "DELETE FROM scheduled WHERE json_extract(payload, '$.topic') = ? "
+        "AND json_extract(payload, '$.collapse_key') = ?",
+        (topic, collapse_key),
+    ).rowcount
 
 
 @dataclass
@@ -175,6 +195,8 @@ def _publish_many(conn: sqlite3.Connection, requests: list[_PublishRequest]) -> 
             keys[(req.publisher_id, req.key)] = n
         mine: list[tuple[str, Any]] = []
         for ev in req.events:
+            if ev.collapse_key is not None:
+                _cancel_scheduled(conn, ev.topic, ev.collapse_key)
             if ev.deliver_at is not None and ev.deliver_at > now:
                 cur = conn.execute(
                     "INSERT INTO scheduled (deliver_at, publisher_id, payload, created_at) "
@@ -471,6 +493,45 @@ class SQLiteStore(DeliveryStore, Store):
 
         return await self._read(fn)
 
+    async def cursor_at(self, created_at: str) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            # ids are assigned in commit order, so created_at grows with the id
+            row = conn.execute(
+                "SELECT id FROM events WHERE created_at >= ? ORDER BY created_at, id LIMIT 1",
+                (created_at,),
+            ).fetchone()
+            if row is not None:
+                return row[0] - 1
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            return row[0] if row else 0
+
+        return await self._read(fn)
+
+    async def cancel_scheduled(self, topic: str, collapse_key: str) -> int:
+        return await self.write(lambda conn: _cancel_scheduled(conn, topic, collapse_key))
+
+    async def event_extras(self, event_ids: list[int]) -> dict[int, EventExtras]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+
+        def fn(conn: sqlite3.Connection) -> dict[int, EventExtras]:
+            out: dict[int, EventExtras] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = conn.execute(
+                    "SELECT event_id, token_id, extras FROM event_extras "
+                    f"WHERE event_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for event_id, token_id, extras in rows:
+                    out[event_id] = EventExtras(
+                        token_id, None if extras is None else orjson.loads(extras)
+                    )
+            return out
+
+        return await self._read(fn)
+
     async def set_state(
         self,
         user_id: int,
@@ -559,6 +620,7 @@ class SQLiteStore(DeliveryStore, Store):
             ]
             conn.executemany("DELETE FROM receipts WHERE event_id = ?", ids)
             conn.executemany("DELETE FROM deliveries WHERE event_id = ?", ids)
+            conn.executemany("DELETE FROM event_extras WHERE event_id = ?", ids)
             conn.executemany("DELETE FROM events WHERE id = ?", ids)
             return len(ids)
 

@@ -1,0 +1,210 @@
+"""Publishing the ntfy way: ``PUT``/``POST /<topic>``, ``/<topic>/<sequence id>`` and
+``/`` with a JSON body.
+
+:func:`publish` does the work for every way in: the FastAPI routes of
+:mod:`.ntfy` and :func:`serve_asgi`, the bare-ASGI fast path that the publish fast
+path (``api/fastpath.py``) hands these requests to, as it does with
+``POST /v1/events`` — publishing is the hot request, and FastAPI's routing costs
+more than the rest of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from ...core import inbox
+from ...core.errors import NotifydError
+from ...core.services import Services
+from ..auth import SOCKET_SCOPE_KEY
+from .ntfy_auth import authenticate
+from .ntfy_message import build_event, to_message
+from .ntfy_params import (
+    JSON_BODY,
+    TOPIC,
+    TOPIC_DISALLOWED,
+    NtfyError,
+    Params,
+    bad,
+    check_topic_name,
+    from_notifyd,
+)
+
+log = logging.getLogger("notifyd.ntfy")
+
+#: request bodies read at most (a message is ≤ 4096 characters; JSON adds some)
+BODY_LIMIT = 64 * 1024
+_PUBLISH_PATH = re.compile(r"^/(?:([^/]+)(?:/([^/]+))?)?$")
+
+#: JSON fields of ``POST /`` and the parameter each one stands for
+JSON_FIELDS = {
+    "title": "x-title", "priority": "x-priority", "tags": "x-tags", "click": "x-click",
+    "icon": "x-icon", "actions": "x-actions", "attach": "x-attach", "filename": "x-filename",
+    "markdown": "x-markdown", "delay": "x-delay", "timezone": "x-timezone", "email": "x-email",
+    "call": "x-call", "sequence_id": "x-sequence-id", "cache": "x-cache",
+    "firebase": "x-firebase", "unifiedpush": "x-unifiedpush",
+}  # fmt: skip
+
+
+def check_topic(name: str, reserved: frozenset[str]) -> str:
+    check_topic_name(name)
+    if name in reserved:
+        raise bad(TOPIC_DISALLOWED, "invalid request: topic name is disallowed",
+                  f"{name!r} is a name notifyd uses itself; pick another topic "
+                  "(topics with '/' are reachable through /v1/events)")  # fmt: skip
+    return name
+
+
+def too_long(json_body: bool) -> NtfyError:
+    if json_body:
+        return NtfyError(413, 41303, "JSON body too large")
+    return bad(40014, "invalid request: attachments not allowed",
+               "the body is too long for a message, and notifyd does not store files")  # fmt: skip
+
+
+def _from_json(body: bytes, headers: Mapping[str, str]) -> tuple[str, Params, bytes]:
+    """``POST /``: the topic, the parameters (JSON fields first; ``null`` is absent),
+    the message."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise bad(JSON_BODY, "invalid request: request body must be message JSON")
+    topic = doc.get("topic")
+    if not isinstance(topic, str) or not topic:
+        raise bad(TOPIC, "invalid request: topic invalid", 'the JSON needs a "topic"')
+    overrides: dict[str, str] = {}
+    for key, param in JSON_FIELDS.items():
+        value = doc.get(key)
+        if value is None:
+            continue
+        if key == "tags" and isinstance(value, list):
+            value = ",".join(str(t) for t in value)
+        elif key == "actions" and isinstance(value, list):
+            value = orjson.dumps(value).decode()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        overrides[param] = str(value)
+    message = doc.get("message")
+    if message is not None and not isinstance(message, str):
+        raise bad(JSON_BODY, "invalid request: request body must be message JSON",
+                  '"message" must be a string')  # fmt: skip
+    # the body was JSON: its Content-Type says nothing about the message's format
+    rest = {k: v for k, v in headers.items() if k != "content-type"}
+    return topic, Params(rest, {}, overrides), (message or "").encode()
+
+
+async def publish(
+    svc: Services,
+    reserved: frozenset[str],
+    *,
+    method: str,
+    topic: str | None,
+    sequence_id: str | None,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    read_body: Callable[[bool], Awaitable[bytes]],
+    via_socket: bool,
+    address: str,
+) -> dict[str, Any]:
+    """Publish one ntfy message (``topic`` None: ``POST /`` with JSON); returns ntfy's
+    message object. Raises :class:`NtfyError` (core errors in ntfy's shape)."""
+    principal = await authenticate(
+        svc, via_socket=via_socket, method=method, headers=headers, query=query,
+        address=address,
+    )  # fmt: skip
+    if topic is None:
+        topic, params, body = _from_json(await read_body(True), headers)
+        params.query = query
+    else:
+        params, body = Params(headers, query), await read_body(False)
+    check_topic(topic, reserved)
+    plan = build_event(params, body, topic, sequence_id=sequence_id)
+    if plan.dropped:
+        log.info("ntfy publish to %s: left out %s", topic, "; ".join(plan.dropped))
+    try:
+        result = await inbox.publish(svc, principal, plan.event)
+    except NotifydError as exc:
+        raise from_notifyd(exc) from None
+    return to_message(result.events[0], svc.config.retention_days)
+
+
+# -- the bare-ASGI fast path -------------------------------------------------------------
+
+
+def fast_path_target(scope: dict, reserved: frozenset[str]) -> tuple[str | None, str | None] | None:
+    """``(topic, sequence id)`` if the request is an ntfy publish this module serves
+    (``topic`` None for ``POST /``), else None (FastAPI answers it)."""
+    if scope["method"] not in ("POST", "PUT"):
+        return None
+    m = _PUBLISH_PATH.match(scope["path"])
+    if m is None:
+        return None
+    topic, seq = m.group(1), m.group(2)
+    if topic is not None and (topic in reserved or topic == "v1"):
+        return None  # notifyd's own paths (/v1/…, Gotify's /message, …)
+    return topic, seq
+
+
+def error_response(err: NtfyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    headers = [(b"content-type", b"application/json")]
+    if err.http == 401:
+        headers.append((b"www-authenticate", b'Basic realm="notifyd"'))
+    if err.retry_after is not None:
+        headers.append((b"retry-after", str(int(err.retry_after)).encode()))
+    return err.http, headers, orjson.dumps(err.to_json()) + b"\n"
+
+
+async def serve_asgi(
+    svc: Services, reserved: frozenset[str], scope: dict, receive: Any, send: Any,
+    target: tuple[str | None, str | None],
+) -> None:  # fmt: skip
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    has_body = "content-length" in headers or "transfer-encoding" in headers
+    body_read = False
+
+    async def read_body(json_body: bool) -> bytes:
+        nonlocal body_read
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > BODY_LIMIT:
+            raise too_long(json_body)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise NtfyError(400, 40000, "invalid request", "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > BODY_LIMIT:
+                raise too_long(json_body)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                body_read = True
+                return b"".join(chunks)
+
+    client = scope.get("client")
+    try:
+        msg = await publish(
+            svc, reserved, method=scope["method"], topic=target[0],
+            sequence_id=target[1], headers=headers, query=query, read_body=read_body,
+            via_socket=bool(scope.get(SOCKET_SCOPE_KEY)),
+            address=client[0] if client else "local",
+        )  # fmt: skip
+        status, extra, body = 200, [(b"content-type", b"application/json")], orjson.dumps(msg)
+        body += b"\n"
+    except NtfyError as err:
+        status, extra, body = error_response(err)
+        if has_body and not body_read:
+            extra.append((b"connection", b"close"))  # the unread body would garble the next
+    extra.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": extra})
+    await send({"type": "http.response.body", "body": body})
