@@ -33,6 +33,12 @@ class Config:
     retention_days: int = 30
     max_request_bytes: int = 8 * 1024 * 1024
     max_batch_events: int = 5000
+    publish_rate: float = 200.0  # events/s per token, sustained; 0 = no limit
+    publish_burst: int = 5000
+    max_channels_per_user: int = 100
+    max_streams_per_user: int = 500
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     stream_queue: int = 2000
     keepalive_seconds: float = 25.0
     ntfy_keepalive_seconds: float = 45.0
@@ -119,17 +125,21 @@ def _validate(cfg: Config) -> None:
         raise bad("synchronous", "must be full, normal or extra")
     if not re.fullmatch(r"0?[0-7]{3}", cfg.socket_mode):
         raise bad("socket_mode", "must be an octal mode such as 0660")
+    if cfg.publish_rate < 0:
+        raise bad("publish_rate", "must be 0 (no limit) or positive")
     if cfg.retention_days < 1:
         raise bad("retention_days", "must be at least 1")
     if not cfg.vapid_subject.startswith(("mailto:", "https://")):
         raise bad("vapid_subject", "must be a mailto: or https:// URL (push services contact it)")
     for key in ("max_request_bytes", "max_batch_events", "stream_queue", "replay_page", "readers",
-                "delivery_max_attempts"):  # fmt: skip
+                "delivery_max_attempts", "publish_burst", "max_channels_per_user",
+                "max_streams_per_user"):  # fmt: skip
         if getattr(cfg, key) < 1:
             raise bad(key, "must be positive")
     for key in ("keepalive_seconds", "ntfy_keepalive_seconds", "stream_send_timeout",
                 "graceful_timeout", "keep_alive_timeout", "delivery_backoff_seconds",
-                "delivery_backoff_max_seconds", "session_days"):  # fmt: skip
+                "delivery_backoff_max_seconds", "session_days", "header_timeout",
+                "body_timeout"):  # fmt: skip
         if getattr(cfg, key) <= 0:
             raise bad(key, "must be positive")
 

@@ -22,7 +22,8 @@ log = logging.getLogger("notifyd")
 LIVE_KEYS = frozenset({
     "log_level", "max_request_bytes", "max_batch_events", "stream_send_timeout",
     "replay_page", "retention_days", "session_days", "graceful_timeout",
-    "ntfy_keepalive_seconds",
+    "ntfy_keepalive_seconds", "publish_rate", "publish_burst", "max_channels_per_user",
+    "max_streams_per_user", "header_timeout", "body_timeout",
 })  # fmt: skip
 
 
