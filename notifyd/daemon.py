@@ -86,16 +86,15 @@ async def _run_deliverer(
         started = trio.current_time()
         ours, theirs = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         async with trio.open_nursery() as nursery:
-            # Its own session: a Ctrl-C in the terminal reaches the daemon, which
-            # stops the worker in order; if the daemon dies, the worker sees its
-            # link close and stops too.
+            # The daemon's session (and so its scheduling autogroup): the worker
+            # ignores the terminal's SIGINT and SIGHUP, the daemon stops it in order;
+            # if the daemon dies, the worker sees its link close and stops too.
             try:
                 proc = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "notifyd.deliverer"],
                     stdin=subprocess.DEVNULL,
                     env={**env, "NOTIFYD_WORKER_FD": str(theirs.fileno())},
                     pass_fds=(theirs.fileno(),),
-                    start_new_session=True,
                 )
             finally:
                 theirs.close()

@@ -78,30 +78,35 @@ NICENESS = 19
 
 
 def _lower_priority() -> None:
-    """Publishing comes first: when both compete for the CPU, the kernel favours the
-    daemon; deliveries use what is left and catch up when publishing pauses.
+    """Publishing comes first: when the two compete for the CPU, the kernel favours
+    the daemon; deliveries use what is left and catch up when publishing pauses.
 
-    The worker runs in its own session, and with the kernel's session autogroups
-    (``sched_autogroup_enabled``, the default on desktops and plain VMs) each
-    session is scheduled as one group of equal weight, whatever its processes'
-    nice values: so the group's nice is lowered too. Under systemd the daemon's
-    cgroup takes that role and the process nice value is what counts.
+    The worker stays in the daemon's session, so that with the kernel's session
+    autogroups (``sched_autogroup_enabled``, the default on desktops and plain VMs)
+    both are one scheduling group: the nice value makes the worker defer to the
+    daemon inside it, while the pair as a whole competes fairly with the rest of
+    the machine. (A worker in a session of its own with a niced autogroup would
+    defer to every other process on a busy host, and deliveries would stall.)
+    Under systemd the service's cgroup plays that role.
     """
     try:
         os.nice(NICENESS)
     except OSError:
         pass
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(str(NICENESS))
-    except OSError:
-        pass  # no autogroups: the process nice value is enough
+
+
+def _ignore_terminal_signals() -> None:
+    """A Ctrl-C or a closed terminal reaches the whole process group; the daemon
+    handles them and stops the worker in order (SIGTERM)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def run() -> None:
     data = json.loads(os.environ["NOTIFYD_WORKER_CONFIG"])
     config = Config(**data)
     setup_logging(config.log_level)
+    _ignore_terminal_signals()
     _lower_priority()
     trio.run(main, config, int(os.environ["NOTIFYD_WORKER_FD"]))
 

@@ -144,24 +144,31 @@ class DaemonLink:
         self._sender = _Sender(stream)
         self._next_id = 0
         self._waiting: dict[int, list[Any]] = {}  # id -> [event, reply]
+        self._closed = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read pokes and replies until the daemon closes the link, then return."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sender.run)
-            task_status.started()
-            async for line in _lines(self.stream):
-                if not line:
-                    self.on_poke()
-                    continue
-                reply = orjson.loads(line)
-                slot = self._waiting.pop(reply["id"], None)
-                if slot is not None:
-                    slot[1] = reply
-                    slot[0].set()
-            nursery.cancel_scope.cancel(reason="the daemon closed the worker link")
-        for event, _ in self._waiting.values():
-            event.set()  # their reply is None: the daemon is gone
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender.run)
+                task_status.started()
+                try:
+                    async for line in _lines(self.stream):
+                        if not line:
+                            self.on_poke()
+                            continue
+                        reply = orjson.loads(line)
+                        slot = self._waiting.pop(reply["id"], None)
+                        if slot is not None:
+                            slot[1] = reply
+                            slot[0].set()
+                except trio.BrokenResourceError:
+                    pass  # reset: the daemon died with requests of ours unread
+                nursery.cancel_scope.cancel(reason="the daemon closed the worker link")
+        finally:
+            self._closed = True  # later calls fail at once instead of waiting forever
+            for event, _ in self._waiting.values():
+                event.set()  # their reply is None: the daemon is gone
 
     async def call(self, op: str, **args: Any) -> Any:
         """Run ``op`` on the daemon's writer and return its result.
@@ -169,6 +176,8 @@ class DaemonLink:
         Raises:
             StoreUnavailable: the daemon refused, failed or went away.
         """
+        if self._closed:
+            raise StoreUnavailable("the daemon closed the worker link", retry_after=1)
         self._next_id += 1
         slot: list[Any] = [trio.Event(), None]
         self._waiting[self._next_id] = slot

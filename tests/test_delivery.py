@@ -18,9 +18,11 @@ from conftest import Daemon, wait_for
 from memory_plugin import MemoryChannel
 
 from notifyd.config import Config
+from notifyd.core.errors import StoreUnavailable
 from notifyd.core.outbox import Outbox, backoff
 from notifyd.core.services import Services
 from notifyd.core.sqlite.store import SQLiteStore
+from notifyd.worker_link import DaemonLink
 
 TESTS = str(Path(__file__).parent)
 
@@ -149,6 +151,58 @@ def test_pending_deliveries_survive_a_restart_and_are_sent_once(make_daemon: Any
             lambda: {r["state"] for r in c.get("/v1/deliveries").json()["deliveries"]} == {"sent"}
         )
     assert sorted(r["event_ids"][0] for r in sent(d)) == ids  # each exactly once
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_the_worker_stops_when_the_daemon_is_killed_mid_send(make_daemon: Any) -> None:
+    d = make_daemon(extra_env=_env()).start()
+    assert d.proc is not None
+    (worker,) = wait_for(lambda: _children(d.proc.pid), message="the delivery worker")
+    with d.admin() as c:
+        add_channel(c, "slow", latency=1.5)  # the send outlives the daemon
+        event = d.publish("jobs", title="in flight")
+    d.kill()
+    # its outcome can no longer be recorded: the worker must give up and exit, not
+    # wait for the daemon's answer forever (the row stays pending: sent again later)
+    wait_for(lambda: _gone(worker), timeout=10, message="the orphaned worker to exit")
+    d.start()
+    wait_for(lambda: any(event["id"] in r["event_ids"] for r in sent(d)), timeout=20,
+             message="the delivery after the restart")  # fmt: skip
+
+
+@pytest.mark.trio
+async def test_worker_link_calls_after_the_daemon_went_away_fail_at_once() -> None:
+    """An outcome finishing after the daemon's end of the link closed must not wait
+    for an answer that cannot come (the worker would never exit)."""
+    ours, theirs = trio.socket.socketpair()
+    link = DaemonLink(trio.SocketStream(ours), on_poke=lambda: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(link.run)
+        pending = trio.Event()
+
+        async def early_call() -> None:
+            with pytest.raises(StoreUnavailable):
+                await link.call("finish_deliveries", outcomes=[])
+            pending.set()
+
+        nursery.start_soon(early_call)
+        await trio.testing.wait_all_tasks_blocked()
+        theirs.close()  # the daemon dies
+    assert pending.is_set()  # a call in flight when it died was answered "unavailable"
+    with trio.fail_after(5), pytest.raises(StoreUnavailable):
+        await link.call("finish_deliveries", outcomes=[])  # and so is a later one
 
 
 def test_a_busy_outbox_sends_each_delivery_exactly_once(mdaemon: Daemon) -> None:
