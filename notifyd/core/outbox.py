@@ -37,6 +37,8 @@ CLAIM_BATCH = 64
 COALESCE = 0.005
 #: a safety net only: commits, retries and due times wake the dispatcher
 IDLE_POLL = 60.0
+#: seconds between attempts to write outcomes the database refused (disk full, locked)
+REWRITE_INTERVAL = 2.0
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -70,6 +72,9 @@ class Outbox:
         #: rows whose outcome has committed, to leave ``_sending`` before the next read
         self._recorded_ids: set[int] = set()
         self._outcomes: list[Outcome] = []
+        #: outcomes the database refused to record; written again every REWRITE_INTERVAL
+        self._unrecorded: list[Outcome] = []
+        self._refused = trio.Event()  # set while _unrecorded holds something
         self._recording = False
         self._recorded = trio.Event()  # set when the batch being collected is written
         self.max_in_flight = max(CLAIM_BATCH, sum(ch.concurrency for ch in channels.values()))
@@ -89,6 +94,7 @@ class Outbox:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         store = self.svc.store
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._rewrite_unrecorded)
             task_status.started()
             while True:
                 self._wakeup = trio.Event()
@@ -197,9 +203,16 @@ class Outbox:
                 try:
                     await self.svc.store.finish_deliveries(batch)
                 except NotifydError as exc:
-                    # The rows stay pending and in flight: they go out again after a
-                    # restart, not in a loop while the database refuses writes.
-                    log.error("could not record %d delivery outcomes: %s", len(batch), exc)
+                    # The rows stay pending and in flight (not sent again); their
+                    # outcomes are written again until the database takes them. Should
+                    # the process stop first, the rows go out again after a restart.
+                    if not self._unrecorded:
+                        log.error(
+                            "could not record %d delivery outcomes (%s); retrying every %g s",
+                            len(batch), exc, REWRITE_INTERVAL,
+                        )  # fmt: skip
+                    self._unrecorded += batch
+                    self._refused.set()
                 else:
                     for o in batch:
                         self._recorded_ids.update(o.ids)
@@ -207,6 +220,23 @@ class Outbox:
                     done.set()
         finally:
             self._recording = False
+
+    async def _rewrite_unrecorded(self) -> None:
+        while True:
+            await self._refused.wait()  # no timer at all while nothing was refused
+            await trio.sleep(REWRITE_INTERVAL)
+            batch, self._unrecorded = self._unrecorded, []
+            try:
+                await self.svc.store.finish_deliveries(batch)
+            except NotifydError:
+                self._unrecorded[:0] = batch  # still refused: keep them, and quiet
+                continue
+            if not self._unrecorded:
+                self._refused = trio.Event()
+            for o in batch:
+                self._recorded_ids.update(o.ids)
+            log.warning("recorded %d delivery outcomes the database had refused", len(batch))
+            self.wake()
 
     async def send_test(self, channel_record: ChannelRecord) -> None:
         """Send a test notification to one channel now, outside the outbox.
