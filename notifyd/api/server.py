@@ -13,6 +13,7 @@ stream)``, pinned in ``pyproject.toml``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket as stdsocket
 import stat
@@ -21,14 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..core.errors import NotifydError
+from ..config import Config
+from ..core.errors import NotifydError, PayloadTooLarge
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY
 from .compat import ntfy
@@ -39,25 +43,119 @@ from .rawstream import RequestHead, http_error, parse_head, serve_raw_stream
 log = logging.getLogger("notifyd.server")
 
 HEAD_LIMIT = 16 * 1024
-HEAD_TIMEOUT = 10.0
+IMPORT_PATH = "/v1/admin/import"
 STREAM_PREFIXES = (b"GET /v1/stream ", b"GET /v1/stream?", b"GET /v1/stream/sse")
 
 
-class _Replay(trio.abc.Stream):
-    """A stream that first returns bytes already read from ``inner``."""
+class BodyTooLarge(PayloadTooLarge, StarletteHTTPException):
+    """A request body over ``max_request_bytes``, raised by ``receive()``.
 
-    def __init__(self, inner: trio.SocketStream, prefix: bytes) -> None:
+    It is a core error, so that the publish fast paths and Gotify's routes answer it
+    in their own shape, and also Starlette's HTTPException, which FastAPI's body
+    parsing lets through (it turns any other error into a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        PayloadTooLarge.__init__(
+            self, f"the request body is larger than {limit} bytes (max_request_bytes)"
+        )
+        self.status_code, self.detail, self.headers = 413, self.message, None
+
+
+def _timeout_response(what: str, seconds: float) -> bytes:
+    body = orjson.dumps(
+        {
+            "error": {
+                "code": "timeout",
+                "message": f"the request {what} took longer than {seconds:g} s",
+            }
+        }
+    )
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body  # fmt: skip
+
+
+class _Guard(trio.abc.Stream):
+    """The connection as hypercorn sees it: first the bytes the front already read,
+    then the socket, read under the deadline of the request's current phase.
+
+    A request's head must arrive within ``header_timeout`` of its first byte (of the
+    connection's opening, for the first request), and its body within
+    ``body_timeout`` of the head; a client that misses one gets 408 (if no answer has
+    started) and is disconnected. Between requests the connection is idle (hypercorn's
+    ``keep_alive_timeout``), and while the app serves a request without a body (a
+    stream, a WebSocket) nothing is timed: the client owes nothing then.
+    :func:`_guarded_app` tells the guard when a request's head has arrived, when its
+    body has, and when it is over.
+    """
+
+    def __init__(self, inner: trio.SocketStream, prefix: bytes, config: Config,
+                 deadline: float) -> None:  # fmt: skip
         self.inner = inner
         self.prefix = prefix
         self.socket = inner.socket
+        self.config = config
+        self.phase = "head"  # head | body | busy | idle | closed
+        self.deadline = deadline
+        self.responded = False
+        self._scope: trio.CancelScope | None = None
+
+    def _set(self, phase: str, deadline: float = math.inf) -> None:
+        self.phase, self.deadline = phase, deadline
+        if self._scope is not None:
+            self._scope.deadline = deadline
+
+    def request_started(self, has_body: bool) -> None:
+        self.responded = False
+        if has_body:
+            self._set("body", trio.current_time() + self.config.body_timeout)
+        else:
+            self._set("busy")
+
+    def body_received(self) -> None:
+        if self.phase == "body":
+            self._set("busy")
+
+    def request_done(self) -> None:
+        if self.phase != "closed":
+            self._set("idle")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self.prefix:
             data, self.prefix = self.prefix, b""
             return data
-        return await self.inner.receive_some(max_bytes)
+        if self.phase == "closed":
+            return b""
+        with trio.CancelScope(deadline=self.deadline) as scope:
+            self._scope = scope
+            try:
+                data = await self.inner.receive_some(max_bytes)
+            finally:
+                self._scope = None
+            if data and self.phase == "idle":  # the next request begins
+                self.responded = False
+                self._set("head", trio.current_time() + self.config.header_timeout)
+            return data
+        await self._time_out()
+        return b""
+
+    async def _time_out(self) -> None:
+        phase = self.phase
+        self._set("closed")
+        if phase in ("head", "body") and not self.responded:
+            what, seconds = (
+                ("head", self.config.header_timeout) if phase == "head"
+                else ("body", self.config.body_timeout)
+            )  # fmt: skip
+            with trio.move_on_after(2):
+                try:
+                    await self.inner.send_all(_timeout_response(what, seconds))
+                    await self.inner.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.phase == "closed":
+            raise trio.ClosedResourceError("the request timed out")
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -68,6 +166,84 @@ class _Replay(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def _drain(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _guarded_app(app: Any, guard: _Guard, config: Config) -> Callable[..., Awaitable[None]]:
+    """``app`` for one connection: tells ``guard`` the request's phases, refuses a
+    body over ``max_request_bytes`` as it is read (:class:`BodyTooLarge` from
+    ``receive()``, so every door answers 413 in its own shape), and closes the
+    connection after an answer that left the body unread."""
+
+    async def guarded(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            guard.request_started(False)
+            try:
+                await app(scope, receive, send)
+            finally:
+                guard.request_done()
+            return
+        length, chunked = -1, False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif name == b"transfer-encoding":
+                chunked = True
+        has_body = chunked or length > 0
+        # The import streams an export of any size to disk; only an admin gets that far.
+        unlimited = scope["path"] == IMPORT_PATH
+        guard.request_started(has_body and not unlimited)
+        limit = config.max_request_bytes
+        received = 0
+        body_done = not has_body
+
+        async def guarded_receive() -> dict:
+            nonlocal received, body_done
+            if not unlimited and length > limit:
+                raise BodyTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if not unlimited and received > limit:
+                    raise BodyTooLarge(limit)
+                if not message.get("more_body", False):
+                    body_done = True
+                    guard.body_received()
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                guard.responded = True
+                if not body_done:
+                    # the unread rest of the body would garble the next request
+                    headers = [
+                        h for h in message.get("headers", []) if h[0].lower() != b"connection"
+                    ]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            final = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if final and not body_done:
+                # hypercorn hands the app the end of the request as one more message in
+                # a bounded queue that the unread body may have filled: drain it while
+                # the answer ends, or the connection (and the app) would hang forever.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_drain, receive)
+                    await send(message)
+                    nursery.cancel_scope.deadline = trio.current_time() + 5
+            else:
+                await send(message)
+            if final:
+                guard.request_done()
+
+        try:
+            await app(scope, guarded_receive, guarded_send)
+        finally:
+            guard.request_done()
+
+    return guarded
 
 
 @dataclass
@@ -81,7 +257,8 @@ def hypercorn_config(svc: Services) -> HyperConfig:
     cfg = HyperConfig()
     cfg.keep_alive_timeout = svc.config.keep_alive_timeout
     # No read timeout: a stream served through the ASGI fallback never hears from
-    # its client. Idle keep-alive connections still close after keep_alive_timeout.
+    # its client. Heads and bodies are timed by _Guard (header_timeout,
+    # body_timeout); idle keep-alive connections close after keep_alive_timeout.
     cfg.read_timeout = None
     cfg.graceful_timeout = svc.config.graceful_timeout
     cfg.accesslog = None
@@ -210,19 +387,21 @@ class Front:
         self.ntfy_reserved = ntfy.reserved_names(app)
         self.hconfig = hypercorn_config(svc)
         self.context = WorkerContext(None)
-        app = PublishFastPath(app, svc)
-        self.tcp_app = wrap_app(app, self.hconfig.wsgi_max_body_size, None)
-        self.unix_app = wrap_app(_socket_app(app), self.hconfig.wsgi_max_body_size, None)
+        self.app = PublishFastPath(app, svc)
+        self.socket_app = _socket_app(self.app)
         self.state = ConnectionState({})
 
     async def handle(self, stream: trio.SocketStream, via_socket: bool) -> None:
         buf = b""
         head: RequestHead | None = None
         ntfy_stream = False
+        config = self.svc.config
+        # The whole head (request line and headers) must arrive within header_timeout;
+        # hypercorn's part of it is timed by _Guard. A stream that follows lives as
+        # long as its client.
+        deadline = trio.current_time() + config.header_timeout
         try:
-            # Only reading the request head is bounded by HEAD_TIMEOUT; a stream
-            # that follows lives as long as its client.
-            with trio.move_on_after(HEAD_TIMEOUT):
+            with trio.move_on_at(deadline) as timer:
                 while b"\r\n" not in buf and len(buf) < HEAD_LIMIT:
                     data = await stream.receive_some(HEAD_LIMIT)
                     if not data:
@@ -238,6 +417,12 @@ class Front:
                         buf += data
                     if b"\r\n\r\n" in buf:
                         head = parse_head(buf.split(b"\r\n\r\n", 1)[0])
+            if timer.cancelled_caught:
+                with trio.move_on_after(2):
+                    await stream.send_all(_timeout_response("head", config.header_timeout))
+                    await stream.send_eof()
+                await stream.aclose()
+                return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await stream.aclose()
             return
@@ -265,8 +450,10 @@ class Front:
             finally:
                 await stream.aclose()
             return
-        app = self.unix_app if via_socket else self.tcp_app
-        await TCPServer(app, self.hconfig, self.context, self.state, _Replay(stream, buf))  # type: ignore[arg-type]
+        guard = _Guard(stream, buf, config, deadline)
+        app = _guarded_app(self.socket_app if via_socket else self.app, guard, config)
+        wrapped = wrap_app(app, self.hconfig.wsgi_max_body_size, "asgi")
+        await TCPServer(wrapped, self.hconfig, self.context, self.state, guard)  # type: ignore[arg-type]
 
     async def serve(
         self,

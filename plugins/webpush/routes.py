@@ -20,6 +20,7 @@ from notifyd.api.responses import JSON
 from notifyd.core.acl import Principal
 from notifyd.core.channels import ChannelRecord
 from notifyd.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from notifyd.core.ratelimit import require_channel_room
 from notifyd.core.services import Services
 
 from .channel import WebPushChannel
@@ -101,6 +102,7 @@ async def subscribe(request: Request, caller: Caller, body: SubscriptionIn) -> J
         name = channel_name(config["endpoint"], digits)
         existing = await svc.store.get_channel(caller.user_id, name)
         if existing is None:
+            await require_channel_room(svc.store, svc.config, caller.user_id)
             try:
                 ch = await svc.store.create_channel(caller.user_id, name, "webpush", config)
             except Conflict:  # a concurrent request for the same browser won

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ...core import inbox
-from ...core.errors import NotifydError
+from ...core.errors import NotifydError, PayloadTooLarge
 from ...core.services import Services
 from ..auth import SOCKET_SCOPE_KEY
 from .ntfy_auth import authenticate
@@ -175,11 +175,17 @@ async def serve_asgi(
     async def read_body(json_body: bool) -> bytes:
         nonlocal body_read
         length = headers.get("content-length", "")
+        limit = svc.config.max_request_bytes
+        if length.isdigit() and int(length) > limit:
+            raise from_notifyd(PayloadTooLarge(f"the request body is larger than {limit} bytes"))
         if length.isdigit() and int(length) > BODY_LIMIT:
             raise too_long(json_body)
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await receive()
+            except PayloadTooLarge as exc:  # over max_request_bytes (api/server.py)
+                raise from_notifyd(exc) from None
             if message["type"] == "http.disconnect":
                 raise NtfyError(400, 40000, "invalid request", "the client went away")
             chunk = message.get("body", b"")

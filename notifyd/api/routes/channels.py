@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
@@ -13,6 +13,7 @@ from ...core.acl import Principal
 from ...core.channels import ChannelRecord, DeliveryError
 from ...core.errors import NotFound, ValidationFailed
 from ...core.models import SLUG_RE
+from ...core.ratelimit import require_channel_room
 from ...core.services import Services
 from ..auth import principal, services
 from ..responses import JSON
@@ -71,7 +72,10 @@ async def list_channels(
 
 
 @router.post(
-    "/channels", status_code=201, summary="Add a channel (an Apprise URL, or kind + config)"
+    "/channels",
+    status_code=201,
+    summary="Add a channel (an Apprise URL, or kind + config)",
+    responses={409: {"description": "The name is taken, or max_channels_per_user is reached"}},
 )
 async def add_channel(request: Request, caller: Caller, body: ChannelIn) -> JSON:
     svc = services(request)
@@ -94,6 +98,7 @@ async def add_channel(request: Request, caller: Caller, body: ChannelIn) -> JSON
             str(exc), field="url" if body.url is not None else "config"
         ) from None
     user_id = await _target_user(svc, caller, body.user)
+    await require_channel_room(svc.store, svc.config, user_id)
     ch = await svc.store.create_channel(user_id, body.name, kind, config)
     return JSON(public_channel(svc, ch), status_code=201)
 
@@ -138,7 +143,9 @@ async def list_deliveries(
 
 
 @router.post("/deliveries/{delivery_id}/retry", summary="Send a dead or pending delivery again now")
-async def retry_delivery(request: Request, caller: Caller, delivery_id: int) -> JSON:
+async def retry_delivery(
+    request: Request, caller: Caller, delivery_id: Annotated[int, Path(ge=1, le=2**62)]
+) -> JSON:
     svc = services(request)
     assert svc.outbox is not None
     owner = None if caller.is_admin and "admin" in caller.scopes else caller.user_id

@@ -41,7 +41,11 @@ PUBLISH_BODY = {
     status_code=201,
     summary="Publish one event or a list of events",
     openapi_extra=PUBLISH_BODY,
-    responses={200: {"description": "A retry with a known Idempotency-Key"}},
+    responses={
+        200: {"description": "A retry with a known Idempotency-Key"},
+        413: {"description": "Body over max_request_bytes, or a list over max_batch_events"},
+        429: {"description": "Over the token's publish_rate; Retry-After says when to retry"},
+    },
 )
 async def publish() -> JSON:
     """Served by ``notifyd.api.fastpath.PublishFastPath`` in front of this app (the
@@ -67,8 +71,8 @@ class Filters:
         min_priority: Annotated[str | None, Query(description="1–5 or a name")] = None,
         unread: bool | None = None,
         q: Annotated[str | None, Query(max_length=256, description="full-text search")] = None,
-        since: Annotated[int | None, Query(ge=0)] = None,
-        before: Annotated[int | None, Query(ge=0)] = None,
+        since: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+        before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
         archived: Literal["exclude", "only", "include"] = "exclude",
     ) -> None:
         if topic is not None:
