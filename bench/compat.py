@@ -243,7 +243,8 @@ def main() -> int:
     result: dict[str, Any] = {"args": vars(args), "other_busy_cores_before": idle_check()}
     rounds = max(1, args.rounds)
     seg_dur, seg_warm = args.duration / rounds, args.warmup / rounds
-    with Daemon() as d:
+    # more streams than the default max_streams_per_user when --subscribers is large
+    with Daemon(env={"NOTIFYD_MAX_STREAMS_PER_USER": str(max(500, 4 * args.subscribers))}) as d:
         v1_req = build_request(d.addr, d.token, json.dumps(SINGLE_EVENT).encode())
         ntfy_req = build_ntfy_request(d.addr, d.token)
         segs: dict[str, list[dict]] = {"v1": [], "ntfy": []}

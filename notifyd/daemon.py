@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import socket as stdsocket
 import subprocess
@@ -25,7 +26,7 @@ import trio
 from .api.app import make_app
 from .api.server import Front, Listener, bind_tcp, bind_unix, inherited_listeners
 from .config import Config
-from .core.housekeeping import run_pruner, run_scheduler, run_token_touch
+from .core.housekeeping import run_checkpointer, run_pruner, run_scheduler, run_token_touch
 from .core.plugins import Plugins
 from .core.services import Services
 from .core.sqlite.store import SQLiteStore
@@ -49,6 +50,41 @@ def sd_notify(message: str) -> None:
             s.sendall(message.encode())
     except OSError as exc:
         log.warning("sd_notify failed: %s", exc)
+
+
+#: below this many descriptors, a busy daemon runs out (one per live stream client)
+FD_LIMIT_WANTED = 16384
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the new soft limit.
+
+    Every live stream holds a socket, and the usual soft default (1024) would refuse
+    clients long before memory runs short. The hard limit is the administrator's
+    (systemd: ``LimitNOFILE=``); a low one is only logged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    elif hard == resource.RLIM_INFINITY and soft < 1 << 20:
+        # an unlimited hard limit is still capped by the kernel's nr_open
+        for value in (1 << 20, 65536):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (value, hard))
+                soft = value
+                break
+            except (ValueError, OSError):
+                continue
+    if soft != resource.RLIM_INFINITY and soft < FD_LIMIT_WANTED:
+        log.warning(
+            "open-files limit is %d: at most about %d live streams can be served; raise the "
+            "hard limit (systemd LimitNOFILE=65536, or ulimit -Hn) to hold more",
+            soft, max(0, soft - 64),
+        )  # fmt: skip
+    return soft
 
 
 def make_listeners(config: Config) -> list[Listener]:
@@ -125,6 +161,7 @@ async def serve(
     *,
     task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    raise_fd_limit()
     config.data_path.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(config.db_path, config.synchronous, readers=config.readers)
     await store.start()
@@ -151,6 +188,7 @@ async def serve(
             await background.start(run_scheduler, svc)
             await background.start(run_pruner, svc)
             await background.start(run_token_touch, svc)
+            await background.start(run_checkpointer, svc)
             await background.start(_watchdog)
             if config.delivery_process:
                 await background.start(_run_deliverer, svc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -22,7 +23,7 @@ import trio
 from ..core.errors import BadRequest, NotifydError
 from ..core.frames import Frame, ws_close, ws_frame
 from ..core.services import Services
-from .streams import open_session, resync_frame
+from .streams import StreamSession, open_session, resync_frame
 
 log = logging.getLogger("notifyd.stream")
 
@@ -68,8 +69,11 @@ def http_error(exc: NotifydError) -> bytes:
     extra = ""
     if exc.status == 401:
         extra = 'WWW-Authenticate: Bearer realm="notifyd"\r\n'
+    if exc.retry_after is not None:
+        extra += f"Retry-After: {max(1, round(exc.retry_after))}\r\n"
     reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-              422: "Unprocessable Content", 426: "Upgrade Required"}.get(exc.status, "Error")  # fmt: skip
+              422: "Unprocessable Content", 426: "Upgrade Required",
+              429: "Too Many Requests"}.get(exc.status, "Error")  # fmt: skip
     return (
         f"HTTP/1.1 {exc.status} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
@@ -77,21 +81,60 @@ def http_error(exc: NotifydError) -> bytes:
 
 
 class _RawSink:
+    """Writes to one client's socket. Bytes the kernel takes at once are written
+    without a trip through trio's scheduler (:meth:`send_nowait`, the common case
+    for a live fan-out); the rest waits in ``pending`` for :meth:`write`."""
+
     def __init__(self, stream: trio.abc.Stream, lock: trio.Lock) -> None:
         self.stream = stream
         self.lock = lock
         self.broken = False
+        self.pending = b""
+        #: the trio socket under the stream (None: not a socket, always use send_all)
+        self._sock = getattr(stream, "socket", None)
+
+    def _write_now(self, data: bytes) -> bool:
+        """Write ``data`` as far as the socket takes it without blocking; keep the
+        rest in ``pending``. True when all of it went out."""
+        if self.broken:
+            raise trio.BrokenResourceError("stream was interrupted mid-write")
+        if self.pending or self._sock is None or self.lock.locked():
+            self.pending += data
+            return False
+        fd = self._sock.fileno()  # -1 once closed: never write to a reused number
+        if fd < 0:
+            self.broken = True
+            raise trio.ClosedResourceError("the stream is closed")
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.broken = True
+            raise trio.BrokenResourceError(f"client gone: {exc}") from exc
+        if n < len(data):
+            self.pending = data[n:]
+            return False
+        return True
 
     async def write(self, data: bytes) -> None:
         if self.broken:
             raise trio.BrokenResourceError("stream was interrupted mid-write")
-        async with self.lock:
-            try:
+        partial = bool(self.pending)  # the tail of a frame is already on the wire
+        try:
+            async with self.lock:
+                data, self.pending = self.pending + data, b""
+                partial = bool(data)
                 await self.stream.send_all(data)
-            except BaseException:
-                # a cancelled send_all may have written part of a frame
+        except BaseException:
+            # a cancelled send_all may have written part of a frame
+            if partial:
                 self.broken = True
-                raise
+            raise
+
+    async def flush(self) -> None:
+        """Send what :meth:`send_nowait` left in ``pending``."""
+        await self.write(b"")
 
 
 class WebSocketSink(_RawSink):
@@ -99,6 +142,9 @@ class WebSocketSink(_RawSink):
 
     async def send(self, frames: list[Frame]) -> None:
         await self.write(b"".join(f.ws for f in frames))
+
+    def send_nowait(self, frames: list[Frame]) -> bool:
+        return self._write_now(b"".join(f.ws for f in frames))
 
     async def finish(self, resync: str | None) -> None:
         if self.broken:
@@ -114,6 +160,9 @@ class SSESink(_RawSink):
 
     async def send(self, frames: list[Frame]) -> None:
         await self.write(b"".join(f.sse for f in frames))
+
+    def send_nowait(self, frames: list[Frame]) -> bool:
+        return self._write_now(b"".join(f.sse for f in frames))
 
     async def finish(self, resync: str | None) -> None:
         if resync is not None and not self.broken:
@@ -209,6 +258,15 @@ async def serve_raw_stream(
             await stream.send_all(http_error(exc))
         return
 
+    try:
+        await _serve_session(session, stream, websocket, key)
+    finally:
+        session.close()  # if the handshake failed before the session ran
+
+
+async def _serve_session(
+    session: StreamSession, stream: trio.abc.Stream, websocket: bool, key: str | None
+) -> None:
     lock = trio.Lock()
     sink: WebSocketSink | SSESink
     if websocket:

@@ -10,7 +10,7 @@ client that asks for a stream on a reused keep-alive connection.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 import orjson
@@ -19,7 +19,7 @@ import trio
 from ..core.acl import Principal
 from ..core.errors import Forbidden, ValidationFailed
 from ..core.frames import Frame
-from ..core.hub import Subscriber
+from ..core.hub import StreamSlot, Subscriber
 from ..core.models import check_pattern
 from ..core.prefs import Preferences
 from ..core.services import Services
@@ -29,6 +29,13 @@ log = logging.getLogger("notifyd.stream")
 
 
 class Sink(Protocol):
+    """Writes frames to one client.
+
+    A sink may also offer ``send_nowait(frames) -> bool`` (write without waiting;
+    False leaves the rest queued in the sink) and ``flush()`` (send what is queued):
+    the live loop then only waits, under the send timeout, when a client's socket
+    is full — most deliveries cost no trip through the scheduler."""
+
     kind: str
 
     async def send(self, frames: list[Frame]) -> None:
@@ -73,20 +80,42 @@ def check_access(principal: Principal, topics: tuple[str, ...] | None) -> None:
 
 
 class StreamSession:
+    """One live stream: replay from ``since``, then follow the hub.
+
+    Creating a session takes one of the user's ``max_streams_per_user`` slots
+    (raises :class:`~notifyd.core.errors.RateLimited`, 429, when none is free), so
+    callers create it *before* answering the request; pass ``slot`` when one was
+    reserved earlier. The slot is given back when :meth:`run` returns or
+    :meth:`close` is called (callers that fail before running call it).
+    """
+
     def __init__(
         self,
         svc: Services,
         principal: Principal,
         topics: tuple[str, ...] | None,
         since: int | None,
+        *,
+        slot: StreamSlot | None = None,
     ) -> None:
         self.svc = svc
         self.principal = principal
         self.topics = topics
         self.since = since
         self.prefs: Preferences | None = None
+        self.slot = slot or svc.hub.reserve(principal, svc.config.max_streams_per_user)
+
+    def close(self) -> None:
+        """Give the stream slot back (idempotent); :meth:`run` does it on return."""
+        self.slot.release()
 
     async def run(self, sink: Sink) -> None:
+        try:
+            await self._run(sink)
+        finally:
+            self.slot.release()
+
+    async def _run(self, sink: Sink) -> None:
         hub = self.svc.hub
         doc = await self.svc.store.get_preferences(self.principal.user_id)
         self.prefs = Preferences.from_json(doc) if doc else None
@@ -145,25 +174,46 @@ class StreamSession:
         return cursor
 
     async def _live(self, sub: Subscriber, sink: Sink, cursor: int) -> None:
+        send_nowait = getattr(sink, "send_nowait", None)
+        sub.cursor = cursor
+        # frames published while this task is idle are written by the hub itself
+        sub.direct = send_nowait
+        timeout = self.svc.config.stream_send_timeout
         while True:
             frames = await sub.next_batch()
-            if not frames:
+            if sub.doomed or sub.closed:
                 return
+            if sub.unflushed:
+                sub.unflushed = False
+                if not await self._wait_send(sub, sink.flush(), timeout):  # type: ignore[attr-defined]
+                    return
             out = []
+            cursor = sub.cursor
             for f in frames:
                 if f.event_id is not None:
                     if f.event_id <= cursor:
                         continue
                     cursor = f.event_id
                 out.append(f)
+            sub.cursor = cursor
             if not out:
                 continue
-            with trio.move_on_after(self.svc.config.stream_send_timeout) as scope:
-                sub.send_scope = scope
-                await sink.send(out)
-            sub.send_scope = None
-            if scope.cancelled_caught and not sub.doomed:
-                sub.doom("the client did not read for too long")
+            if send_nowait is not None and send_nowait(out):
+                continue
+            sent = sink.flush() if send_nowait is not None else sink.send(out)  # type: ignore[attr-defined]
+            if not await self._wait_send(sub, sent, timeout):
+                return
+
+    @staticmethod
+    async def _wait_send(sub: Subscriber, sending: Awaitable[None], timeout: float) -> bool:
+        """Await a send under the client's send timeout; False if that dooms it."""
+        with trio.move_on_after(timeout) as scope:
+            sub.send_scope = scope
+            await sending
+        sub.send_scope = None
+        if scope.cancelled_caught and not sub.doomed:
+            sub.doom("the client did not read for too long")
+        return not sub.doomed
 
 
 async def open_session(

@@ -13,6 +13,13 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .metrics import FRAME_ENCODINGS
+
+# bound once: .inc() on a labelled child is the cheap part
+_ENC_JSON = FRAME_ENCODINGS.labels("json")
+_ENC_WS = FRAME_ENCODINGS.labels("websocket")
+_ENC_SSE = FRAME_ENCODINGS.labels("sse")
+
 
 def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     """An unmasked, unfragmented server-to-client WebSocket frame (RFC 6455 §5.2)."""
@@ -56,10 +63,12 @@ class Frame:
 
     @classmethod
     def of(cls, message: dict[str, Any]) -> Frame:
+        _ENC_JSON.inc()
         return cls(orjson.dumps(message))
 
     @classmethod
     def for_event(cls, event: dict[str, Any]) -> Frame:
+        _ENC_JSON.inc()
         return cls(
             orjson.dumps({"type": "event", "event": event}), event["id"], event["topic"], event
         )
@@ -73,18 +82,21 @@ class Frame:
         try:
             return cache[key]
         except KeyError:
+            FRAME_ENCODINGS.labels(key).inc()
             value = cache[key] = build(self)
             return value
 
     @property
     def ws(self) -> bytes:
         if self._ws is None:
+            _ENC_WS.inc()
             self._ws = ws_frame(self.payload)
         return self._ws
 
     @property
     def sse(self) -> bytes:
         if self._sse is None:
+            _ENC_SSE.inc()
             head = b"id: %d\n" % self.event_id if self.event_id is not None else b""
             self._sse = head + b"data: " + self.payload + b"\n\n"
         return self._sse

@@ -18,3 +18,12 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
 PRUNED = Counter("notifyd_events_pruned_total", "Events removed by retention or expiry")
+STREAMS_REFUSED = Counter(
+    "notifyd_streams_refused_total", "Streams refused with 429: the user's max_streams_per_user"
+)
+FRAME_ENCODINGS = Counter(
+    "notifyd_frame_encodings_total",
+    "Stream frames serialized to wire bytes; once per frame and transport, however many "
+    "subscribers receive it",
+    ["transport"],
+)

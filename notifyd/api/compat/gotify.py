@@ -26,7 +26,7 @@ import trio
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.requests import HTTPConnection
+from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocketDisconnect
 
@@ -200,11 +200,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut off for sending too slowly (body_timeout)
+        raise BadRequest("the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -605,11 +608,11 @@ async def stream(ws: WebSocket) -> None:
     try:
         caller = await authenticate(ws, "client")
         shaper = await _shaper(svc, caller.principal, cache=True)
+        session = StreamSession(svc, caller.principal, None, None)  # 429 past max_streams
     except NotifydError as exc:
         status = gm.gotify_status(exc.status)
         await ws.send_denial_response(error(status, exc.message))
         return
-    session = StreamSession(svc, caller.principal, None, None)
     await ws.accept()
     async with trio.open_nursery() as nursery:
 

@@ -37,6 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ...core.acl import Principal
 from ...core.errors import Forbidden, NotifydError
 from ...core.frames import Frame, ws_close, ws_frame
+from ...core.hub import StreamSlot
 from ...core.prefs import Preferences
 from ...core.services import Services
 from ...core.store import HistoryQuery
@@ -88,6 +89,8 @@ class Subscription:
     #: replay events after this id (None: live only)
     cursor: int | None
     filters: Filters
+    #: the user's stream slot (max_streams_per_user), taken before answering; None for polls
+    slot: StreamSlot | None = None
 
 
 def parse_topics(topics_str: str, reserved: frozenset[str]) -> tuple[str, ...]:
@@ -164,7 +167,13 @@ async def open_subscription(
     since = parse_since(raw_since, poll)
     filters = parse_filters(params)
     cursor = await resolve_cursor(svc, since, principal, topics)
-    return Subscription(principal, topics, topics_str, fmt, poll, cursor, filters)
+    slot = None
+    if not poll:
+        try:
+            slot = svc.hub.reserve(principal, svc.config.max_streams_per_user)
+        except NotifydError as exc:
+            raise from_notifyd(exc) from None
+    return Subscription(principal, topics, topics_str, fmt, poll, cursor, filters, slot)
 
 
 # -- encoding ----------------------------------------------------------------------
@@ -264,7 +273,7 @@ async def run(svc: Services, sub: Subscription, sink: NtfySink) -> None:
     if sub.poll:
         await _poll(svc, sub, sink)
         return
-    session = StreamSession(svc, sub.principal, sub.topics, sub.cursor)
+    session = StreamSession(svc, sub.principal, sub.topics, sub.cursor, slot=sub.slot)
     await sink.control("open", sub.topics_str)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(

@@ -61,16 +61,19 @@ class _SSEResponse(Response):
                 ],
             }
         )
-        async with trio.open_nursery() as nursery:
+        try:
+            async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                nursery.cancel_scope.cancel(reason="sse client closed")
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    nursery.cancel_scope.cancel(reason="sse client closed")
 
-            nursery.start_soon(watch)
-            await self.session.run(_ASGISSESink(send))
-            nursery.cancel_scope.cancel(reason="stream ended")
+                nursery.start_soon(watch)
+                await self.session.run(_ASGISSESink(send))
+                nursery.cancel_scope.cancel(reason="stream ended")
+        finally:
+            self.session.close()
 
 
 @router.get(
@@ -96,8 +99,15 @@ async def sse(
             headers=request.headers,
         )
     except NotifydError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        return _denial(exc)
     return _SSEResponse(session)
+
+
+def _denial(exc: NotifydError) -> Response:
+    response = error_response(exc.status, exc.code, exc.message, exc.field)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response
 
 
 class _ASGIWebSocketSink:
@@ -131,18 +141,21 @@ async def websocket_stream(ws: WebSocket) -> None:
             headers=ws.headers,
         )
     except NotifydError as exc:
-        await ws.send_denial_response(error_response(exc.status, exc.code, exc.message, exc.field))
+        await ws.send_denial_response(_denial(exc))
         return
-    await ws.accept()
-    async with trio.open_nursery() as nursery:
+    try:
+        await ws.accept()
+        async with trio.open_nursery() as nursery:
 
-        async def watch() -> None:
-            try:
-                while True:
-                    await ws.receive_text()
-            except (WebSocketDisconnect, RuntimeError, KeyError):
-                nursery.cancel_scope.cancel(reason="websocket client closed")
+            async def watch() -> None:
+                try:
+                    while True:
+                        await ws.receive_text()
+                except (WebSocketDisconnect, RuntimeError, KeyError):
+                    nursery.cancel_scope.cancel(reason="websocket client closed")
 
-        nursery.start_soon(watch)
-        await session.run(_ASGIWebSocketSink(ws))
-        nursery.cancel_scope.cancel(reason="stream ended")
+            nursery.start_soon(watch)
+            await session.run(_ASGIWebSocketSink(ws))
+            nursery.cancel_scope.cancel(reason="stream ended")
+    finally:
+        session.close()
