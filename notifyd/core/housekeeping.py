@@ -1,43 +1,75 @@
 """Background upkeep: release scheduled events, drop expired ones, prune old ones.
 
 Each pass deletes in small batches, each its own short write job, with a pause
-between batches so that publishers sharing the single writer never wait long.
+between batches so that publishers sharing the single writer never wait long. The
+batch size adapts to how long a batch takes (:data:`PRUNE_TARGET`): what a batch
+costs depends on the disk, on the size of the events and on how much full-text
+index work their deletion causes, so a fixed count is either slow or a stall.
+
+The pruner runs a pass at start, every hour, and at once when a reload lowers
+``retention_days``, so that an operator freeing space sees it happen.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import trio
 
+from .errors import Unavailable
 from .services import Services
 from .timeutil import format_ts, now_rfc3339
 
 log = logging.getLogger("notifyd.housekeeping")
 
-PRUNE_BATCH = 500
-PRUNE_PAUSE = 0.05
+PRUNE_BATCH = 500  # first batch of a pass; then sized to PRUNE_TARGET
+PRUNE_MIN_BATCH, PRUNE_MAX_BATCH = 50, 5000
+#: how long one delete batch should hold the writer (seconds, commit included)
+PRUNE_TARGET = 0.025
+#: between batches, so that publishes waiting meanwhile commit on their own
+PRUNE_PAUSE = 0.02
 IDEMPOTENCY_HOURS = 24
+#: a pass that deleted at least this many events gives the WAL's space back after
+CHECKPOINT_AFTER = 10_000
+
+
+async def _delete_all(delete: Callable[[int], Awaitable[int]]) -> int:
+    """Call ``delete(batch)`` until it deletes nothing, sizing batches to the target."""
+    total, batch = 0, PRUNE_BATCH
+    while True:
+        started = time.monotonic()
+        n = await delete(batch)
+        took = time.monotonic() - started
+        total += n
+        if n < batch:
+            return total
+        # proportional, at most halving or doubling per step (one slow commit, e.g.
+        # an FTS segment merge, should not collapse the batch size for good)
+        scale = min(2.0, max(0.5, PRUNE_TARGET / max(took, 1e-4)))
+        batch = int(min(PRUNE_MAX_BATCH, max(PRUNE_MIN_BATCH, batch * scale)))
+        await trio.sleep(PRUNE_PAUSE)
 
 
 async def prune_once(svc: Services, now: float | None = None) -> int:
     """Delete events older than ``retention_days`` and expired ones (returns how many
     events), old idempotency keys and expired web sessions."""
     now = time.time() if now is None else now
+    started = time.monotonic()
     cutoff = format_ts(now - svc.config.retention_days * 86400)
-    total = 0
-    while True:
-        n = await svc.store.prune(cutoff, PRUNE_BATCH)
-        n += await svc.store.drop_expired(format_ts(now), PRUNE_BATCH)
-        total += n
-        if n == 0:
-            break
-        await trio.sleep(PRUNE_PAUSE)
+    old = await _delete_all(lambda batch: svc.store.prune(cutoff, batch))
+    expired = await _delete_all(lambda batch: svc.store.drop_expired(format_ts(now), batch))
+    total = old + expired
     await svc.store.forget_idempotency_keys(format_ts(now - IDEMPOTENCY_HOURS * 3600))
     await svc.store.prune_sessions(now)
     if total:
-        log.info("pruned %d events (retention %d days)", total, svc.config.retention_days)
+        if total >= CHECKPOINT_AFTER:
+            await svc.store.after_prune()
+        log.info(
+            "pruned %d events (%d past retention of %d days, %d expired) in %.1f s",
+            total, old, svc.config.retention_days, expired, time.monotonic() - started,
+        )  # fmt: skip
     return total
 
 
@@ -47,8 +79,11 @@ async def run_scheduler(
     """Release scheduled events when they are due (checked every second)."""
     task_status.started()
     while True:
-        while await svc.store.release_due(time.time()) > 0:
-            pass
+        try:
+            while await svc.store.release_due(time.time()) > 0:
+                pass
+        except Unavailable:
+            pass  # disk full or locked (the writer logs it): they stay scheduled, retried
         await trio.sleep(1.0)
 
 
@@ -63,10 +98,17 @@ async def run_token_touch(
     try:
         while True:
             await trio.sleep(interval)
-            await svc.accounts.flush_token_uses()
+            await _flush_token_uses(svc)
     finally:
         with trio.CancelScope(shield=True):
-            await svc.accounts.flush_token_uses()
+            await _flush_token_uses(svc)
+
+
+async def _flush_token_uses(svc: Services) -> None:
+    try:
+        await svc.accounts.flush_token_uses()
+    except Unavailable:
+        pass  # disk full or locked (the writer logs it): last-use times are only a hint
 
 
 async def run_pruner(
@@ -75,10 +117,40 @@ async def run_pruner(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """A pruning pass at start, then every ``interval`` seconds, and as soon as a
+    reload lowers ``retention_days``."""
     task_status.started()
     while True:
+        retention = svc.config.retention_days
         try:
             await prune_once(svc)
         except Exception:
             log.exception("pruning failed at %s; will retry", now_rfc3339())
+        with trio.move_on_after(interval):
+            while svc.config.retention_days >= retention:
+                await trio.sleep(1.0)
+            log.info("retention_days lowered to %d: pruning now", svc.config.retention_days)
+
+
+async def run_checkpointer(
+    svc: Services,
+    interval: float = 1.0,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Checkpoint the store's log every ``interval`` seconds on a connection of its
+    own, so that the writer's commits never do it (a checkpoint inside a commit
+    held up the publishes queued behind it for hundreds of milliseconds after big
+    deletes). Failures are logged once until a checkpoint succeeds again."""
+    task_status.started()
+    failing = False
+    while True:
         await trio.sleep(interval)
+        try:
+            await svc.store.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - logged; the writer's own checkpoint is the net
+            if not failing:
+                log.warning("checkpoint failed (%s); retrying every %g s", exc, interval)
+            failing = True
+        else:
+            failing = False

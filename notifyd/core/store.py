@@ -284,10 +284,25 @@ class Store(ABC):
 
     # housekeeping
     @abstractmethod
-    async def prune(self, created_before: str, limit: int) -> int: ...
+    async def prune(self, created_before: str, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest events created before ``created_before``
+        with everything that belongs to them (search index, read state, deliveries,
+        extras), in one short write; returns how many events. Callers loop, so that
+        publishes get the writer between batches."""
 
     @abstractmethod
-    async def drop_expired(self, now: str, limit: int) -> int: ...
+    async def drop_expired(self, now: str, limit: int) -> int:
+        """Like :meth:`prune`, for events whose ``expires_at`` is at or before ``now``."""
+
+    async def checkpoint(self) -> None:
+        """Move what a write-ahead log holds into the database, beside the writer
+        (housekeeping calls it every second); nothing by default."""
+        return None
+
+    async def after_prune(self) -> None:
+        """Give back space after a pass that deleted many events (a store may
+        checkpoint or truncate its log here); nothing by default."""
+        return None
 
     @abstractmethod
     async def forget_idempotency_keys(self, created_before: str) -> int: ...

@@ -35,13 +35,14 @@ from ..store import (
 )
 from ..timeutil import format_ts, now_rfc3339
 from .delivery import DeliveryStore, enqueue_deliveries, load_preferences
-from .maintenance import backup_file, quick_check
+from .maintenance import backup_file, checkpoint, delete_events, quick_check
 from .queries import (
     EVENT_COLUMNS,
     SELECT_EVENT,
     SELECT_STATE,
     event_from_row,
     event_with_state,
+    history_sql,
     history_where,
     topics_sql,
     unread_sql,
@@ -59,6 +60,11 @@ _INSERT_EVENT = (
     f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})"
 )
 _dumps = orjson.dumps
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+#: WAL pages after which a commit on the writer checkpoints by itself. The
+#: housekeeping checkpointer (``checkpoint``, every second, on its own connection)
+#: normally keeps the WAL far below this; it is the safety net, not the rule.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
 def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
@@ -355,6 +361,11 @@ class SQLiteStore(DeliveryStore, Store):
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = connect(self.path, self.synchronous)
+        # after a large delete (retention) the WAL grew; give the space back once a
+        # checkpoint has copied it all, instead of keeping the file at its peak
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        # checkpoints run beside the writer, not inside some publish's commit
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         migrate(conn)
         return conn
 
@@ -436,12 +447,12 @@ class SQLiteStore(DeliveryStore, Store):
         def fn(conn: sqlite3.Connection) -> list[Event]:
             w = _watermark(conn, query.user_id)
             prefs = load_preferences(conn, [query.user_id]).get(query.user_id)
-            where, params = history_where(query, now_rfc3339(), w, prefs)
-            sql = (
-                f"SELECT {SELECT_EVENT}, {SELECT_STATE} FROM events e LEFT JOIN receipts r "
-                f"ON r.user_id = ? AND r.event_id = e.id WHERE {where} ORDER BY e.id DESC LIMIT ?"
-            )
-            rows = conn.execute(sql, [query.user_id, *params, query.limit]).fetchall()
+            top = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+            rows: list[tuple] = []
+            for sql, params in history_sql(query, now_rfc3339(), w, prefs, top):
+                rows += conn.execute(sql, [*params, query.limit - len(rows)]).fetchall()
+                if len(rows) >= query.limit:
+                    break
             return [event_with_state(row, w) for row in rows]
 
         return await self._read(fn)
@@ -610,18 +621,16 @@ class SQLiteStore(DeliveryStore, Store):
 
     # -- housekeeping --------------------------------------------------------
 
-    async def _delete_events(self, where: str, value: str, limit: int) -> int:
+    async def _delete_events(self, where: str, order: str, value: str, limit: int) -> int:
         def fn(conn: sqlite3.Connection) -> int:
             ids = [
-                (r[0],)
+                r[0]
                 for r in conn.execute(
-                    f"SELECT id FROM events WHERE {where} ORDER BY id LIMIT ?", (value, limit)
+                    f"SELECT id FROM events WHERE {where} ORDER BY {order} LIMIT ?", (value, limit)
                 )
             ]
-            conn.executemany("DELETE FROM receipts WHERE event_id = ?", ids)
-            conn.executemany("DELETE FROM deliveries WHERE event_id = ?", ids)
-            conn.executemany("DELETE FROM event_extras WHERE event_id = ?", ids)
-            conn.executemany("DELETE FROM events WHERE id = ?", ids)
+            if ids:
+                delete_events(conn, ids)
             return len(ids)
 
         n = await self.write(fn)
@@ -629,10 +638,20 @@ class SQLiteStore(DeliveryStore, Store):
         return n
 
     async def prune(self, created_before: str, limit: int) -> int:
-        return await self._delete_events("created_at < ?", created_before, limit)
+        # in created_at order, through its index: the search ends at the first event
+        # that is young enough instead of scanning the table when nothing is old
+        return await self._delete_events("created_at < ?", "created_at", created_before, limit)
 
     async def drop_expired(self, now: str, limit: int) -> int:
-        return await self._delete_events("expires_at IS NOT NULL AND expires_at <= ?", now, limit)
+        return await self._delete_events(
+            "expires_at IS NOT NULL AND expires_at <= ?", "expires_at", now, limit
+        )
+
+    async def after_prune(self) -> None:
+        await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        await trio.to_thread.run_sync(checkpoint, self.path)
 
     async def forget_idempotency_keys(self, created_before: str) -> int:
         return await self.write(
