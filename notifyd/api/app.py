@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from .. import __version__
@@ -10,13 +12,63 @@ from .compat import gotify, ntfy
 from .responses import JSON, install_error_handlers
 from .routes import accounts, admin, channels, events, preferences, session, stream, system, web
 
+#: The error object every 4xx/5xx of the API carries (``responses.error_response``).
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "code": {"type": "string", "description": "stable slug, e.g. `invalid`"},
+                "message": {"type": "string", "description": "what went wrong, for people"},
+                "field": {"type": "string", "description": "the offending field, if one"},
+            },
+        }
+    },
+}
+
+_ERROR_RESPONSES = {
+    "422": "Invalid field: the error names it (`field`)",
+    "4XX": "Client error: 400 malformed, 401 no or bad credentials, 403 not allowed, "
+    "404 unknown, 405 wrong method, 409 conflict, 413 too large, 415 wrong content type, "
+    "429 rate-limited (see `Retry-After`)",
+    "503": "Overloaded or shutting down: retry later",
+}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Give every operation of the OpenAPI document the error responses it can send,
+    with notifyd's error object instead of FastAPI's validation error."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in _ERROR_RESPONSES.items():
+                if status not in responses or status == "422":
+                    responses[status] = {"description": description, "content": content}
+            for status, response in responses.items():
+                # errors a route documents itself (401, 409, 413, 429 …) have the same shape
+                if str(status)[0] in "45":
+                    response.setdefault("content", content)
+    return schema
+
 
 def make_app(svc: Services) -> FastAPI:
     app = FastAPI(
         title="notifyd",
         version=__version__,
         description="Self-hosted notification daemon. Authenticate with `Authorization: Bearer nfy_…` "
-        "(or, from the web page, the session cookie of `POST /v1/session`).",
+        "(or, from the web page, the session cookie of `POST /v1/session`). Every error is "
+        'JSON `{"error": {"code", "message", "field"?}}`.',
         openapi_url="/v1/openapi.json",
         docs_url="/v1/docs",
         redoc_url=None,
@@ -36,4 +88,12 @@ def make_app(svc: Services) -> FastAPI:
     # last: ntfy's topic routes match any other top-level path
     app.include_router(gotify.router)
     app.include_router(ntfy.router)
+
+    def openapi() -> dict[str, Any]:
+        # built on first request, after plugins have added their routes
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

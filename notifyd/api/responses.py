@@ -9,14 +9,14 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from ..core.errors import NotifydError
 
 log = logging.getLogger("notifyd.api")
 
 
-class JSON(Response):
+class JSON(JSONResponse):  # a JSONResponse, so the OpenAPI document says application/json objects
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:

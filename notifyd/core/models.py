@@ -87,7 +87,17 @@ def check_url(value: str) -> str:
     return value
 
 
-Url = Annotated[str, Field(max_length=URL_MAX)]
+#: JSON Schema patterns for the OpenAPI document only (``json_schema_extra``): the
+#: validators below do the checking, with messages that name what is wrong.
+_URL_DOC = {"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://\S{3,}$", "minLength": 10}
+_PRIORITY_DOC = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": 5},
+        {"type": "string", "enum": ["1", "2", "3", "4", "5", *PRIORITY_NAMES]},
+    ]
+}
+
+Url = Annotated[str, Field(max_length=URL_MAX, json_schema_extra=_URL_DOC)]
 
 
 class Action(BaseModel):
@@ -107,21 +117,36 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    topic: str = Field(description="`[A-Za-z0-9_.-]{1,64}` segments separated by `/`")
+    topic: str = Field(
+        description="`[A-Za-z0-9_.-]{1,64}` segments separated by `/`",
+        json_schema_extra={"pattern": TOPIC_RE.pattern, "maxLength": TOPIC_MAX},
+    )
     title: str = Field("", max_length=TITLE_MAX)
     body: str = Field("", max_length=BODY_MAX)
     format: Literal["text", "markdown"] = "text"
-    priority: int | str = Field(3, description="1–5 or min, low, default, high, urgent")
-    category: str = Field("general", description="short slug")
-    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    priority: int | str = Field(
+        3, description="1–5 or min, low, default, high, urgent", json_schema_extra=_PRIORITY_DOC
+    )
+    category: str = Field(
+        "general", description="short slug", json_schema_extra={"pattern": SLUG_RE.pattern}
+    )
+    tags: list[Annotated[str, Field(json_schema_extra={"pattern": SLUG_RE.pattern})]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
     click: Url | None = None
     icon: Url | None = None
     image: Url | None = None
     actions: list[Action] = Field(default_factory=list, max_length=MAX_ACTIONS)
     sensitive: bool = False
-    collapse_key: str | None = None
-    deliver_at: str | None = Field(None, description="RFC 3339; the event is held until then")
-    expires_at: str | None = Field(None, description="RFC 3339; hidden from then on")
+    collapse_key: (
+        Annotated[str, Field(json_schema_extra={"pattern": COLLAPSE_RE.pattern})] | None
+    ) = None
+    deliver_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = Field(
+        None, description="RFC 3339; the event is held until then"
+    )
+    expires_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = Field(
+        None, description="RFC 3339; hidden from then on"
+    )
 
     #: Kept with the event for the compatibility layers, never read from input and never
     #: part of the event object (``/v1`` does not show it): the id of the token that

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
@@ -106,7 +106,9 @@ async def list_tokens(
 
 
 @router.delete("/tokens/{token_id}", status_code=204, summary="Revoke a token")
-async def revoke_token(request: Request, caller: Caller, token_id: int) -> Response:
+async def revoke_token(
+    request: Request, caller: Caller, token_id: Annotated[int, Path(ge=1, le=2**62)]
+) -> Response:
     await services(request).accounts.revoke_token(caller, token_id)
     return Response(status_code=204)
 

@@ -104,7 +104,9 @@ async def export(
     request: Request,
     caller: Admin,
     topic: Annotated[str | None, Query(description="exact topic or a '*' pattern")] = None,
-    since: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
+    since: Annotated[
+        int | None, Query(ge=0, le=2**62, description="only events with a larger id")
+    ] = None,
 ) -> StreamingResponse:
     svc = services(request)
     if topic is not None:
