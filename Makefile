@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean chromium screenshots
+.PHONY: run test lint bench soak clean chromium screenshots
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("notifyd needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -57,7 +57,12 @@ bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-e
 	$(PY) bench/delivery.py
 	$(PY) bench/tui.py
 	$(PY) bench/compat.py
+	$(PY) bench/connections.py
+	$(PY) bench/history.py
 	$(PY) bench/chart.py
+
+soak: $(TSTAMP)  # 10 minutes at 200 events/s, 500 subscribers with churn
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .cache test-artifacts

@@ -101,7 +101,12 @@ class _Guard(trio.abc.Stream):
 
     def _set(self, phase: str, deadline: float = math.inf) -> None:
         self.phase, self.deadline = phase, deadline
-        if self._scope is not None:
+        # Only a tighter deadline is pushed to a pending read at once. A later one
+        # (the body arrived, the answer went out) is left lazy: should the old
+        # deadline fire, receive_some sees the phase moved on and reads again. Every
+        # deadline change of a waiting cancel scope costs trio heap work, and this
+        # runs several times per request.
+        if self._scope is not None and deadline < self._scope.deadline:
             self._scope.deadline = deadline
 
     def request_started(self, has_body: bool) -> None:
@@ -123,19 +128,20 @@ class _Guard(trio.abc.Stream):
         if self.prefix:
             data, self.prefix = self.prefix, b""
             return data
-        if self.phase == "closed":
-            return b""
-        with trio.CancelScope(deadline=self.deadline) as scope:
-            self._scope = scope
-            try:
-                data = await self.inner.receive_some(max_bytes)
-            finally:
-                self._scope = None
-            if data and self.phase == "idle":  # the next request begins
-                self.responded = False
-                self._set("head", trio.current_time() + self.config.header_timeout)
-            return data
-        await self._time_out()
+        while self.phase != "closed":
+            with trio.CancelScope(deadline=self.deadline) as scope:
+                self._scope = scope
+                try:
+                    data = await self.inner.receive_some(max_bytes)
+                finally:
+                    self._scope = None
+                if data and self.phase == "idle":  # the next request begins
+                    self.responded = False
+                    self._set("head", trio.current_time() + self.config.header_timeout)
+                return data
+            if trio.current_time() < self.deadline:
+                continue  # a stale deadline (see _set): the phase has moved on
+            await self._time_out()
         return b""
 
     async def _time_out(self) -> None:
@@ -197,6 +203,12 @@ def _guarded_app(app: Any, guard: _Guard, config: Config) -> Callable[..., Await
         # The import streams an export of any size to disk; only an admin gets that far.
         unlimited = scope["path"] == IMPORT_PATH
         guard.request_started(has_body and not unlimited)
+        if not has_body:  # nothing to limit or time: no wrappers on the hot path
+            try:
+                await app(scope, receive, send)
+            finally:
+                guard.request_done()
+            return
         limit = config.max_request_bytes
         received = 0
         body_done = not has_body
