@@ -1,6 +1,6 @@
 """Draw the latest benchmark results against their targets as an SVG.
 
-Reads ``bench/results/{publish,fanout,delivery}.json`` (written by the benchmarks)
+Reads ``bench/results/{publish,fanout,connections,delivery,history}.json`` (written by the benchmarks)
 and writes ``docs/img/benchmarks.svg``: one bar per target, its length the
 measured figure as a multiple of the target (1.0 = exactly on target; for
 latencies and durations, target ÷ figure, so longer is always better).
@@ -43,6 +43,18 @@ def rows() -> list[tuple[str, str, float]]:
         secs = ws.get("median_seconds")
         if isinstance(secs, (int, float)) and secs > 0:
             out.append(("replay 10,000 missed events (≤ 2 s)", f"{secs:.2f} s", 2 / secs))
+    spread = fan.get("spread", {})
+    if spread.get("latency"):
+        p99 = spread["latency"]["p99_ms"]
+        label = "publish→WS p99, 2,000 subscribers (≤ 100 ms)"
+        out.append((label, f"{p99:.1f} ms", 100 / p99))
+        fps = spread.get("delivered_frames_per_s", 0)
+        out.append(("frames/s with 2,000 subscribers (≥ 20,000)", f"{fps:,.0f}/s", fps / 20000))
+    for run in _load("connections").get("runs", []):
+        kb = run.get("rss_per_conn_kb")
+        if kb:
+            label = f"RSS per idle {run['kind']} stream, 10k streams (≤ 40 KB)"
+            out.append((label, f"{kb:.1f} KB", 40 / kb))
     deliv = _load("delivery").get("cases", {}).get("publish_cost", {})
     base = deliv.get("no_channels", {}).get("req_per_s")
     for phase in deliv.get("phases", []):

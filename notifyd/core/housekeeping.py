@@ -27,7 +27,7 @@ log = logging.getLogger("notifyd.housekeeping")
 PRUNE_BATCH = 500  # first batch of a pass; then sized to PRUNE_TARGET
 PRUNE_MIN_BATCH, PRUNE_MAX_BATCH = 50, 5000
 #: how long one delete batch should hold the writer (seconds, commit included)
-PRUNE_TARGET = 0.025
+PRUNE_TARGET = 0.015
 #: between batches, so that publishes waiting meanwhile commit on their own
 PRUNE_PAUSE = 0.02
 IDEMPOTENCY_HOURS = 24

@@ -24,7 +24,7 @@ import orjson
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 #: FTS5 index pages merged after each batch of deleted events
-FTS_MERGE_PAGES = 200
+FTS_MERGE_PAGES = 100
 
 
 @dataclass
