@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import trio
 
-from .core.errors import NotifydError, StoreUnavailable
+from .core.errors import NotifydError, StoreGone, StoreUnavailable
 from .core.store import Outcome, Store
 
 log = logging.getLogger("notifyd.deliverer")
@@ -174,10 +174,10 @@ class DaemonLink:
         """Run ``op`` on the daemon's writer and return its result.
 
         Raises:
-            StoreUnavailable: the daemon refused, failed or went away.
+            StoreUnavailable: the daemon refused or failed (StoreGone: it went away).
         """
         if self._closed:
-            raise StoreUnavailable("the daemon closed the worker link", retry_after=1)
+            raise StoreGone("the daemon closed the worker link", retry_after=1)
         self._next_id += 1
         slot: list[Any] = [trio.Event(), None]
         self._waiting[self._next_id] = slot
@@ -185,7 +185,7 @@ class DaemonLink:
         await slot[0].wait()
         reply = slot[1]
         if reply is None:
-            raise StoreUnavailable("the daemon closed the worker link", retry_after=1)
+            raise StoreGone("the daemon closed the worker link", retry_after=1)
         if "error" in reply:
             raise StoreUnavailable(reply["error"], retry_after=1)
         return reply["result"]

@@ -217,14 +217,17 @@ async def _ws_reader(stream: trio.abc.Stream, sink: WebSocketSink, done: trio.Ca
         done.cancel(reason="websocket client closed")
 
 
-async def _sse_reader(stream: trio.abc.Stream, done: trio.CancelScope) -> None:
+async def read_until_eof(
+    stream: trio.abc.Stream, done: trio.CancelScope, reason: str = "sse client closed"
+) -> None:
+    """Discard what a one-way stream's client sends; cancel ``done`` when it hangs up."""
     try:
         while await stream.receive_some(4096):
             pass
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        done.cancel(reason="sse client closed")
+        done.cancel(reason=reason)
 
 
 async def serve_raw_stream(
@@ -288,6 +291,6 @@ async def _serve_session(
         if websocket:
             nursery.start_soon(_ws_reader, stream, sink, nursery.cancel_scope)
         else:
-            nursery.start_soon(_sse_reader, stream, nursery.cancel_scope)
+            nursery.start_soon(read_until_eof, stream, nursery.cancel_scope)
         await session.run(sink)
         nursery.cancel_scope.cancel(reason="stream ended")

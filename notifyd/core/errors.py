@@ -11,6 +11,7 @@
     ├── RateLimited         429      slow down; `retry_after` seconds
     └── Unavailable         503      overloaded or storage full; `retry_after` seconds
         └── StoreUnavailable         the database cannot take writes right now
+            └── StoreGone            ...nor ever will in this process (the daemon stopped)
 
 Messages are written for the person who reads them: say what was wrong and how to
 fix it, never echo secrets.
@@ -92,3 +93,8 @@ class Unavailable(NotifydError):
 
 class StoreUnavailable(Unavailable):
     code = "store_unavailable"
+
+
+class StoreGone(StoreUnavailable):
+    """The store went away for good (the delivery worker's daemon stopped or died):
+    retrying in this process is pointless."""

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import trio
 
 from .channels import Channel, ChannelRecord, Delivery, DeliveryError
-from .errors import NotifydError
+from .errors import NotifydError, StoreGone
 from .services import Services
 from .store import DueDelivery, Outcome
 
@@ -202,6 +202,13 @@ class Outbox:
                 done, self._recorded = self._recorded, trio.Event()
                 try:
                     await self.svc.store.finish_deliveries(batch)
+                except StoreGone:
+                    # stopping: the rows stay pending in the database, so they go
+                    # out again after a restart (at least once)
+                    log.warning(
+                        "%d delivery outcomes not recorded: the daemon stopped first; "
+                        "those deliveries will be sent again", len(batch),
+                    )  # fmt: skip
                 except NotifydError as exc:
                     # The rows stay pending and in flight (not sent again); their
                     # outcomes are written again until the database takes them. Should

@@ -602,7 +602,10 @@ class InboxScreen(Screen):
             self._show_status()
 
     def _show_status(self) -> None:
-        table = self.query_one(EventTable)
+        tables = self.query(EventTable)
+        if not tables:
+            return  # a late answer (the count worker) for a screen being torn down
+        table = tables.first()
         if self.error:
             text = f"could not load: {self.error}"
         else:

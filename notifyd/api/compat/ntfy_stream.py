@@ -41,7 +41,8 @@ from ...core.hub import StreamSlot
 from ...core.prefs import Preferences
 from ...core.services import Services
 from ...core.store import HistoryQuery
-from ..rawstream import WS_GUID, RequestHead, _RawSink, _ws_reader
+from ..rawstream import WS_GUID, RequestHead, _RawSink, _ws_reader, read_until_eof
+from ..routes.stream import until_websocket_closes
 from ..streams import StreamSession
 from .ntfy_auth import authenticate
 from .ntfy_message import to_message
@@ -330,16 +331,6 @@ def error_bytes(err: NtfyError) -> bytes:
     ).encode() + body
 
 
-async def _wait_eof(stream: trio.abc.Stream, done: trio.CancelScope) -> None:
-    try:
-        while await stream.receive_some(4096):
-            pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        done.cancel(reason="ntfy client closed")
-
-
 async def serve_raw(
     svc: Services,
     reserved: frozenset[str],
@@ -386,7 +377,7 @@ async def serve_raw(
         if websocket:
             nursery.start_soon(_ws_reader, stream, transport, nursery.cancel_scope)
         else:
-            nursery.start_soon(_wait_eof, stream, nursery.cancel_scope)
+            nursery.start_soon(read_until_eof, stream, nursery.cancel_scope, "ntfy client closed")
         await run(svc, sub, sink)
         if websocket and sub.poll:
             await transport.write(ws_close(1000, "poll done"))
@@ -474,15 +465,9 @@ async def serve_websocket(ws: WebSocket, svc: Services, sub: Subscription) -> No
     transport = _ASGIWebSocket(ws)
     sink = NtfySink("ws", transport, sub.filters, svc.config.retention_days)
     async with trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            try:
-                while True:
-                    await ws.receive_text()
-            except (WebSocketDisconnect, RuntimeError, KeyError):
-                nursery.cancel_scope.cancel(reason="ntfy websocket closed")
-
-        nursery.start_soon(watch)
+        nursery.start_soon(
+            until_websocket_closes, ws, nursery.cancel_scope, "ntfy websocket closed"
+        )
         try:
             await run(svc, sub, sink)
             if sub.poll:

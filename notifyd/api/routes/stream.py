@@ -128,6 +128,18 @@ class _ASGIWebSocketSink:
             await self.ws.close(1001, "server shutting down")
 
 
+async def until_websocket_closes(
+    ws: WebSocket, done: trio.CancelScope, reason: str = "websocket client closed"
+) -> None:
+    """Read (and drop) what an ASGI WebSocket's client sends; cancel ``done`` when it
+    closes or sends something a one-way stream does not take (binary)."""
+    try:
+        while True:
+            await ws.receive_text()
+    except (WebSocketDisconnect, RuntimeError, KeyError):
+        done.cancel(reason=reason)
+
+
 @router.websocket("/v1/stream")
 async def websocket_stream(ws: WebSocket) -> None:
     try:
@@ -146,15 +158,7 @@ async def websocket_stream(ws: WebSocket) -> None:
     try:
         await ws.accept()
         async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                try:
-                    while True:
-                        await ws.receive_text()
-                except (WebSocketDisconnect, RuntimeError, KeyError):
-                    nursery.cancel_scope.cancel(reason="websocket client closed")
-
-            nursery.start_soon(watch)
+            nursery.start_soon(until_websocket_closes, ws, nursery.cancel_scope)
             await session.run(_ASGIWebSocketSink(ws))
             nursery.cancel_scope.cancel(reason="stream ended")
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import time
@@ -353,6 +354,7 @@ class SQLiteStore(DeliveryStore, Store):
         #: pass a MockClock-driven one
         self.clock = clock
         self.path = str(path)
+        self._checkpointed = 0  # the log's mtime when it was last checkpointed
         self.synchronous = synchronous.upper()
         self._n_readers = readers
         self._listeners: list[CommitListener] = []
@@ -651,7 +653,16 @@ class SQLiteStore(DeliveryStore, Store):
         await self.checkpoint()
 
     async def checkpoint(self) -> None:
+        # An idle daemon's log has not changed since the last pass: no connection,
+        # no I/O (housekeeping calls this every second).
+        try:
+            stamp = os.stat(self.path + "-wal").st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self._checkpointed:
+            return
         await trio.to_thread.run_sync(checkpoint, self.path)
+        self._checkpointed = stamp
 
     async def forget_idempotency_keys(self, created_before: str) -> int:
         return await self.write(
