@@ -8,6 +8,7 @@ names the key and its line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -50,7 +51,9 @@ class Config:
     plugins: list[str] = field(default_factory=list)
     delivery_process: bool = True
     vapid_subject: str = "mailto:notifyd@localhost"
-    webpush_allow_private_endpoints: bool = False
+    webpush_allow_private_endpoints: bool = False  # alias: true = private_destinations "everyone"
+    private_destinations: str = "admins"  # admins | everyone | nobody
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-For counts
     delivery_max_attempts: int = 8
     delivery_backoff_seconds: float = 5.0
     delivery_backoff_max_seconds: float = 3600.0
@@ -65,6 +68,15 @@ class Config:
         return self.data_path / "notifyd.db"
 
     @property
+    def destination_policy(self) -> str:
+        """Who may make the daemon connect to loopback/private/reserved addresses:
+        ``admins`` (and the socket), ``everyone`` or ``nobody``. The old key
+        ``webpush_allow_private_endpoints = true`` still means ``everyone``."""
+        if self.webpush_allow_private_endpoints:
+            return "everyone"
+        return self.private_destinations.lower()
+
+    @property
     def socket_path(self) -> Path | None:
         if self.socket.lower() == "none":
             return None
@@ -74,6 +86,7 @@ class Config:
 DEFAULTS = Config()
 KEYS = {f.name: f for f in fields(Config)}
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PRIVATE_DESTINATIONS = ("admins", "everyone", "nobody")
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -125,6 +138,13 @@ def _validate(cfg: Config) -> None:
         raise bad("synchronous", "must be full, normal or extra")
     if not re.fullmatch(r"0?[0-7]{3}", cfg.socket_mode):
         raise bad("socket_mode", "must be an octal mode such as 0660")
+    if cfg.private_destinations.lower() not in PRIVATE_DESTINATIONS:
+        raise bad("private_destinations", f"must be one of {', '.join(PRIVATE_DESTINATIONS)}")
+    for cidr in cfg.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise bad("trusted_proxies", f"{cidr!r} is not an IP address or CIDR network") from None
     if cfg.publish_rate < 0:
         raise bad("publish_rate", "must be 0 (no limit) or positive")
     if cfg.retention_days < 1:
