@@ -23,7 +23,7 @@ LIVE_KEYS = frozenset({
     "log_level", "max_request_bytes", "max_batch_events", "stream_send_timeout",
     "replay_page", "retention_days", "session_days", "graceful_timeout",
     "ntfy_keepalive_seconds", "publish_rate", "publish_burst", "max_channels_per_user",
-    "max_streams_per_user", "header_timeout", "body_timeout",
+    "max_streams_per_user", "header_timeout", "body_timeout", "trusted_proxies",
 })  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from ..config import Config
 from ..core.errors import NotifydError, PayloadTooLarge
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY
+from .clientaddr import client_address, with_client_address
 from .compat import ntfy
 from .compat import ntfy_stream as ntfy_streams
 from .fastpath import PublishFastPath
@@ -399,7 +400,8 @@ class Front:
         self.ntfy_reserved = ntfy.reserved_names(app)
         self.hconfig = hypercorn_config(svc)
         self.context = WorkerContext(None)
-        self.app = PublishFastPath(app, svc)
+        # outermost, so the publish fast paths see the real client too
+        self.app = with_client_address(PublishFastPath(app, svc), lambda: svc.config.trusted_proxies)
         self.socket_app = _socket_app(self.app)
         self.state = ConnectionState({})
 
@@ -447,7 +449,8 @@ class Front:
             try:
                 await ntfy_streams.serve_raw(
                     self.svc, self.ntfy_reserved, stream, head, via_socket,
-                    _peer(stream, via_socket),
+                    client_address(_peer(stream, via_socket), head.headers.items(),
+                                   config.trusted_proxies),
                 )  # fmt: skip
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
