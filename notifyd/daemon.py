@@ -252,7 +252,7 @@ def _first_start_hint(config: Config, listeners: list[Listener]) -> None:
         f"  - For HTTP clients create a token:  notifyd tokens create --user {config.socket_user}\n"
         f"  - To sign in with a password (the web page), set one:\n"
         f"        notifyd users passwd {config.socket_user} --password-stdin\n"
-        f"  - API reference: http://{addr}/v1/docs\n",
+        f"  - API description (OpenAPI): http://{addr}/v1/openapi.json\n",
         flush=True,
     )
 

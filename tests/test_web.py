@@ -234,6 +234,29 @@ def test_hostile_html_is_shown_as_text(
     assert page.evaluate("typeof window.__pwned") == "undefined"
 
 
+def test_event_images_never_load_from_this_server(
+    context: BrowserContext, daemon: Daemon, user: WebUser
+) -> None:
+    """An event's icon or image pointing at this server would be fetched with the
+    reader's session cookie, acting in the reader's name: such images are not
+    loaded at all. Images on other https origins are."""
+    requested: list[str] = []
+    context.on("request", lambda req: requested.append(req.url))
+    serve_foreign_icon(context)
+    own = publish(
+        daemon, user.topic(), title="same origin",
+        icon=f"{daemon.url}/v1/inbox/read-all",
+        image=f"{daemon.url}/static/icons/icon-192.png?from-an-event",
+    )  # fmt: skip
+    foreign = publish(daemon, user.topic(), title="other origin", icon=FOREIGN_ICON)
+    page = context.new_page()
+    sign_in(page, user)
+    expect(card(page, foreign["id"]).locator("img.icon")).to_have_count(1)
+    expect(card(page, own["id"]).get_by_role("heading")).to_have_text("same origin")
+    assert card(page, own["id"]).locator("img").count() == 0
+    assert not [u for u in requested if "read-all" in u or "from-an-event" in u], requested
+
+
 def test_history_scroll_filters_and_search(
     context: BrowserContext, daemon: Daemon, user: WebUser
 ) -> None:
@@ -475,6 +498,15 @@ def test_offline_changes_are_queued_and_sent(
     expect(card(page, later)).to_be_visible(timeout=2000)
 
 
+#: an icon on another origin, answered by serve_foreign_icon (the machine is offline)
+FOREIGN_ICON = "https://icons.example.com/ci.png"
+
+
+def serve_foreign_icon(context: BrowserContext) -> None:
+    icon = REPO / "notifyd" / "web" / "static" / "icons" / "icon-192.png"
+    context.route("https://icons.example.com/**", lambda route: route.fulfill(path=str(icon)))
+
+
 def _populate(daemon: Daemon, user: WebUser) -> None:
     """A realistic inbox: urgent, markdown, buttons, an icon, a read one."""
     topic = user.topic
@@ -521,7 +553,7 @@ def _populate(daemon: Daemon, user: WebUser) -> None:
             "[Full log](https://ci.example.com/builds/1284)"
         ),
         tags=["ci", "nightly"],
-        icon=f"{daemon.url}/static/icons/icon-192.png",
+        icon=FOREIGN_ICON,
         click="https://ci.example.com/builds/1284",
     )
     publish(
@@ -682,6 +714,7 @@ def test_screenshots(browser: Browser, make_daemon: Callable[..., Daemon]) -> No
                 reduced_motion="reduce",
             )
             errors = watch_errors(context)
+            serve_foreign_icon(context)
             try:
                 page = context.new_page()
                 sign_in(page, user)

@@ -70,7 +70,9 @@ def make_app(svc: Services) -> FastAPI:
         "(or, from the web page, the session cookie of `POST /v1/session`). Every error is "
         'JSON `{"error": {"code", "message", "field"?}}`.',
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        # Swagger UI would load its scripts from a CDN into a page on this origin;
+        # the OpenAPI document is enough for tools, docs/api.md for people.
+        docs_url=None,
         redoc_url=None,
         default_response_class=JSON,
     )

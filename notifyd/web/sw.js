@@ -91,6 +91,17 @@ function parsePush(event) {
   }
 }
 
+/** A pushed icon or image from another https origin, else undefined: a URL of this
+ * server would be fetched with the user's cookie (see card.js). */
+function foreignImage(raw) {
+  try {
+    const url = new URL(String(raw));
+    return url.protocol === "https:" && url.origin !== self.location.origin ? url.href : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 self.addEventListener("push", (event) => {
   const data = parsePush(event);
   const title = data.title || data.topic || "notifyd";
@@ -100,8 +111,8 @@ self.addEventListener("push", (event) => {
     body: data.body || "",
     tag,
     renotify: Boolean(tag),
-    icon: data.icon || DEFAULT_ICON,
-    image: data.image || undefined,
+    icon: (data.icon && foreignImage(data.icon)) || DEFAULT_ICON,
+    image: data.image ? foreignImage(data.image) : undefined,
     badge: DEFAULT_ICON,
     timestamp: Date.now(),
     requireInteraction: data.priority >= 5,

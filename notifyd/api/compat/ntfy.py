@@ -299,7 +299,8 @@ async def _sequence_events(request: Request, topic: str, sequence_id: str) -> li
     """Ids of the caller's events of ``topic`` in that sequence: those with the
     sequence id as collapse key, and the event whose id it is."""
     svc = _services(request)
-    principal = await _caller(request, request.method)
+    # clearing changes read state, also on GET: a cookie needs the CSRF header
+    principal = await _caller(request, "POST")
     principal.require_read(topic)
     ids: list[int] = []
     before: int | None = None
@@ -311,7 +312,7 @@ async def _sequence_events(request: Request, topic: str, sequence_id: str) -> li
         if nxt is None or len(ids) >= 500:
             break
         before = nxt
-    if sequence_id.isdigit():
+    if sequence_id.isascii() and sequence_id.isdigit() and len(sequence_id) < 19:
         ids.append(int(sequence_id))
     request.state.ntfy_principal = principal
     return ids

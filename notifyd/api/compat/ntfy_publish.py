@@ -115,8 +115,11 @@ async def publish(
 ) -> dict[str, Any]:
     """Publish one ntfy message (``topic`` None: ``POST /`` with JSON); returns ntfy's
     message object. Raises :class:`NtfyError` (core errors in ntfy's shape)."""
+    # Publishing changes state whatever the method: a session cookie needs the CSRF
+    # header even on ntfy's GET /<topic>/publish, which a cross-site link or <img>
+    # could otherwise fire with the user's cookie.
     principal = await authenticate(
-        svc, via_socket=via_socket, method=method, headers=headers, query=query,
+        svc, via_socket=via_socket, method="POST", headers=headers, query=query,
         address=address,
     )  # fmt: skip
     if topic is None:

@@ -26,12 +26,14 @@ function image(url, className, alt) {
   return img;
 }
 
-/** Images may come from any https URL or from this server (CSP img-src). */
+/** An event's images load only from https URLs of other origins. The publisher
+ * picks the URL, and a GET to this server would carry the reader's session cookie:
+ * an "image" pointing at one of our URLs must not act in the reader's name. */
 function imageUrl(raw) {
   const href = safeUrl(raw);
   if (!href) return null;
   const url = new URL(href);
-  return url.protocol === "https:" || url.origin === location.origin ? href : null;
+  return url.protocol === "https:" && url.origin !== location.origin ? href : null;
 }
 
 function meta(ev) {
