@@ -8,25 +8,12 @@ ACL patterns are globs where ``*`` matches any run of characters, ``/`` included
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from .errors import Forbidden
+from .globs import glob_match  # also re-exported: callers import it from here
 
 SCOPES = ("publish", "subscribe", "admin")
-
-
-@lru_cache(maxsize=4096)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.S)
-
-
-def glob_match(pattern: str, topic: str) -> bool:
-    """True if ``topic`` matches ``pattern`` (``*`` = any run of characters, ``/`` included)."""
-    if "*" not in pattern:
-        return pattern == topic
-    return _compile(pattern).match(topic) is not None
 
 
 @dataclass(frozen=True)

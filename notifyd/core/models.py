@@ -70,9 +70,26 @@ def check_topic(topic: str) -> str:
     return topic
 
 
+#: Wildcards allowed in one pattern (a run of ``*`` counts as one). Real patterns use
+#: one or two (``alerts/*``, ``*/errors``, ``host-*/cpu-*``); the cap keeps the work
+#: of one match small and fixed wherever patterns are matched: our matcher
+#: (:mod:`notifyd.core.globs`, one string search per piece) and SQLite's ``GLOB``,
+#: which recurses once per ``*``.
+PATTERN_MAX_WILDCARDS = 8
+_STAR_RUN = re.compile(r"\*{2,}")  # one character class, no nesting: a linear scan
+
+
 def check_pattern(pattern: str) -> str:
+    """Check a topic pattern and return its normal form: runs of ``*`` collapsed to
+    one (``a**b`` matches exactly what ``a*b`` matches). Store and use the returned
+    value. Raises ``ValueError`` (callers answer 422)."""
     if not isinstance(pattern, str) or not PATTERN_RE.fullmatch(pattern):
         raise ValueError("a topic pattern is a topic that may contain '*' wildcards")
+    pattern = _STAR_RUN.sub("*", pattern)
+    if pattern.count("*") > PATTERN_MAX_WILDCARDS:
+        raise ValueError(
+            f"a topic pattern may contain at most {PATTERN_MAX_WILDCARDS} '*' wildcards"
+        )
     return pattern
 
 
