@@ -15,7 +15,9 @@ import click
 #: key names whose values are never printed
 SECRET_KEY = re.compile(r"password|secret|token|private|credential|api_?key", re.I)
 #: user:password@ in URLs
-URL_AUTH = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]+)@", re.I)
+#: (the lookbehind starts a scheme only where a run of scheme characters starts, so a
+#: long run is tried once, not once per character: linear, not quadratic)
+URL_AUTH = re.compile(r"(?<![a-z0-9+.-])(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<auth>[^/@\s]+)@", re.I)
 
 
 def mask(key: str, value: Any) -> Any:

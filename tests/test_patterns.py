@@ -447,3 +447,23 @@ def test_ntfy_times_out_of_range_answer_400_and_the_daemon_lives(daemon: Daemon)
                    headers={**auth, "X-Timezone": "Europe"}, timeout=10)  # fmt: skip
     assert r.status_code == 400, r.text
     assert wait_for(lambda: healthy(daemon), timeout=10, message="/healthz")
+
+
+def test_preferences_stored_before_the_wildcard_cap_still_load() -> None:
+    """A rule saved before the cap existed must not break its user's streams and
+    deliveries: documents read back are normalised, only new input is capped."""
+    from notifyd.core.prefs import Preferences
+
+    doc = {"rules": [{"topic": "*a" * 9 + "**", "mute": True}]}
+    prefs = Preferences.from_json(doc)
+    assert prefs.rules[0].topic == "*a" * 9 + "*"
+    with pytest.raises(ValueError, match="at most 8"):
+        Preferences.from_json(doc, stored=False)
+
+
+@pytest.mark.parametrize("tz", ["Europe", "../../etc/passwd", "a" * 5000, "Europe/../UTC", 7])
+def test_a_hostile_time_zone_is_refused_not_raised(tz: object) -> None:
+    from notifyd.core.prefs import Preferences
+
+    with pytest.raises(ValueError, match="timezone"):
+        Preferences.from_json({"timezone": tz}, stored=False)

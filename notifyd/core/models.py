@@ -79,14 +79,18 @@ PATTERN_MAX_WILDCARDS = 8
 _STAR_RUN = re.compile(r"\*{2,}")  # one character class, no nesting: a linear scan
 
 
-def check_pattern(pattern: str) -> str:
+def check_pattern(pattern: str, *, stored: bool = False) -> str:
     """Check a topic pattern and return its normal form: runs of ``*`` collapsed to
     one (``a**b`` matches exactly what ``a*b`` matches). Store and use the returned
-    value. Raises ``ValueError`` (callers answer 422)."""
+    value. Raises ``ValueError`` (callers answer 422).
+
+    ``stored``: the pattern was accepted earlier and is being read back; it is
+    normalised but not held to :data:`PATTERN_MAX_WILDCARDS`, which came later (the
+    matcher is linear whatever the count, so an old pattern stays usable)."""
     if not isinstance(pattern, str) or not PATTERN_RE.fullmatch(pattern):
         raise ValueError("a topic pattern is a topic that may contain '*' wildcards")
     pattern = _STAR_RUN.sub("*", pattern)
-    if pattern.count("*") > PATTERN_MAX_WILDCARDS:
+    if not stored and pattern.count("*") > PATTERN_MAX_WILDCARDS:
         raise ValueError(
             f"a topic pattern may contain at most {PATTERN_MAX_WILDCARDS} '*' wildcards"
         )

@@ -83,8 +83,10 @@ class Preferences:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> Preferences:
-        """Parse and validate; raises ``ValueError("field: message")``."""
+    def from_json(cls, doc: dict[str, Any] | None, *, stored: bool = True) -> Preferences:
+        """Parse and validate; raises ``ValueError("field: message")``. ``stored=False``
+        for a document from a client: it is also held to limits that documents stored
+        before them need not meet (see :func:`~notifyd.core.models.check_pattern`)."""
         doc = doc or {}
         unknown = set(doc) - {
             "rules",
@@ -100,7 +102,7 @@ class Preferences:
         if not isinstance(rules, list) or len(rules) > MAX_RULES:
             raise ValueError(f"rules: a list of at most {MAX_RULES} rules")
         for i, raw in enumerate(rules):
-            prefs.rules.append(_rule(raw, f"rules[{i}]"))
+            prefs.rules.append(_rule(raw, f"rules[{i}]", stored))
         quiet = doc.get("quiet_hours")
         if quiet is not None:
             if not isinstance(quiet, dict) or set(quiet) != {"start", "end"}:
@@ -113,8 +115,12 @@ class Preferences:
             prefs.quiet_start, prefs.quiet_end = quiet["start"], quiet["end"]
         tz = doc.get("timezone", "UTC")
         try:
+            # a directory ("Europe"), ".." or a very long name is an OSError from
+            # the tz database lookup, not a ZoneInfoNotFoundError
+            if not isinstance(tz, str) or len(tz) > 64:
+                raise ValueError(tz)
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
+        except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
             raise ValueError(
                 f"timezone: unknown time zone {tz!r} (use e.g. Europe/Berlin)"
             ) from None
@@ -174,7 +180,7 @@ class Preferences:
         return end.timestamp()
 
 
-def _rule(raw: Any, where: str) -> Rule:
+def _rule(raw: Any, where: str, stored: bool) -> Rule:
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: a rule is an object")
     unknown = set(raw) - {"topic", "category", "min_priority", "channels", "mute"}
@@ -183,7 +189,7 @@ def _rule(raw: Any, where: str) -> Rule:
     rule = Rule()
     topic = raw.get("topic", "*")
     try:
-        rule.topic = check_pattern(topic)
+        rule.topic = check_pattern(topic, stored=stored)
     except ValueError as exc:
         raise ValueError(f"{where}.topic: {exc}") from None
     category = raw.get("category")

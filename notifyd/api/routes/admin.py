@@ -111,7 +111,7 @@ async def export(
     svc = services(request)
     if topic is not None:
         try:
-            check_pattern(topic)
+            topic = check_pattern(topic)
         except ValueError as exc:
             raise ValidationFailed(f"topic: {exc}", field="topic") from None
     lines = transfer.export_lines(svc.store, topic, since)

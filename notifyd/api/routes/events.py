@@ -77,7 +77,7 @@ class Filters:
     ) -> None:
         if topic is not None:
             try:
-                check_pattern(topic)
+                topic = check_pattern(topic)
             except ValueError as exc:
                 raise ValidationFailed(f"topic: {exc}", field="topic") from None
         self.values = dict(
