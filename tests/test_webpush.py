@@ -308,8 +308,13 @@ def test_private_endpoints_are_refused_unless_allowed(make_daemon: Any) -> None:
     for url in ("https://fcm.googleapis.com/fcm/send/abc", "https://updates.push.services.mozilla.com/wpush/v2/x",
                 "https://web.push.apple.com/abc", "https://8.8.8.8/x"):  # fmt: skip
         assert not is_private_endpoint(url), url
-    d = make_daemon(extra_env={"NOTIFYD_WEBPUSH_ALLOW_PRIVATE_ENDPOINTS": "false"}).start()
+    for url in ("http://127.1/x", "http://0x7f000001/x", "http://2130706433/x", "http://0/x",
+                "https://[::ffff:127.0.0.1]/x", "https://localhost./x"):  # fmt: skip
+        assert is_private_endpoint(url), url
+    # private_destinations = nobody: not even the socket (an admin) may
+    d = make_daemon(extra_env={"NOTIFYD_WEBPUSH_ALLOW_PRIVATE_ENDPOINTS": "false",
+                               "NOTIFYD_PRIVATE_DESTINATIONS": "nobody"}).start()  # fmt: skip
     with PushService() as service, d.admin() as c:
         r = c.post("/v1/webpush/subscriptions", json=service.subscribe().info())
         assert r.status_code == 422 and r.json()["error"]["field"] == "endpoint"
-        assert "webpush_allow_private_endpoints" in r.json()["error"]["message"]
+        assert "private_destinations = nobody" in r.json()["error"]["message"]

@@ -174,6 +174,23 @@ class Channel:
         """The config as the API may show it: secrets masked. Default: nothing."""
         return {}
 
+    @classmethod
+    def destinations(cls, config: dict[str, Any]) -> list[str]:
+        """Where a channel with this (validated) config makes the daemon connect:
+        URLs (``https://host:port/…``) or bare host names/addresses.
+
+        Called when a channel is created, so that ``private_destinations`` can
+        refuse, with a 422, a user's channel aimed at this machine or a private
+        network. List only real network destinations, never secrets (a bot
+        token is not a host). Default: none.
+
+        Whatever this returns, sends are also checked on the addresses actually
+        connected to, for every client that resolves through
+        ``socket.getaddrinfo`` (httpx, requests/urllib3, smtplib, trio); see
+        ``notifyd/core/destinations.py``.
+        """
+        return []
+
     async def send(self, delivery: Delivery) -> None:
         """Deliver ``delivery``; return normally on success.
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import trio
 
+from . import destinations
 from .channels import Channel, ChannelRecord, Delivery, DeliveryError
 from .errors import NotifydError, StoreGone
 from .services import Services
@@ -39,6 +40,9 @@ COALESCE = 0.005
 IDLE_POLL = 60.0
 #: seconds between attempts to write outcomes the database refused (disk full, locked)
 REWRITE_INTERVAL = 2.0
+#: seconds an owner's role is trusted for the destination policy (a demotion
+#: reaches the sends within this)
+ROLE_TTL = 10.0
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -78,6 +82,10 @@ class Outbox:
         self._recording = False
         self._recorded = trio.Event()  # set when the batch being collected is written
         self.max_in_flight = max(CLAIM_BATCH, sum(ch.concurrency for ch in channels.values()))
+        # The send-time half of private_destinations: every send runs inside
+        # destinations.outbound(), which needs the process-wide guard.
+        destinations.install()
+        self._owner_allowed: dict[int, tuple[bool, float]] = {}
 
     @property
     def base_url(self) -> str:
@@ -147,8 +155,7 @@ class Outbox:
                                     due.ids)  # fmt: skip
                 try:
                     async with self._limiters[channel.kind]:
-                        with trio.fail_after(impl.timeout):
-                            await impl.send(delivery)
+                        await self._guarded_send(impl, delivery)
                 except DeliveryError as exc:
                     error, retry, gone, retry_after = (
                         str(exc),
@@ -266,7 +273,36 @@ class Outbox:
         delivery = Delivery(0, channel_record, [event], 1, self.base_url)
         async with self._limiters[channel_record.kind]:
             try:
-                with trio.fail_after(impl.timeout):
-                    await impl.send(delivery)
+                await self._guarded_send(impl, delivery)
             except trio.TooSlowError:
                 raise DeliveryError(f"timed out after {impl.timeout:g} s") from None
+
+    async def _owner_may_reach_private(self, channel: ChannelRecord) -> bool:
+        now = self.clock()
+        known = self._owner_allowed.get(channel.user_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        allowed = await destinations.owner_may_reach_private(
+            self.svc.config, self.svc.store, channel.user_id
+        )
+        self._owner_allowed[channel.user_id] = (allowed, now + ROLE_TTL)
+        return allowed
+
+    async def _guarded_send(self, impl: Channel, delivery: Delivery) -> None:
+        """``impl.send`` under the kind's timeout and the destination policy of the
+        channel's owner, enforced on the addresses actually connected to.
+
+        Raises:
+            DeliveryError: the plugin's, or (permanent) the policy's when a
+                refused address made the send fail, whatever the plugin made of it.
+            trio.TooSlowError: the send took longer than ``impl.timeout``.
+        """
+        allowed = await self._owner_may_reach_private(delivery.channel)
+        with destinations.outbound(allowed, self.svc.config.destination_policy) as rule:
+            try:
+                with trio.fail_after(impl.timeout):
+                    await impl.send(delivery)
+            except Exception:  # TooSlowError too
+                if rule.refused:
+                    raise DeliveryError(f"refused: {rule.refusal()}", retryable=False) from None
+                raise

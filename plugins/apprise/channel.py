@@ -7,10 +7,21 @@ that blanks each part of the URL that this masked form does not show.
 
 Apprise's API is blocking: each send runs in a worker thread under a capacity
 limiter, with Apprise's socket timeouts capped below the channel's timeout.
+
+Destinations (``private_destinations``): :meth:`AppriseChannel.destinations`
+names the server a URL makes us connect to, for the check at creation. At send
+time the plugin's ``notify`` runs in the worker thread that
+``trio.to_thread.run_sync`` starts with a copy of the sending task's context, so
+the outbox's guard (``notifyd.core.destinations``) sees every lookup that
+requests/urllib3 and smtplib make there; lookups Apprise hands to its own DNS
+thread pool carry the context too (:func:`_carry_context`). Redirects are off.
 """
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, ClassVar
 
@@ -21,6 +32,7 @@ from apprise.plugins import url_to_dict
 from apprise.plugins.email import NotifyEmail
 
 from notifyd.core.channels import Channel, Delivery, DeliveryError, Message
+from notifyd.core.destinations import literal_address
 
 from . import redact
 from .redact import MASK, SCHEME, capturing, pieces
@@ -83,6 +95,16 @@ class AppriseChannel(Channel):
         return {"url": url}
 
     @classmethod
+    def destinations(cls, config: dict[str, Any]) -> list[str]:
+        url = str(config.get("url") or "")
+        try:
+            with capturing(pieces(url)):
+                plugin = _load(url)
+        except ValueError:
+            return []
+        return destination_hosts(plugin)
+
+    @classmethod
     def public(cls, config: dict[str, Any]) -> dict[str, Any]:
         url = str(config.get("url") or "")
         try:
@@ -116,6 +138,7 @@ class AppriseChannel(Channel):
             capture.hide(redact.hidden_pieces(url, plugin.url(privacy=True)), only=True)
             capture.hide([title, body, *body.splitlines()], min_len=8)
             _cap_timeouts(plugin, self.timeout / 3)
+            plugin.redirects = False  # also against ?redirect=yes in the stored URL
             if isinstance(plugin, NotifyEmail) and message.priority in _EMAIL_PRIORITY:
                 present = {k.lower() for k in plugin.headers}
                 for name, value in _EMAIL_PRIORITY[message.priority].items():
@@ -147,11 +170,33 @@ def compose(message: Message) -> tuple[str, str, NotifyFormat]:
     return message.title, body or message.title, body_format
 
 
+def destination_hosts(plugin: Any) -> list[str]:
+    """The server ``plugin`` connects to, where its URL names one: the SMTP host
+    of an email URL, the host of json://, form://, xml://, ntfy, Gotify, Matrix….
+    Services at a fixed address (Telegram, Pushover, …) name none: their URL's
+    "host" is a token, which must neither be refused nor sent to a DNS server."""
+    if isinstance(plugin, NotifyEmail):
+        return [plugin.smtp_host] if plugin.smtp_host else []
+    cls = type(plugin)
+    host = getattr(plugin, "host", None)
+    if "host" not in getattr(cls, "template_tokens", {}) or not isinstance(host, str) or not host:
+        return []
+    if getattr(plugin, "mode", None) == "cloud":  # ntfy://topic: the public ntfy.sh
+        return []
+    # Some services' URL forms put a token where the host goes (matrix://token):
+    # for those, only something that looks like a server name or address counts.
+    token_forms = any("{host}" not in t for t in getattr(cls, "templates", ()))
+    looks_like_server = "." in host or ":" in host or literal_address(host) is not None
+    return [host] if looks_like_server or not token_forms else []
+
+
 def _asset() -> apprise.AppriseAsset:
     # Memory-only storage and no key generation: a channel leaves nothing on disk.
+    # No redirects: a service answers, it does not send us elsewhere.
     return apprise.AppriseAsset(
         app_id="notifyd", app_desc="notifyd",
         storage_mode="memory", pgp_autogen=False, pem_autogen=False, secure_logging=True,
+        http_redirects=False,
     )  # fmt: skip
 
 
@@ -201,4 +246,26 @@ def _cap_timeouts(plugin: Any, limit: float) -> None:
         setattr(plugin, attr, min(current, limit) if ok else limit)
 
 
+class _ContextPool(ThreadPoolExecutor):
+    """A thread pool whose jobs run in the submitter's context (a plain
+    ThreadPoolExecutor runs them in the worker thread's own, empty one)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+def _carry_context() -> None:
+    """Apprise resolves some hosts (its HTTP policy: attachments, Nostr relays) in a
+    shared thread pool and connects to the answer without resolving again; that
+    pool must see the send's destination rules like the rest of the send."""
+    from apprise.utils import http as apprise_http
+
+    pool = getattr(apprise_http, "_DNS_POOL", None)
+    if isinstance(pool, ThreadPoolExecutor) and not isinstance(pool, _ContextPool):
+        apprise_http._DNS_POOL = _ContextPool(
+            max_workers=pool._max_workers, thread_name_prefix="apprise-http-resolve"
+        )
+
+
 redact.install()
+_carry_context()

@@ -22,6 +22,7 @@ from py_vapid import VapidException
 from pywebpush import WebPusher, WebPushException
 
 from notifyd import __version__
+from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.timeutil import parse_rfc3339
 
@@ -148,9 +149,17 @@ class WebPushChannel(Channel):
         _hide_endpoint_paths()
         key = load_or_create(services.config.data_path)
         self._signer = VapidSigner(key, services.config.vapid_subject)
-        # One pooled client: most subscriptions share a few push services, so
-        # connections (and TLS handshakes) are reused across deliveries.
-        self._client = httpx.AsyncClient(
+        # Pooled clients: most subscriptions share a few push services, so
+        # connections (and TLS handshakes) are reused across deliveries. Two pools:
+        # a connection opened for a send that may reach private addresses (an
+        # admin's channel) must never be reused by one that may not, since a
+        # reused connection is not resolved (and so not checked) again.
+        self._client = self._new_client()
+        self._trusted_client = self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # No redirects: a push service answers, it does not send us elsewhere.
+        return httpx.AsyncClient(
             timeout=httpx.Timeout(10.0, connect=5.0),
             follow_redirects=False,
             headers={"User-Agent": f"notifyd/{__version__}"},
@@ -160,6 +169,10 @@ class WebPushChannel(Channel):
     @classmethod
     def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
         return parse_subscription(config)
+
+    @classmethod
+    def destinations(cls, config: dict[str, Any]) -> list[str]:
+        return [config["endpoint"]] if config.get("endpoint") else []
 
     @classmethod
     def public(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -208,8 +221,9 @@ class WebPushChannel(Channel):
         }
         # Error messages name the origin and the exception type only: the endpoint
         # path is a secret, and httpx messages may quote the URL.
+        client = self._trusted_client if destinations.allows_private() else self._client
         try:
-            resp = await self._client.post(endpoint, content=body, headers=headers)
+            resp = await self._post(client, endpoint, body, headers)
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"push service {origin} timed out") from exc
         except httpx.TransportError as exc:
@@ -222,6 +236,21 @@ class WebPushChannel(Channel):
             ) from exc
         self._check(resp, origin, now)
         log.debug("delivery %d pushed to %s: %d", delivery.id, origin, resp.status_code)
+
+    @staticmethod
+    async def _post(
+        client: httpx.AsyncClient, endpoint: str, body: bytes, headers: dict[str, str]
+    ) -> httpx.Response:
+        """POST and read at most RESPONSE_CAP bytes of the answer: the status and
+        headers decide the outcome, and a push service that streams an endless
+        body must not keep the send (or memory) busy."""
+        async with client.stream("POST", endpoint, content=body, headers=headers) as resp:
+            left = destinations.RESPONSE_CAP
+            async for chunk in resp.aiter_raw():
+                left -= len(chunk)
+                if left < 0:
+                    break  # closing the stream drops the connection: no more is read
+        return resp
 
     @staticmethod
     def _check(resp: httpx.Response, origin: str, now: float) -> None:
@@ -245,3 +274,4 @@ class WebPushChannel(Channel):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._trusted_client.aclose()

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from notifyd.api.auth import principal, services
 from notifyd.api.responses import JSON
+from notifyd.core import destinations
 from notifyd.core.acl import Principal
 from notifyd.core.channels import ChannelRecord
 from notifyd.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -24,7 +25,7 @@ from notifyd.core.ratelimit import require_channel_room
 from notifyd.core.services import Services
 
 from .channel import WebPushChannel
-from .subscription import SubscriptionError, is_private_endpoint, parse_subscription
+from .subscription import SubscriptionError, parse_subscription
 from .vapid import load_or_create, public_key_b64
 
 router = APIRouter(prefix="/v1/webpush", tags=["webpush"])
@@ -89,12 +90,20 @@ async def subscribe(request: Request, caller: Caller, body: SubscriptionIn) -> J
         config = parse_subscription(body.model_dump(), request.headers.get("user-agent", ""))
     except SubscriptionError as exc:
         raise ValidationFailed(str(exc), field=exc.field) from None
-    if not svc.config.webpush_allow_private_endpoints and is_private_endpoint(config["endpoint"]):
-        raise ValidationFailed(
-            "endpoint: push services are on the public internet; this one is on this machine or "
-            "a private network (an admin can allow that with webpush_allow_private_endpoints)",
-            field="endpoint",
+    try:  # the same policy as POST /v1/channels (private_destinations)
+        await destinations.check_destinations(
+            [config["endpoint"]],
+            allow_private=await destinations.owner_may_reach_private(
+                svc.config, svc.store, caller.user_id
+            ),
+            policy=svc.config.destination_policy,
         )
+    except destinations.DestinationRefused as exc:
+        raise ValidationFailed(
+            f"endpoint: push services are on the public internet; {exc}",
+            field="endpoint",
+            code="private_destination",
+        ) from None
     await _release_elsewhere(svc, caller.user_id, config["endpoint"])
     # the name is a short hash; a longer one settles the (unlikely) case of two
     # endpoints of one user sharing its first 8 digits

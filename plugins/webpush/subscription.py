@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from notifyd.core import destinations
+
 from .vapid import b64url
 
 MAX_ENDPOINT = 2048
@@ -93,19 +95,9 @@ def parse_subscription(data: Any, user_agent: str | None = None) -> dict[str, An
 
 
 def is_private_endpoint(endpoint: str) -> bool:
-    """True for endpoints on this machine or a private network: ``localhost``,
-    ``*.localhost``, ``*.local``, and IP literals that are loopback, private,
-    link-local, reserved or unspecified. (Names are not resolved here: this keeps
-    casual requests to internal services out, not a DNS-rebinding attacker.)"""
-    import ipaddress
-
-    host = (urlsplit(endpoint).hostname or "").rstrip(".").lower()
-    if host in ("localhost", "") or host.endswith((".localhost", ".local", ".internal")):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
-    )
+    """True for endpoints on this machine or a private network, in any spelling
+    of the address (``127.1``, ``0x7f000001``, ``[::ffff:127.0.0.1]``, …) and for
+    local names (``localhost``, ``*.local``, …). Names are not resolved here; the
+    daemon's checks do that (``notifyd.core.destinations``)."""
+    verdict = destinations.classify_literal(endpoint)
+    return verdict is not None and verdict.private

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from ...core import destinations
 from ...core.acl import Principal
 from ...core.channels import ChannelRecord, DeliveryError
 from ...core.errors import NotFound, ValidationFailed
@@ -99,11 +100,35 @@ async def add_channel(request: Request, caller: Caller, body: ChannelIn) -> JSON
         ) from None
     user_id = await _target_user(svc, caller, body.user)
     await require_channel_room(svc.store, svc.config, user_id)
+    await check_destinations(
+        svc, type(impl), config, user_id, field="url" if body.url is not None else "config"
+    )
     ch = await svc.store.create_channel(user_id, body.name, kind, config)
     return JSON(public_channel(svc, ch), status_code=201)
 
 
 @router.post("/channels/{name}/test", summary="Send a test notification now")
+async def check_destinations(
+    svc: Services, kind: type, config: dict[str, Any], owner_id: int, field: str
+) -> None:
+    """422 when the channel would connect to a private address that its owner may
+    not reach under ``private_destinations`` (the sends are checked again)."""
+    targets = kind.destinations(config) if hasattr(kind, "destinations") else []
+    if not targets:
+        return
+    allowed = await destinations.owner_may_reach_private(svc.config, svc.store, owner_id)
+    try:
+        await destinations.check_destinations(
+            targets, allow_private=allowed, policy=svc.config.destination_policy
+        )
+    except destinations.DestinationRefused as exc:
+        raise ValidationFailed(str(exc), field=field, code="private_destination") from None
+
+
+#: the most characters of a failed test's error shown back (a plugin may quote a peer)
+TEST_ERROR_CHARS = 500
+
+
 async def test_channel(
     request: Request, caller: Caller, name: str, user: str | None = None
 ) -> JSON:
@@ -113,7 +138,10 @@ async def test_channel(
     try:
         await svc.outbox.send_test(ch)
     except DeliveryError as exc:
-        return JSON({"ok": False, "error": str(exc), "retryable": exc.retryable})
+        error = str(exc)
+        if len(error) > TEST_ERROR_CHARS:
+            error = error[: TEST_ERROR_CHARS - 1] + "…"
+        return JSON({"ok": False, "error": error, "retryable": exc.retryable})
     return JSON({"ok": True})
 
 
