@@ -50,6 +50,8 @@ class Daemon:
     port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    #: what runs ``notifyd`` (e.g. tests/faultinject.py, which patches it first)
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "notifyd"])
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -76,7 +78,7 @@ class Daemon:
         self.log_path = self.data_dir / "daemon.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "notifyd", "serve", "--data-dir", str(self.data_dir),
+            [*self.command, "serve", "--data-dir", str(self.data_dir),
              "--listen", f"127.0.0.1:{self.port}", "--socket", str(self.socket), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip

@@ -10,9 +10,11 @@ WebSocket traffic is only control frames (ping, close) and is size-limited.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import logging
 import os
+import re
 import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -48,20 +50,62 @@ class RequestHead:
         return values[-1] if values else None
 
 
+#: a request line the fast path takes: a method token, an origin-form target, HTTP/1.x
+_REQUEST_LINE = re.compile(r"([A-Z]{1,16}) (/[\x21-\x7e]*) HTTP/1\.[01]")
+#: a header name is an RFC 9110 token
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: control characters that may not appear in a header value (RFC 9110 §5.5)
+_FIELD_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def parse_head(raw: bytes) -> RequestHead:
+    """A stream request's head, or :class:`BadRequest`: everything a client sends is
+    checked here (request line, header names and values, no obs-fold), so that the
+    handlers only meet well-formed text. Bytes above ASCII in values are kept as
+    latin-1, as every HTTP server reads them."""
+    lines = raw.decode("latin-1").split("\r\n")
+    m = _REQUEST_LINE.fullmatch(lines[0])
+    if m is None:
+        raise BadRequest("malformed HTTP request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            # obs-fold (a line starting with a space) and lines without a name included
+            raise BadRequest("malformed HTTP header line")
+        if _FIELD_CTL.search(value):
+            raise BadRequest(f"control character in the {name[:40]} header")
+        headers[name.lower()] = value.strip(" \t")
+    return RequestHead(m.group(1), m.group(2), headers)
+
+
+def valid_websocket_key(key: str | None) -> bool:
+    """Whether ``Sec-WebSocket-Key`` is what RFC 6455 §4.1 requires: the base64 of 16
+    bytes."""
+    if key is None or len(key) != 24 or not key.isascii():
+        return False
     try:
-        text = raw.decode("latin-1")
-        lines = text.split("\r\n")
-        method, target, _version = lines[0].split(" ", 2)
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return RequestHead(method, target, headers)
-    except ValueError:
-        raise BadRequest("malformed HTTP request") from None
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def websocket_accept(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            408: "Request Timeout", 413: "Content Too Large", 422: "Unprocessable Content",
+            426: "Upgrade Required", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable"}  # fmt: skip
+
+
+def raw_response(status: int, body: bytes, extra: str = "") -> bytes:
+    """A complete JSON answer that ends the connection, for the raw-socket doors."""
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 def http_error(exc: NotifydError) -> bytes:
@@ -71,13 +115,7 @@ def http_error(exc: NotifydError) -> bytes:
         extra = 'WWW-Authenticate: Bearer realm="notifyd"\r\n'
     if exc.retry_after is not None:
         extra += f"Retry-After: {max(1, round(exc.retry_after))}\r\n"
-    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-              422: "Unprocessable Content", 426: "Upgrade Required",
-              429: "Too Many Requests"}.get(exc.status, "Error")  # fmt: skip
-    return (
-        f"HTTP/1.1 {exc.status} {reason}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
-    ).encode() + body
+    return raw_response(exc.status, body, extra)
 
 
 class _RawSink:
@@ -169,48 +207,101 @@ class SSESink(_RawSink):
             await self.write(b"data: " + resync_frame(resync) + b"\n\n")
 
 
-async def _ws_reader(stream: trio.abc.Stream, sink: WebSocketSink, done: trio.CancelScope) -> None:
-    """Answer pings and closes; refuse oversized or unmasked client frames."""
+def _valid_close_code(code: int) -> bool:
+    """A close code a client may send (RFC 6455 §7.4): a registered one meant for
+    endpoints to send, or the registered/private ranges 3000–4999."""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code <= 4999
+
+
+def _frame_error(b0: int, n: int, in_message: bool, message_size: int) -> tuple[int, str] | None:
+    """What RFC 6455 §5 forbids in a client frame header (masking checked apart)."""
+    fin, opcode = b0 & 0x80, b0 & 0x0F
+    if b0 & 0x70:
+        return 1002, "no extension was negotiated: RSV bits must be 0"
+    if opcode not in (0x0, 0x1, 0x2, 0x8, 0x9, 0xA):
+        return 1002, f"unknown opcode {opcode:#x}"
+    if opcode >= 0x8:
+        if not fin or n > 125:
+            return 1002, "control frames must be unfragmented and at most 125 bytes"
+        return None
+    if (opcode == 0x0) != in_message:
+        return 1002, "continuation frame outside a message, or a new message inside one"
+    if n > MAX_CLIENT_MESSAGE or message_size + n > MAX_CLIENT_MESSAGE:
+        return 1009, "message too big"
+    return None
+
+
+async def _ws_reader(stream: trio.abc.Stream, sink: _RawSink, done: trio.CancelScope) -> None:
+    """Read what a one-way stream's WebSocket client sends: answer pings and closes,
+    drop data, and close with 1002 (protocol error) or 1009 (too big) on anything
+    RFC 6455 forbids. Data payloads are skipped as they arrive, never unmasked or
+    buffered whole, and each chunk read is parsed in one pass with its pongs
+    written together: a client costs this task about what reading its bytes costs."""
     buf = b""
+    skip = 0  # payload bytes of a data frame still to discard
     message_size = 0
+    in_message = False  # a fragmented data message has begun
     try:
         while True:
             data = await stream.receive_some(65536)
             if not data:
                 break
+            if skip:
+                dropped = min(skip, len(data))
+                skip -= dropped
+                data = data[dropped:]
             buf += data
-            while len(buf) >= 2:
-                b0, b1 = buf[0], buf[1]
-                opcode, masked, n = b0 & 0x0F, b1 & 0x80, b1 & 0x7F
-                pos = 2
+            off, out, end = 0, b"", None
+            while not skip and len(buf) - off >= 2:
+                b0, b1 = buf[off], buf[off + 1]
+                n, pos = b1 & 0x7F, off + 2
                 if n == 126:
-                    if len(buf) < 4:
+                    if len(buf) - off < 4:
                         break
-                    n = struct.unpack("!H", buf[2:4])[0]
-                    pos = 4
+                    n, pos = struct.unpack_from("!H", buf, off + 2)[0], off + 4
                 elif n == 127:
-                    if len(buf) < 10:
+                    if len(buf) - off < 10:
                         break
-                    n = struct.unpack("!Q", buf[2:10])[0]
-                    pos = 10
-                if not masked:
-                    await sink.write(ws_close(1002, "client frames must be masked"))
-                    return
-                if n > MAX_CLIENT_MESSAGE or message_size + n > MAX_CLIENT_MESSAGE:
-                    await sink.write(ws_close(1009, "message too big"))
-                    return
+                    n, pos = struct.unpack_from("!Q", buf, off + 2)[0], off + 10
+                error = (
+                    (1002, "client frames must be masked") if not b1 & 0x80
+                    else _frame_error(b0, n, in_message, message_size)
+                )  # fmt: skip
+                if error is not None:
+                    end = ws_close(*error)
+                    break
+                opcode, fin = b0 & 0x0F, b0 & 0x80
+                if opcode < 0x8:  # data: nothing to read on a one-way stream
+                    message_size = 0 if fin else message_size + n
+                    in_message = not fin
+                    have = len(buf) - pos - 4
+                    if have < 0:
+                        break
+                    if have < n:
+                        skip, off = n - have, len(buf)
+                    else:
+                        off = pos + 4 + n
+                    continue
                 if len(buf) < pos + 4 + n:
                     break
                 mask = buf[pos : pos + 4]
                 payload = bytes(b ^ mask[i % 4] for i, b in enumerate(buf[pos + 4 : pos + 4 + n]))
-                buf = buf[pos + 4 + n :]
-                if opcode == 0x8:  # close: echo the code, then end
-                    await sink.write(ws_frame(payload[:2], opcode=0x8))
-                    return
+                off = pos + 4 + n
                 if opcode == 0x9:
-                    await sink.write(ws_frame(payload, opcode=0xA))
-                elif opcode in (0x0, 0x1, 0x2):
-                    message_size = 0 if b0 & 0x80 else message_size + n
+                    out += ws_frame(payload, opcode=0xA)
+                elif opcode == 0x8:  # close: echo a valid code, then end
+                    if n == 0:
+                        end = ws_frame(b"", opcode=0x8)
+                    elif n == 1 or not _valid_close_code(struct.unpack("!H", payload[:2])[0]):
+                        end = ws_close(1002, "invalid close frame")
+                    else:
+                        end = ws_frame(payload[:2], opcode=0x8)
+                    break
+            buf = buf[off:]
+            if out or end:
+                await sink.write(out + (end or b""))
+            if end is not None:
+                return
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
@@ -246,6 +337,8 @@ async def serve_raw_stream(
             exc = BadRequest("this is a WebSocket endpoint; use /v1/stream/sse for SSE")
             exc.status = 426
             raise exc
+        if websocket and not valid_websocket_key(key):
+            raise BadRequest("Sec-WebSocket-Key must be the base64 of 16 bytes (RFC 6455)")
         session = await open_session(
             svc,
             via_socket=via_socket,
@@ -274,10 +367,9 @@ async def _serve_session(
     sink: WebSocketSink | SSESink
     if websocket:
         assert key is not None
-        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
         handshake = (
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+            f"Sec-WebSocket-Accept: {websocket_accept(key)}\r\n\r\n"
         )
         sink = WebSocketSink(stream, lock)
     else:

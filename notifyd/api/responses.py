@@ -1,4 +1,6 @@
-"""JSON responses serialized with orjson, and the error handlers of the API."""
+"""JSON responses serialized with orjson, the error handlers of the API, and the
+error shape of each door (notifyd's, ntfy's, Gotify's) for answers the connection
+guard (``server.py``) gives when a handler fails."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from ..core.errors import NotifydError
+from .compat import gotify_map
+from .compat.ntfy_params import for_status as ntfy_error
 
 log = logging.getLogger("notifyd.api")
 
@@ -44,6 +48,41 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     if field is not None:
         err["field"] = field
     return JSON({"error": err}, status_code=status, headers=headers)
+
+
+#: the protocols a request may speak, each with its own error shape
+NOTIFYD, NTFY, GOTIFY = "notifyd", "ntfy", "gotify"
+INTERNAL_MESSAGE = "internal error; the daemon log has details"
+_gotify_names: frozenset[str] | None = None
+
+
+def door_of(path: str, method: str, reserved: frozenset[str]) -> str:
+    """Which protocol a request to ``path`` speaks: Gotify's endpoints, notifyd's own
+    names (``reserved``: ``/v1``, the page, plugins), else an ntfy topic. Only called
+    when an error has to be shaped, never on the hot path."""
+    global _gotify_names
+    if _gotify_names is None:
+        from .compat import gotify  # imports this module: looked up on first use
+
+        _gotify_names = frozenset(r.path.lstrip("/").split("/", 1)[0] for r in gotify.router.routes)
+    first = path.lstrip("/").split("/", 1)[0]
+    if first in _gotify_names:
+        return GOTIFY
+    if first in reserved or (not first and method not in ("POST", "PUT")):
+        return NOTIFYD
+    return NTFY
+
+
+def door_error(door: str, status: int, message: str) -> bytes:
+    """The JSON body of an error answer in ``door``'s shape: notifyd's
+    ``{"error": {"code", "message"}}``, ntfy's ``{"code", "http", "error"}``, Gotify's
+    ``{"error", "errorCode", "errorDescription"}``."""
+    if door == NTFY:
+        return orjson.dumps(ntfy_error(status, message).to_json()) + b"\n"
+    if door == GOTIFY:
+        return orjson.dumps(gotify_map.error_body(status, message))
+    code = "internal" if status >= 500 else _STATUS_CODES.get(status, "error")
+    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 def _closing(request: Request, headers: dict[str, str] | None) -> dict[str, str] | None:
@@ -89,5 +128,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the daemon log has details")
+        # Starlette raises the exception on after this answer; the connection guard
+        # (api/server.py) catches it there and logs it, once.
+        door = door_of(request.url.path, request.method, _reserved(app))
+        return Response(door_error(door, 500, INTERNAL_MESSAGE), status_code=500,
+                        media_type="application/json", headers={"Connection": "close"})  # fmt: skip
+
+
+def _reserved(app: FastAPI) -> frozenset[str]:
+    from .compat import ntfy  # imports this module
+
+    return ntfy.reserved_names(app)

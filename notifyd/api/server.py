@@ -6,6 +6,13 @@ bytes already read, to hypercorn's trio ``TCPServer`` running the FastAPI app.
 The Unix socket gets an ASGI wrapper that marks its requests, so the API treats
 them as the configured ``socket_user``; TCP clients cannot forge that mark.
 
+Every connection runs under a guard (:meth:`Front.handle`, and per request
+:func:`_guarded_app`): an exception a handler did not expect ends that connection
+only — it is logged in one line, answered 500 in the door's own error shape if no
+answer has started, and the connection is closed — never the process. A request
+with a large or chunked body is authenticated from its head before any of the
+body is read (:data:`AUTH_FIRST_BYTES`).
+
 This relies on ``hypercorn.trio.tcp_server.TCPServer(app, config, context, state,
 stream)``, pinned in ``pyproject.toml``.
 """
@@ -15,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket as stdsocket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +42,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..config import Config
 from ..core.errors import NotifydError, PayloadTooLarge
 from ..core.services import Services
-from .auth import SOCKET_SCOPE_KEY
+from .auth import SOCKET_SCOPE_KEY, resolve
 from .clientaddr import client_address, with_client_address
 from .compat import ntfy
 from .compat import ntfy_stream as ntfy_streams
 from .fastpath import PublishFastPath
-from .rawstream import RequestHead, http_error, parse_head, serve_raw_stream
+from .rawstream import RequestHead, parse_head, raw_response, serve_raw_stream
+from .responses import INTERNAL_MESSAGE, NOTIFYD, NTFY, door_error, door_of
 
 log = logging.getLogger("notifyd.server")
 
 HEAD_LIMIT = 16 * 1024
 IMPORT_PATH = "/v1/admin/import"
+#: A request may make the daemon read this much of its body before it is
+#: authenticated (a sign-in, a small publish). A larger (or chunked) body is read
+#: only once the credentials in the head check out; else 401 before any of it.
+AUTH_FIRST_BYTES = 4 * 1024
+#: the one notifyd route that reads a body without credentials: sign-in, small JSON
+SIGN_IN_PATH = "/v1/session"
 STREAM_PREFIXES = (b"GET /v1/stream ", b"GET /v1/stream?", b"GET /v1/stream/sse")
 
 
@@ -75,6 +90,78 @@ def _timeout_response(what: str, seconds: float) -> bytes:
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body  # fmt: skip
 
 
+# -- the connection guard ------------------------------------------------------------
+
+#: how a connection normally ends: the client went away (not worth a log line)
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+#: credentials that could end up in an exception's message
+_SECRET = re.compile(r"nfy_[A-Za-z0-9_\-]+")
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _culprit(exc: BaseException) -> BaseException | None:
+    """The exception that ended a connection, or None when only the client left
+    (every exception in the group is a transport error)."""
+    return next((e for e in _leaves(exc) if not isinstance(e, _GONE)), None)
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+
+
+def failure_status(exc: BaseException, door: str, peer: str, what: str) -> tuple[int, str]:
+    """The status and message to answer for ``exc``. A core error that escaped its
+    handler is answered as what it is; anything else is a bug: logged here in one
+    line (no body, headers, query or cookie: only the door, the peer, the method
+    and path, and the exception) and answered 500."""
+    if isinstance(exc, NotifydError):
+        return exc.status, exc.message
+    message = _SECRET.sub("nfy_…", str(exc)).encode("unicode_escape").decode("ascii")
+    log.error(
+        "%s door: %s from %s failed: %s: %s (at %s); connection closed",
+        door, what, peer, type(exc).__name__, message[:300], _where(exc),
+    )  # fmt: skip
+    return 500, INTERNAL_MESSAGE
+
+
+class _Watched(trio.abc.HalfCloseableStream):
+    """A raw-socket door's connection, noting whether an answer has begun (so that
+    the guard knows whether it may still answer 500)."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.socket = inner.socket  # _RawSink writes to it directly when it can
+        self.answered = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.answered = True
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class _Guard(trio.abc.Stream):
     """The connection as hypercorn sees it: first the bytes the front already read,
     then the socket, read under the deadline of the request's current phase.
@@ -98,6 +185,8 @@ class _Guard(trio.abc.Stream):
         self.phase = "head"  # head | body | busy | idle | closed
         self.deadline = deadline
         self.responded = False
+        #: the current request's path and method (which door answers a failure)
+        self.path, self.method = "/", "GET"
         self._scope: trio.CancelScope | None = None
 
     def _set(self, phase: str, deadline: float = math.inf) -> None:
@@ -180,20 +269,107 @@ async def _drain(receive: Any) -> None:
         pass
 
 
-def _guarded_app(app: Any, guard: _Guard, config: Config) -> Callable[..., Awaitable[None]]:
+def _json_answer(
+    status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> list[dict]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+               (b"connection", b"close"), *(extra or [])]  # fmt: skip
+    return [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    ]
+
+
+async def _authenticate_first(
+    svc: Services, scope: dict, reserved: frozenset[str]
+) -> list[dict] | None:
+    """Before a large body is read: the answer refusing the request if its head
+    carries no valid credentials, else None.
+
+    notifyd's routes (FastAPI reads and parses a body before any dependency runs)
+    are checked here with :func:`.auth.resolve`, which caches tokens and sessions, so
+    the route's own check then costs a dictionary lookup. ntfy's and Gotify's
+    handlers authenticate from the head before they read (``ntfy_publish.publish``,
+    ``gotify.authenticate``), in their own shapes and with their own credentials
+    (Basic with a password, ``?auth=``, ``X-Gotify-Key``): they are left to do it,
+    once."""
+    path, method = scope["path"], scope["method"]
+    if door_of(path, method, reserved) != NOTIFYD:
+        return None
+    if path == SIGN_IN_PATH:  # anonymous by nature: only a small body is read
+        exc: NotifydError = PayloadTooLarge(f"a sign-in body is at most {AUTH_FIRST_BYTES} bytes")
+    else:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            await resolve(svc, False, headers.get("authorization"), method=method, headers=headers)
+            return None
+        except NotifydError as err:
+            exc = err
+    extra = [(b"www-authenticate", b'Bearer realm="notifyd"')] if exc.status == 401 else []
+    if exc.retry_after is not None:
+        extra.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    return _json_answer(exc.status, orjson.dumps(exc.to_json()), extra)
+
+
+async def _request_failed(
+    scope: dict, send: Any, exc: BaseException, reserved: frozenset[str], started: bool
+) -> None:
+    """The per-request guard: ``exc`` escaped the app. Answer in the door's shape
+    if nothing was sent yet; else leave the connection to hypercorn, which closes a
+    response that did not end (and a WebSocket with 1011)."""
+    culprit = _culprit(exc)
+    if culprit is None:
+        return
+    path, method = scope.get("path", "/"), scope.get("method", "GET")
+    door = door_of(path, method, reserved)
+    client = scope.get("client")
+    peer = str(client[0]) if client else "local"
+    status, text = failure_status(culprit, door, peer, f"{method} {path}")
+    if started:
+        return
+    answer = _json_answer(status, door_error(door, status, text))
+    if scope["type"] == "websocket":  # refused before the handshake: a denial response
+        answer = [{**m, "type": "websocket." + m["type"]} for m in answer]
+    try:
+        for message in answer:
+            await send(message)
+    except Exception:  # noqa: BLE001 - hypercorn gave up on the connection: it is closed
+        pass
+
+
+def _guarded_app(
+    app: Any, guard: _Guard, svc: Services, reserved: frozenset[str], via_socket: bool
+) -> Callable[..., Awaitable[None]]:
     """``app`` for one connection: tells ``guard`` the request's phases, refuses a
     body over ``max_request_bytes`` as it is read (:class:`BodyTooLarge` from
-    ``receive()``, so every door answers 413 in its own shape), and closes the
-    connection after an answer that left the body unread."""
+    ``receive()``, so every door answers 413 in its own shape), authenticates a
+    request with a large body before reading any of it (:func:`_authenticate_first`),
+    answers what the app raised (:func:`_request_failed`: nothing escapes into
+    hypercorn, whose TCPServer would let it reach the daemon's nursery), and closes
+    the connection after an answer that left the body unread."""
+    config = svc.config
 
     async def guarded(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             guard.request_started(False)
+            guard.path, guard.method = scope.get("path", "/"), "GET"
+            started = False
+
+            async def websocket_send(message: dict) -> None:
+                nonlocal started
+                if message["type"] in ("websocket.accept", "websocket.http.response.start",
+                                       "websocket.close"):  # fmt: skip
+                    started = True
+                await send(message)
+
             try:
-                await app(scope, receive, send)
+                await app(scope, receive, websocket_send)
+            except* Exception as group:
+                await _request_failed(scope, send, group, reserved, started)
             finally:
                 guard.request_done()
             return
+        guard.path, guard.method = scope["path"], scope["method"]
         length, chunked = -1, False
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -207,6 +383,8 @@ def _guarded_app(app: Any, guard: _Guard, config: Config) -> Callable[..., Await
         if not has_body:  # nothing to limit or time: no wrappers on the hot path
             try:
                 await app(scope, receive, send)
+            except* Exception as group:
+                await _request_failed(scope, send, group, reserved, guard.responded)
             finally:
                 guard.request_done()
             return
@@ -252,7 +430,15 @@ def _guarded_app(app: Any, guard: _Guard, config: Config) -> Callable[..., Await
                 guard.request_done()
 
         try:
+            if (chunked or length > AUTH_FIRST_BYTES) and not via_socket:
+                refusal = await _authenticate_first(svc, scope, reserved)
+                if refusal is not None:
+                    for message in refusal:
+                        await guarded_send(message)
+                    return
             await app(scope, guarded_receive, guarded_send)
+        except* Exception as group:
+            await _request_failed(scope, guarded_send, group, reserved, guard.responded)
         finally:
             guard.request_done()
 
@@ -392,6 +578,27 @@ def _peer(stream: trio.SocketStream, via_socket: bool) -> str:
         return "unknown"
 
 
+class _Connection:
+    """What the connection guard knows about a connection: who, which door, and
+    whether an answer has begun."""
+
+    __slots__ = ("peer", "door", "what", "guard", "watched")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.door = NOTIFYD
+        self.what = "connection"
+        self.guard: _Guard | None = None
+        self.watched: _Watched | None = None
+
+    def answerable(self) -> bool:
+        """Whether a 500 may still be written: nothing of an answer went out, and a
+        request is in progress (not between requests on a kept-alive connection)."""
+        if self.guard is not None:
+            return not self.guard.responded and self.guard.phase in ("head", "body", "busy")
+        return self.watched is None or not self.watched.answered
+
+
 class Front:
     """Accepts connections and routes each to the stream fast path or hypercorn."""
 
@@ -406,6 +613,31 @@ class Front:
         self.state = ConnectionState({})
 
     async def handle(self, stream: trio.SocketStream, via_socket: bool) -> None:
+        """Serve one connection under the guard: whatever its handler raises ends
+        this connection only (logged once by :func:`failure_status`, answered 500 in
+        the door's shape if no answer began); the socket is closed in every case.
+        Cancellation (shutdown) passes through."""
+        conn = _Connection(_peer(stream, via_socket))
+        try:
+            await self._route(stream, via_socket, conn)
+        except* Exception as group:
+            culprit = _culprit(group)
+            if conn.guard is not None:  # hypercorn's connection: the last request's door
+                conn.what = f"{conn.guard.method} {conn.guard.path}"
+                conn.door = door_of(conn.guard.path, conn.guard.method, self.ntfy_reserved)
+            if culprit is not None:
+                status, text = failure_status(culprit, conn.door, conn.peer, conn.what)
+                if conn.answerable():
+                    answer = raw_response(status, door_error(conn.door, status, text))
+                    with trio.move_on_after(2):
+                        try:
+                            await stream.send_all(answer)
+                        except _GONE:
+                            pass
+        finally:
+            await stream.aclose()
+
+    async def _route(self, stream: trio.SocketStream, via_socket: bool, conn: _Connection) -> None:
         buf = b""
         head: RequestHead | None = None
         ntfy_stream = False
@@ -419,11 +651,12 @@ class Front:
                 while b"\r\n" not in buf and len(buf) < HEAD_LIMIT:
                     data = await stream.receive_some(HEAD_LIMIT)
                     if not data:
-                        await stream.aclose()
                         return
                     buf += data
                 ntfy_stream = ntfy_streams.fast_path_match(buf, self.ntfy_reserved)
                 if ntfy_stream or buf.startswith(STREAM_PREFIXES):
+                    conn.door = NTFY if ntfy_stream else NOTIFYD
+                    conn.what = "stream request"
                     while b"\r\n\r\n" not in buf and len(buf) < HEAD_LIMIT:
                         data = await stream.receive_some(HEAD_LIMIT)
                         if not data:
@@ -435,38 +668,31 @@ class Front:
                 with trio.move_on_after(2):
                     await stream.send_all(_timeout_response("head", config.header_timeout))
                     await stream.send_eof()
-                await stream.aclose()
                 return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            await stream.aclose()
+        except _GONE:
             return
-        except NotifydError as exc:
+        except NotifydError as exc:  # a malformed stream head (parse_head)
             with trio.move_on_after(5):
-                await stream.send_all(http_error(exc))
-            await stream.aclose()
-            return
-        if head is not None and ntfy_stream:
-            try:
-                await ntfy_streams.serve_raw(
-                    self.svc, self.ntfy_reserved, stream, head, via_socket,
-                    client_address(_peer(stream, via_socket), head.headers.items(),
-                                   config.trusted_proxies),
-                )  # fmt: skip
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-            finally:
-                await stream.aclose()
+                await stream.send_all(
+                    raw_response(exc.status, door_error(conn.door, exc.status, exc.message))
+                )
             return
         if head is not None:
-            try:
-                await serve_raw_stream(self.svc, stream, head, via_socket)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-            finally:
-                await stream.aclose()
+            conn.what = f"{head.method} {head.path}"
+            watched = conn.watched = _Watched(stream)
+            if ntfy_stream:
+                address = client_address(conn.peer, head.headers.items(), config.trusted_proxies)
+                await ntfy_streams.serve_raw(
+                    self.svc, self.ntfy_reserved, watched, head, via_socket, address
+                )
+            else:
+                await serve_raw_stream(self.svc, watched, head, via_socket)
             return
-        guard = _Guard(stream, buf, config, deadline)
-        app = _guarded_app(self.socket_app if via_socket else self.app, guard, config)
+        guard = conn.guard = _Guard(stream, buf, config, deadline)
+        app = _guarded_app(
+            self.socket_app if via_socket else self.app, guard, self.svc, self.ntfy_reserved,
+            via_socket,
+        )  # fmt: skip
         wrapped = wrap_app(app, self.hconfig.wsgi_max_body_size, "asgi")
         await TCPServer(wrapped, self.hconfig, self.context, self.state, guard)  # type: ignore[arg-type]
 

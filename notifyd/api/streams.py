@@ -66,7 +66,8 @@ def parse_since(raw: str | None, last_event_id: str | None = None) -> int | None
     assert value is not None
     if value == "all":
         return 0
-    if not value.isdigit() or len(value) > 19:
+    # isdigit() alone also takes '²' and other digits int() refuses
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) >= 1 << 63:
         raise ValidationFailed("since must be an event id or 'all'", field="since")
     return int(value)
 

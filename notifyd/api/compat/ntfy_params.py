@@ -73,8 +73,13 @@ def from_notifyd(exc: NotifydError) -> NtfyError:
     if exc.status == 422:
         head = (exc.field or "").split(".")[0].split("[")[0]
         return NtfyError(400, _FIELD_CODES.get(head, INVALID), "invalid request", exc.message)
-    http, code, text = _FROM_STATUS.get(exc.status, (500, 50001, "internal server error"))
-    return NtfyError(http, code, text, exc.message, retry_after=exc.retry_after)
+    return for_status(exc.status, exc.message, exc.retry_after)
+
+
+def for_status(status: int, detail: str, retry_after: float | None = None) -> NtfyError:
+    """An error of HTTP ``status`` in ntfy's shape (its code and text for that status)."""
+    http, code, text = _FROM_STATUS.get(status, (500, 50001, "internal server error"))
+    return NtfyError(http, code, text, detail, retry_after=retry_after)
 
 
 # ntfy's codes (server/errors.go); 40000 is ours, for invalid values ntfy has no code for
@@ -108,9 +113,10 @@ def check_topic_name(name: str) -> str:
 # -- reading parameters ------------------------------------------------------------
 
 
-def decode_header_value(value: str) -> str:
+def decode_header_value(value: str, name: str = "header") -> str:
     """A header value as the client meant it: raw UTF-8 (servers decode header
-    bytes as latin-1) and RFC 2047 encoded words (``=?UTF-8?B?…?=``)."""
+    bytes as latin-1) and RFC 2047 encoded words (``=?UTF-8?B?…?=``). A malformed
+    encoded word is ntfy's 400, never an exception out of the request."""
     try:
         value = value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
@@ -118,8 +124,10 @@ def decode_header_value(value: str) -> str:
     if "=?" in value and "?=" in value:
         try:
             value = str(make_header(decode_header(value)))
-        except (ValueError, LookupError, UnicodeDecodeError):
-            pass
+        except Exception:  # noqa: BLE001 - the stdlib's decoder raises a zoo of types
+            # (HeaderParseError, CharsetError, LookupError, binascii and Unicode errors)
+            raise bad(INVALID, "invalid request: header invalid",
+                      f"{name}: malformed RFC 2047 encoded word") from None  # fmt: skip
     return value
 
 
@@ -146,7 +154,7 @@ class Params:
         for name in names:
             value = self.headers.get(name)
             if value and value.strip():
-                return decode_header_value(value).strip()
+                return decode_header_value(value, name).strip()
         for name in names:
             value = self.query.get(name)
             if value and value.strip():

@@ -179,9 +179,10 @@ async def serve_asgi(
         nonlocal body_read
         length = headers.get("content-length", "")
         limit = svc.config.max_request_bytes
-        if length.isdigit() and int(length) > limit:
+        declared = int(length) if length.isascii() and length.isdigit() else -1
+        if declared > limit:
             raise from_notifyd(PayloadTooLarge(f"the request body is larger than {limit} bytes"))
-        if length.isdigit() and int(length) > BODY_LIMIT:
+        if declared > BODY_LIMIT:
             raise too_long(json_body)
         chunks, size = [], 0
         while True:

@@ -18,8 +18,6 @@ keep-alive connection goes through hypercorn (:class:`HTTPStreamResponse`,
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import re
 import secrets
@@ -41,12 +39,21 @@ from ...core.hub import StreamSlot
 from ...core.prefs import Preferences
 from ...core.services import Services
 from ...core.store import HistoryQuery
-from ..rawstream import WS_GUID, RequestHead, _RawSink, _ws_reader, read_until_eof
+from ..rawstream import (
+    RequestHead,
+    _RawSink,
+    _ws_reader,
+    raw_response,
+    read_until_eof,
+    valid_websocket_key,
+    websocket_accept,
+)
 from ..routes.stream import until_websocket_closes
 from ..streams import StreamSession
 from .ntfy_auth import authenticate
 from .ntfy_message import to_message
 from .ntfy_params import (
+    SINCE,
     WS_UPGRADE,
     Filters,
     NtfyError,
@@ -126,7 +133,11 @@ async def resolve_cursor(
     if since.kind == "id":
         return int(since.value)
     if since.kind == "time":
-        return await svc.store.cursor_at(from_unix(max(0.0, since.value)))
+        try:
+            at = from_unix(max(0.0, since.value))
+        except (ValueError, OverflowError, OSError):  # past what datetime can hold
+            raise bad(SINCE, "invalid since parameter", "that time is out of range") from None
+        return await svc.store.cursor_at(at)
     if since.kind == "latest":
         return await _latest(svc, principal, topics)
     # "none": live only. Replaying from the newest id known now (not just following
@@ -163,8 +174,12 @@ async def open_subscription(
     params = Params(headers, query)
     poll = params.flag(False, "x-poll", "poll", "po")
     raw_since = params.get("x-since", "since", "si")
-    if not raw_since and fmt == "sse" and headers.get("last-event-id", "").isdigit():
-        raw_since = headers["last-event-id"]  # an EventSource reconnecting
+    last_id = headers.get("last-event-id", "")
+    if not raw_since and fmt == "sse" and last_id.isascii() and last_id.isdigit():
+        raw_since = last_id  # an EventSource reconnecting
+    if not raw_since.isascii():
+        # ids, times and durations are ASCII; other digits ('²', '١') are not numbers here
+        raise bad(SINCE, "invalid since parameter", "use ASCII digits")
     since = parse_since(raw_since, poll)
     filters = parse_filters(params)
     cursor = await resolve_cursor(svc, since, principal, topics)
@@ -323,12 +338,7 @@ def error_bytes(err: NtfyError) -> bytes:
         extra += 'WWW-Authenticate: Basic realm="notifyd"\r\n'
     if err.retry_after is not None:
         extra += f"Retry-After: {int(err.retry_after)}\r\n"
-    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-              429: "Too Many Requests"}.get(err.http, "Error")  # fmt: skip
-    return (
-        f"HTTP/1.1 {err.http} {reason}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
-    ).encode() + body
+    return raw_response(err.http, body, extra)
 
 
 async def serve_raw(
@@ -347,6 +357,9 @@ async def serve_raw(
     try:
         if websocket and ("websocket" not in head.headers.get("upgrade", "").lower() or not key):
             raise bad(WS_UPGRADE, "invalid request: client not using the websocket protocol")
+        if websocket and not valid_websocket_key(key):
+            raise bad(WS_UPGRADE, "invalid request: Sec-WebSocket-Key must be the base64 of "
+                      "16 bytes (RFC 6455)")  # fmt: skip
         sub = await open_subscription(
             svc, fmt=fmt, topics_str=topics_str, reserved=reserved,
             via_socket=via_socket, headers=head.headers, query=query, address=address,
@@ -359,10 +372,9 @@ async def serve_raw(
     transport: _RawHTTP | _RawWebSocket
     if websocket:
         assert key is not None
-        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
         handshake = (
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+            f"Sec-WebSocket-Accept: {websocket_accept(key)}\r\n\r\n"
         )
         transport = _RawWebSocket(stream, lock)
     else:
