@@ -219,6 +219,34 @@ async def test_response_cap_stops_an_endless_body(endless: Peer) -> None:
     assert endless.hung_up.is_set()
 
 
+@pytest.mark.trio
+async def test_response_cap_stops_an_endless_smtp_reply() -> None:
+    # A "mail server" whose greeting is a multi-line reply that never ends.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    hung_up = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            while True:
+                conn.sendall(b"220-" + b"y" * 1000 + b"\r\n")
+        except OSError:
+            hung_up.set()
+        finally:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with outbound(allow_private=True) as rule, pytest.raises(smtplib.SMTPException):
+            await trio.to_thread.run_sync(lambda: smtplib.SMTP("127.0.0.1", port, timeout=5))
+        assert rule.oversized
+        await trio.to_thread.run_sync(hung_up.wait, 10)
+        assert hung_up.is_set()
+    finally:
+        listener.close()
+
+
 # -- the real daemon ---------------------------------------------------------
 
 
