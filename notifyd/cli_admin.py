@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -18,6 +19,7 @@ from notifyd.cliopts import (
     read_password,
     report,
 )
+from notifyd.core.acl import SCOPES
 
 
 @click.group(context_settings=CONTEXT)
@@ -78,7 +80,11 @@ def users_list(client: Any, as_json: bool) -> None:
 @client_options
 @output_options
 def users_remove(client: Any, as_json: bool, name: str) -> None:
-    """Delete user NAME.
+    """Delete user NAME and everything that is theirs, at once.
+
+    Their tokens, sessions, grants, channels (push subscriptions included),
+    pending deliveries, preferences and read state go; their tokens stop working
+    at once. The socket_user and the last admin cannot be removed.
 
     \b
     Examples:
@@ -91,20 +97,63 @@ def users_remove(client: Any, as_json: bool, name: str) -> None:
 @users.command("passwd")
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin (default).")
+@click.option(
+    "--current",
+    is_flag=True,
+    help="Send the current password too: needed to change your own with a token "
+    "(not over the socket). From stdin: the current one on the first line, the new after.",
+)
 @client_options
 @output_options
-def users_passwd(client: Any, as_json: bool, name: str, password_stdin: bool) -> None:
+def users_passwd(
+    client: Any, as_json: bool, name: str, password_stdin: bool, current: bool
+) -> None:
     """Set the web password of user NAME, read from stdin.
 
-    On a terminal it prompts twice without echoing.
+    On a terminal it prompts twice without echoing. Over the socket, and for an
+    admin setting someone else's password, the current one is not asked; changing
+    your own with a token needs --current. The user's web sessions end (but the one
+    making the change).
 
     \b
     Examples:
       notifyd users passwd alice
       printf '%s' "$PW" | notifyd users passwd alice --password-stdin
+      printf '%s\\n%s' "$OLD" "$NEW" | notifyd users passwd me --current --url URL --token T
     """
-    client.set_password(name, read_password())
+    if not current:
+        client.set_password(name, read_password())
+    else:
+        old, new = _current_and_new()
+        client.request(
+            "PUT",
+            f"/v1/users/{quote(name, safe='')}/password",
+            json_body={"password": new, "current_password": old},
+        )
     report(as_json, {"user": name, "password_set": True}, f"password set for {name}")
+
+
+def _current_and_new() -> tuple[str, str]:
+    if sys.stdin.isatty():
+        old = click.prompt("Current password", hide_input=True)
+        return old, click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    old, sep, new = sys.stdin.read().partition("\n")
+    new = new.removesuffix("\n").removesuffix("\r")
+    if not sep or not old or not new:
+        raise click.ClickException(
+            "with --current, stdin holds the current password on the first line and the "
+            "new one after it"
+        )
+    return old.removesuffix("\r"), new
+
+
+def _parse_scopes(values: Any) -> list[str]:
+    # clifmt.SCOPES predates 'account'; the core's list is the one the daemon checks
+    scopes = [s.lower() for s in clifmt.split_csv(values)]
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scope {unknown[0]!r}: choose from {', '.join(SCOPES)}")
+    return scopes
 
 
 # --- tokens -------------------------------------------------------------------
@@ -129,8 +178,9 @@ def tokens() -> None:
     "scopes",
     multiple=True,
     metavar="SCOPES",
-    callback=checked(clifmt.parse_scopes, whole=True),
-    help="Comma-separated: publish, subscribe, admin.  [default: the server's]",
+    callback=checked(_parse_scopes, whole=True),
+    help="Comma-separated: publish, subscribe, account (change the account: password, "
+    "tokens, channels, preferences), admin.  [default: publish,subscribe; +admin for admins]",
 )
 @click.option("--topics", metavar="PATTERN", help="Limit the token to topics matching PATTERN.")
 @click.option("--label", help="A note on what the token is for.")
@@ -140,8 +190,13 @@ def tokens_create(client: Any, as_json: bool, user: str, scopes: Any, **opts: An
     """Create a token and print it alone on stdout. It is shown only this once.
 
     \b
+    A token with scope account may itself create tokens, but none wider than
+    itself (scopes and topics); admin on an admin user implies every scope.
+
+    \b
     Examples:
       notifyd tokens create --user alice
+      notifyd tokens create --user alice --scope publish,subscribe,account --label laptop
       notifyd tokens create --user ci --scope publish --topics 'deploys/*' --label CI
       export NOTIFYD_TOKEN=$(notifyd tokens create --user phone --scope subscribe)
     """

@@ -491,7 +491,8 @@ def test_applications_list_create_delete(daemon: Daemon, world: dict) -> None:
     msg = post_message(daemon, new["token"], message="from the new app")
     assert msg["appid"] == new["id"]
     assert next(e for e in stored(daemon) if e["id"] == msg["id"])["topic"] == "gotify/Cron-jobs"
-    with gotify(daemon, params={"token": world["client"]}) as c:
+    # deleting one too (a client token has no 'account' scope: tests/test_scopes.py)
+    with gotify(daemon, headers={"Authorization": basic("alice")}) as c:
         assert c.delete(f"/application/{new['id']}").status_code == 200
         assert new["id"] not in {a["id"] for a in c.get("/application").json()}
         assert_gotify_error(c.delete(f"/application/{new['id']}"), 404)
@@ -524,10 +525,9 @@ def test_clients_as_the_android_app_signs_in_and_out(daemon: Daemon, world: dict
         # sign out: the app deletes its own client
         assert c.delete(f"/client/{created['id']}", params={"token": token}).status_code == 200
         assert_gotify_error(c.get("/message", params={"token": token}), 401)
-        assert_gotify_error(
-            c.delete(f"/client/{world['app_id']}", params={"token": world["client"]}), 404
-        )
-        assert_gotify_error(c.post("/client", json={}, params={"token": world["client"]}), 400)
+        alice = {"Authorization": basic("alice")}
+        assert_gotify_error(c.delete(f"/client/{world['app_id']}", headers=alice), 404)
+        assert_gotify_error(c.post("/client", json={}, headers=alice), 400)
 
 
 def test_health_and_version(daemon: Daemon) -> None:

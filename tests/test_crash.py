@@ -165,7 +165,8 @@ def test_sigkill_at_random_moments_loses_no_event_and_no_delivery(make_daemon: A
 
 def _run(daemon: Daemon, push: PushService, rng: random.Random) -> None:
     token = daemon.user("pub", grants={"crash*": "rw"})
-    phone = daemon.user("phone", grants={"crash*": "read"})
+    subscribing = ["publish", "subscribe", "account"]  # a push subscription needs 'account'
+    phone = daemon.user("phone", grants={"crash*": "read"}, scopes=subscribing)
     with daemon.http(phone) as c:
         push.vapid_public_key = c.get("/v1/webpush/vapid-public-key").json()["public_key"]
         subs = [push.subscribe(), push.subscribe()]  # two browsers: two deliveries per event

@@ -146,7 +146,10 @@ def test_disk_full_answers_503_keeps_data_and_recovers(fdaemon: Daemon, small_fs
         r = c.post("/v1/tokens", json={"user": "faults", "scopes": ["publish"], "label": "App"})
         assert r.status_code == 201, r.text
         app_token = r.json()["token"]
-    phone = d.user("phone", grants={"faults/push": "read"})  # one push: the "pending" one
+    # one push: the "pending" one (subscribing needs the 'account' scope)
+    phone = d.user(
+        "phone", grants={"faults/push": "read"}, scopes=["publish", "subscribe", "account"]
+    )
     with PushService() as push, d.http(phone) as h, d.admin() as c:
         push.vapid_public_key = h.get("/v1/webpush/vapid-public-key").json()["public_key"]
         sub = push.subscribe(status=500)  # the first attempt fails, retried soon

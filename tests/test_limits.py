@@ -161,8 +161,9 @@ def push_subscription(n: int) -> dict[str, Any]:
 
 def test_channels_per_user_are_capped(limited: Daemon) -> None:
     d = limited
-    token = d.user("ann", grants={"x": "rw"})
-    other = d.user("ben", grants={"x": "rw"})
+    # adding channels is an account change: tokens with the 'account' scope
+    token = d.user("ann", grants={"x": "rw"}, scopes=["publish", "subscribe", "account"])
+    other = d.user("ben", grants={"x": "rw"}, scopes=["publish", "subscribe", "account"])
     with d.http(token) as c:
         for n in range(2):
             r = c.post("/v1/channels", json={"name": f"m{n}", "url": f"mailto://a{n}@example.com"})

@@ -459,7 +459,9 @@ def test_daemon_and_delivery_worker_work_inside_the_units_sandbox(
                 assert r.status_code == 201, r.text
                 r = c.post("/v1/acl", json={"user": "alice", "pattern": "sd/*", "permission": "rw"})
                 assert r.status_code == 201, r.text
-                token = c.post("/v1/tokens", json={"user": "alice"}).json()["token"]
+                scopes = ["publish", "subscribe", "account"]  # account: to subscribe
+                r = c.post("/v1/tokens", json={"user": "alice", "scopes": scopes})
+                token = r.json()["token"]
                 r = c.post("/v1/channels", json={"name": "mail", "url": sink.url()})
                 assert r.status_code == 201, r.text
             with httpx.Client(base_url=a.url, timeout=10) as web:  # argon2 verify

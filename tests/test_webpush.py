@@ -195,7 +195,10 @@ def listed(daemon: Daemon, token: str) -> list[dict]:
 
 @pytest.fixture
 def alice(daemon: Daemon, push: PushService) -> str:
-    token = daemon.user("alice", grants={"alerts/*": "read"})
+    # subscribing is an account change: the page's session, or a token with 'account'
+    token = daemon.user(
+        "alice", grants={"alerts/*": "read"}, scopes=["publish", "subscribe", "account"]
+    )
     with daemon.http(token) as c:
         r = c.get("/v1/webpush/vapid-public-key")
     assert r.status_code == 200, r.text
@@ -273,7 +276,9 @@ def test_bad_subscription_json_is_422(daemon: Daemon, alice: str, body: dict, fi
 
 def test_subscriptions_are_private(daemon: Daemon, alice: str, push: PushService) -> None:
     mine = subscribe(daemon, alice, push.subscribe())
-    bob = daemon.user("bob", grants={"alerts/*": "read"})
+    bob = daemon.user(
+        "bob", grants={"alerts/*": "read"}, scopes=["publish", "subscribe", "account"]
+    )
     assert listed(daemon, bob) == []
     with daemon.http(bob) as c:
         assert c.delete(f"/v1/webpush/subscriptions/{mine['id']}").status_code == 404

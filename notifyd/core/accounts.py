@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from .acl import SCOPES, Principal
-from .errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from .errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .hub import Hub
 from .models import check_pattern
 from .store import AclEntry, Store, Token, User
@@ -240,10 +240,70 @@ class Accounts:
         return await trio.to_thread.run_sync(lambda: _hasher.hash(password), limiter=_argon_limiter)
 
     async def set_password(self, name: str, password: str) -> None:
+        """Set ``name``'s password as an administrator would: no current password
+        asked, and every web session of the user ends."""
+        user = await self.store.get_user(name)
+        if user is None:
+            raise NotFound(f"no user named {name!r}", field="name")
         await self.store.set_password(name, await self._hash_password(password))
-        self._cache.clear()  # remembered passwords (authenticate_password) no longer hold
+        # remembered passwords (authenticate_password) and ended sessions no longer
+        # hold; live streams opened by those sessions close and must sign in again
+        self._invalidate(user.id)
 
-    async def delete_user(self, name: str) -> None:
+    async def change_password(
+        self,
+        caller: Principal,
+        name: str,
+        password: str,
+        current: str | None,
+        *,
+        address: str = "local",
+        session: str | None = None,
+    ) -> None:
+        """Set a password on behalf of ``caller``: over the socket, or by an admin
+        for someone else, without the current one; a user's own password only with
+        the current one (a stolen session or an ``account`` token must not lock the
+        owner out and take over). Wrong guesses count like failed sign-ins.
+
+        Every web session of the user ends but ``session`` (the secret of the
+        session making the change, which stays signed in)."""
+        own = name == caller.name
+        if not own:
+            caller.require_admin()
+        elif caller.via != "socket":
+            caller.require_account()
+            if current is None:
+                raise Forbidden(
+                    "changing your own password needs your current password in 'current_password'",
+                    field="current_password",
+                )
+            try:
+                with self.signin.attempt(name, address):
+                    await self.check_password(name, current)
+            except Unauthorized:
+                # 403, not 401: the caller is signed in, only this check failed
+                raise Forbidden(
+                    "the current password is wrong (a user without a password gets "
+                    "one from an admin)",
+                    field="current_password",
+                ) from None
+        user = await self.store.get_user(name)
+        if user is None:
+            raise NotFound(f"no user named {name!r}", field="name")
+        keep = hash_token(session) if session is not None and own else None
+        await self.store.set_password(name, await self._hash_password(password), keep)
+        self._invalidate(user.id)
+
+    async def delete_user(self, name: str, *, keep: str | None = None) -> None:
+        """Remove ``name`` and everything that is theirs (see :meth:`Store.delete_user`)
+        at once: their tokens and sessions stop working and their streams close.
+        ``keep``: a user that must not be removed (the socket's), refused with 409."""
+        if keep is not None and name == keep:
+            raise Conflict(
+                f"{name!r} is the socket_user: the Unix socket acts as this user; "
+                "set another socket_user in the config first",
+                field="name",
+            )
         user = await self.store.get_user(name)
         await self.store.delete_user(name)
         self._invalidate(user.id if user else None)
@@ -263,6 +323,8 @@ class Accounts:
             raise NotFound(f"no user named {user_name!r}", field="user")
         if user.id != caller.user_id:
             caller.require_admin()
+        else:
+            caller.require_account()
         if scopes is None:
             scopes = ["publish", "subscribe"] + (["admin"] if user.role == "admin" else [])
         parsed = parse_scopes(scopes)
@@ -270,32 +332,25 @@ class Accounts:
             raise ValidationFailed(
                 "only admin users can hold tokens with scope 'admin'", field="scopes"
             )
-        if "admin" in parsed and "admin" not in caller.scopes:
-            raise Forbidden("a token without scope 'admin' cannot create one that has it")
         if topics is not None:
             try:
                 check_pattern(topics)
             except ValueError as exc:
                 raise ValidationFailed(str(exc), field="topics") from None
-        if "admin" not in caller.scopes:
+        if not caller.can_grant(parsed, topics):
             # A narrowed credential may hand out only what it holds itself.
-            if not set(parsed) <= caller.scopes:
-                raise Forbidden("a token cannot create one with scopes it does not have")
-            if (
-                caller.token_pattern is not None
-                and topics != caller.token_pattern
-                and (
-                    topics is None
-                    or "*" in topics
-                    or not caller.can_read(topics)
-                    and not caller.can_write(topics)
-                )
-            ):
+            wider = sorted(set(parsed) - caller.scopes)
+            if wider:
                 raise Forbidden(
-                    f"this token is limited to {caller.token_pattern!r}; "
-                    "new tokens must be limited to the same pattern or one of its topics",
-                    field="topics",
+                    f"this token's scopes are {', '.join(sorted(caller.scopes))}: it cannot "
+                    f"create a token with {', '.join(wider)}",
+                    field="scopes",
                 )
+            raise Forbidden(
+                f"this token is limited to topics {caller.token_pattern!r}: new tokens must "
+                "be limited to that pattern or a narrower one",
+                field="topics",
+            )
         if label is not None and len(label) > 64:
             raise ValidationFailed("labels are at most 64 characters", field="label")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(30)
@@ -305,6 +360,10 @@ class Accounts:
         return secret, token
 
     async def revoke_token(self, caller: Principal, token_id: int) -> None:
+        # Any token may revoke itself (signing out, e.g. the Gotify app): that only
+        # narrows. Revoking others needs the account scope.
+        if token_id != caller.token_id:
+            caller.require_account()
         owner = None if caller.is_admin and "admin" in caller.scopes else caller.user_id
         self._invalidate(await self.store.revoke_token(token_id, owner))
 

@@ -8,12 +8,15 @@ ACL patterns are globs where ``*`` matches any run of characters, ``/`` included
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from .errors import Forbidden
 from .globs import glob_match  # also re-exported: callers import it from here
 
-SCOPES = ("publish", "subscribe", "admin")
+#: ``account``: change the user's own account (password, tokens, channels, push
+#: subscriptions, preferences). ``admin`` on an admin user implies every scope.
+SCOPES = ("publish", "subscribe", "account", "admin")
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,40 @@ class Principal:
     def require_admin(self) -> None:
         if not self.is_admin or "admin" not in self.scopes:
             raise Forbidden("this needs an admin (an admin user, with a token of scope 'admin')")
+
+    @property
+    def can_change_account(self) -> bool:
+        """True for the socket, a web session, a password, a token with scope
+        ``account``, and an admin's token with scope ``admin`` (it manages every
+        user's account already, this one included)."""
+        return "account" in self.scopes or (self.is_admin and "admin" in self.scopes)
+
+    def require_account(self) -> None:
+        """Account changes (password, tokens, channels, push subscriptions,
+        preferences) widen or redirect what the user's credentials reach, so a
+        token narrowed to publishing or reading may not make them."""
+        if not self.can_change_account:
+            raise Forbidden(
+                "changing the account (password, tokens, channels, push subscriptions, "
+                "preferences) needs the 'account' scope: use a token with scope 'account', "
+                "the web page's session or the Unix socket"
+            )
+
+    def can_grant(self, scopes: Collection[str], pattern: str | None) -> bool:
+        """May this credential create a token with ``scopes`` and topic ``pattern``?
+        Only if the new token is no wider: its scopes are among this one's and its
+        pattern lies within this one's (``None`` = every topic). Sessions, the socket
+        and passwords hold every scope and no pattern; an admin's ``admin`` scope
+        already manages every account, so its pattern does not bind what it grants.
+        Whether the owner may hold the scopes (``admin``) is checked elsewhere."""
+        if self.is_admin and "admin" in self.scopes:
+            return True
+        if not set(scopes) <= self.scopes:
+            return False
+        if self.token_pattern is None:
+            return True
+        # Every topic the new pattern matches is matched by ours if ours matches the
+        # new pattern read as a plain string: its '*' can only fall inside what one
+        # of our '*' covers (our literal pieces hold no '*'), so any expansion of it
+        # is covered too.
+        return pattern is not None and glob_match(self.token_pattern, pattern)

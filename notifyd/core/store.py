@@ -324,10 +324,20 @@ class Store(ABC):
     async def password_hash(self, name: str) -> tuple[int, str] | None: ...
 
     @abstractmethod
-    async def set_password(self, name: str, password_hash: str) -> None: ...
+    async def set_password(
+        self, name: str, password_hash: str, keep_session: str | None = None
+    ) -> None:
+        """Set the password and, in the same transaction, end every web session of
+        the user except the one whose secret hash is ``keep_session``."""
 
     @abstractmethod
-    async def delete_user(self, name: str) -> None: ...
+    async def delete_user(self, name: str) -> None:
+        """Remove the user and everything that is theirs in one transaction: tokens
+        (Gotify applications and clients are tokens), sessions, ACL grants, channels
+        (Web Push subscriptions included) and their deliveries, preferences, read
+        state, "read all" marks, idempotency keys. Events they published stay (they
+        belong to their topics). :class:`NotFound` for an unknown name,
+        :class:`Conflict` for the last admin."""
 
     @abstractmethod
     async def create_token(

@@ -85,6 +85,7 @@ async def list_subscriptions(request: Request, caller: Caller) -> JSON:
 )
 async def subscribe(request: Request, caller: Caller, body: SubscriptionIn) -> JSON:
     _require_subscribe(caller)
+    caller.require_account()  # a subscription is a channel: it receives the user's events
     svc = services(request)
     try:
         config = parse_subscription(body.model_dump(), request.headers.get("user-agent", ""))
@@ -144,6 +145,7 @@ async def _release_elsewhere(svc: Services, user_id: int, endpoint: str) -> None
 
 @router.delete("/subscriptions/{subscription_id}", status_code=204, summary="Unsubscribe")
 async def unsubscribe(request: Request, caller: Caller, subscription_id: int) -> Response:
+    caller.require_account()
     svc = services(request)
     chans = await svc.store.list_channels(caller.user_id, kind="webpush")
     if not any(c.id == subscription_id for c in chans):

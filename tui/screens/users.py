@@ -15,7 +15,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from notifyd.client import Client, ClientError
-from notifyd.clifmt import SCOPES, acl_table, permission_of, tokens_table, users_table
+from notifyd.clifmt import acl_table, permission_of, tokens_table, users_table
+from notifyd.core.acl import SCOPES
 
 from ..widgets.confirm import ConfirmDialog
 from ..widgets.form_dialog import FormDialog, FormField
@@ -244,7 +245,8 @@ class UsersScreen(AdminScreen):
                 "checks",
                 value=["publish", "subscribe"],
                 options=[(s, s) for s in SCOPES],
-                hint="admin works only for admin users.",
+                hint="account: change password, tokens, channels, preferences. "
+                "admin works only for admin users.",
             ),
             FormField("topics", "Topics", placeholder="(all the user may access) e.g. ci/*"),
             FormField("label", "Label", placeholder="(optional) e.g. backup script"),

@@ -449,6 +449,7 @@ async def create_application(request: Request) -> JSON:
     ``gotify/<name>``, shown in full this once."""
     svc = _services(request)
     caller = await _client(request)
+    caller.principal.require_account()
     name = _name((await _fields(request))[0])
     segment = gm.topic_segment(name)
     topics = f"{gm.APP_TOPIC_PREFIX}/{segment}" if segment else None
@@ -463,6 +464,7 @@ async def delete_application(request: Request, app_id: str) -> Response:
     """Revokes the application's token; its messages stay in the topic's history."""
     svc = _services(request)
     caller = await _client(request)
+    caller.principal.require_account()
     app = await _own_app(svc, caller.principal, _id(app_id))
     await svc.accounts.revoke_token(caller.principal, app.id)
     return _ok()
@@ -483,6 +485,7 @@ async def create_client(request: Request) -> JSON:
     shown in full this once."""
     svc = _services(request)
     caller = await _client(request)
+    caller.principal.require_account()
     name = _name((await _fields(request))[0])
     secret, token = await svc.accounts.create_token(
         caller.principal, await _user_name(svc, caller.principal), ["subscribe"], None, name
@@ -495,6 +498,8 @@ async def delete_client(request: Request, client_id: str) -> Response:
     svc = _services(request)
     caller = await _client(request)
     wanted = _id(client_id)
+    if wanted != caller.principal.token_id:  # signing out (deleting itself) only narrows
+        caller.principal.require_account()
     for token in await _own_tokens(svc, caller.principal):
         if token.id == wanted and gm.is_client(token):
             await svc.accounts.revoke_token(caller.principal, token.id)

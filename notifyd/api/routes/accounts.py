@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from ...core.acl import Principal
-from ..auth import principal, services
+from ..auth import principal, services, session_cookie
 from ..responses import JSON
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
@@ -46,6 +46,12 @@ class UserIn(BaseModel):
 
 class PasswordIn(BaseModel):
     password: str = Field(max_length=1024)
+    current_password: str | None = Field(
+        None,
+        max_length=1024,
+        description="needed to change your own password (not over the Unix socket, "
+        "nor for an admin setting someone else's)",
+    )
 
 
 @router.get("/users", summary="List users")
@@ -60,23 +66,42 @@ async def create_user(request: Request, caller: Admin, body: UserIn) -> JSON:
     return JSON(asdict(user), status_code=201)
 
 
-@router.delete("/users/{name}", status_code=204, summary="Remove a user and their tokens")
+@router.delete(
+    "/users/{name}",
+    status_code=204,
+    summary="Remove a user and everything that is theirs",
+    responses={409: {"description": "the socket_user or the last admin"}},
+)
 async def delete_user(request: Request, caller: Admin, name: str) -> Response:
-    await services(request).accounts.delete_user(name)
+    svc = services(request)
+    await svc.accounts.delete_user(name, keep=svc.config.socket_user)
     return Response(status_code=204)
 
 
-@router.put("/users/{name}/password", status_code=204, summary="Set a user's password")
+@router.put(
+    "/users/{name}/password",
+    status_code=204,
+    summary="Set a password; ends the user's other web sessions",
+    responses={403: {"description": "your own: current_password missing or wrong"}},
+)
 async def set_password(request: Request, caller: Caller, name: str, body: PasswordIn) -> Response:
-    if name != caller.name:
-        caller.require_admin()
-    await services(request).accounts.set_password(name, body.password)
+    session = session_cookie(request.headers.get("cookie")) if caller.via == "session" else None
+    await services(request).accounts.change_password(
+        caller,
+        name,
+        body.password,
+        body.current_password,
+        address=request.client.host if request.client else "local",
+        session=session,
+    )
     return Response(status_code=204)
 
 
 class TokenIn(BaseModel):
     user: str | None = Field(None, description="default: the caller")
-    scopes: list[Literal["publish", "subscribe", "admin"]] | None = None
+    scopes: list[Literal["publish", "subscribe", "account", "admin"]] | None = Field(
+        None, description="default: publish, subscribe (and admin for admins)"
+    )
     topics: str | None = Field(None, description="limit the token to topics matching this pattern")
     label: str | None = Field(None, max_length=64)
 

@@ -79,6 +79,7 @@ async def list_channels(
     responses={409: {"description": "The name is taken, or max_channels_per_user is reached"}},
 )
 async def add_channel(request: Request, caller: Caller, body: ChannelIn) -> JSON:
+    caller.require_account()  # a channel receives everything its owner may read
     svc = services(request)
     if not SLUG_RE.fullmatch(body.name):
         raise ValidationFailed("channel names are slugs: a–z, 0–9, '-' and '_'", field="name")
@@ -132,6 +133,7 @@ TEST_ERROR_CHARS = 500
 async def test_channel(
     request: Request, caller: Caller, name: str, user: str | None = None
 ) -> JSON:
+    caller.require_account()
     svc = services(request)
     ch = await _channel(svc, caller, name, user)
     assert svc.outbox is not None
@@ -149,6 +151,7 @@ async def test_channel(
 async def remove_channel(
     request: Request, caller: Caller, name: str, user: str | None = None
 ) -> Response:
+    caller.require_account()
     svc = services(request)
     ch = await _channel(svc, caller, name, user)
     await svc.store.delete_channel(ch.id)

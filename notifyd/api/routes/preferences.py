@@ -43,6 +43,7 @@ async def put_preferences(
     body: Annotated[dict[str, Any], Body(openapi_examples={"typical": {"value": EXAMPLE}})],
     user: str | None = None,
 ) -> JSON:
+    caller.require_account()  # muting or rerouting is an account change
     svc = services(request)
     user_id = await _target_user(svc, caller, user)
     try:
