@@ -239,17 +239,6 @@ class Accounts:
             raise ValidationFailed("passwords are 8–1024 characters", field="password")
         return await trio.to_thread.run_sync(lambda: _hasher.hash(password), limiter=_argon_limiter)
 
-    async def set_password(self, name: str, password: str) -> None:
-        """Set ``name``'s password as an administrator would: no current password
-        asked, and every web session of the user ends."""
-        user = await self.store.get_user(name)
-        if user is None:
-            raise NotFound(f"no user named {name!r}", field="name")
-        await self.store.set_password(name, await self._hash_password(password))
-        # remembered passwords (authenticate_password) and ended sessions no longer
-        # hold; live streams opened by those sessions close and must sign in again
-        self._invalidate(user.id)
-
     async def change_password(
         self,
         caller: Principal,
@@ -292,6 +281,8 @@ class Accounts:
             raise NotFound(f"no user named {name!r}", field="name")
         keep = hash_token(session) if session is not None and own else None
         await self.store.set_password(name, await self._hash_password(password), keep)
+        # remembered passwords (authenticate_password) and ended sessions no longer
+        # hold; streams close and reconnect with whatever credential still works
         self._invalidate(user.id)
 
     async def delete_user(self, name: str, *, keep: str | None = None) -> None:
