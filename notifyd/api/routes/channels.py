@@ -100,15 +100,14 @@ async def add_channel(request: Request, caller: Caller, body: ChannelIn) -> JSON
             str(exc), field="url" if body.url is not None else "config"
         ) from None
     user_id = await _target_user(svc, caller, body.user)
-    await require_channel_room(svc.store, svc.config, user_id)
     await check_destinations(
         svc, type(impl), config, user_id, field="url" if body.url is not None else "config"
     )
+    await require_channel_room(svc.store, svc.config, user_id)
     ch = await svc.store.create_channel(user_id, body.name, kind, config)
     return JSON(public_channel(svc, ch), status_code=201)
 
 
-@router.post("/channels/{name}/test", summary="Send a test notification now")
 async def check_destinations(
     svc: Services, kind: type, config: dict[str, Any], owner_id: int, field: str
 ) -> None:
@@ -130,6 +129,7 @@ async def check_destinations(
 TEST_ERROR_CHARS = 500
 
 
+@router.post("/channels/{name}/test", summary="Send a test notification now")
 async def test_channel(
     request: Request, caller: Caller, name: str, user: str | None = None
 ) -> JSON:

@@ -47,7 +47,7 @@ async def put_preferences(
     svc = services(request)
     user_id = await _target_user(svc, caller, user)
     try:
-        prefs = Preferences.from_json(body)
+        prefs = Preferences.from_json(body, stored=False)
     except ValueError as exc:
         field, _, message = str(exc).partition(": ")
         raise ValidationFailed(f"{field}: {message}", field=field) from None
