@@ -17,7 +17,8 @@ PRIORITY_LABELS = {1: "min", 2: "low", 3: "default", 4: "high", 5: "urgent"}
 PRIORITY_NAMES = {"min": 1, "low": 2, "default": 3, "normal": 3, "high": 4, "urgent": 5, "max": 5}
 
 ACTION_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
-SCOPES = ("publish", "subscribe", "admin")
+#: token scopes (notifyd.core.acl.SCOPES; a test keeps the two equal)
+SCOPES = ("publish", "subscribe", "account", "admin")
 
 _DURATION_RE = re.compile(r"^\+?(\d+)\s*(s|sec|m|min|h|d|w)$", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}

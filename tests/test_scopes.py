@@ -417,3 +417,10 @@ def test_gotify_clients_and_applications_need_the_account_scope(daemon: Daemon) 
         # the user's password is the user
         r = g.post("/client", json={"name": "Pixel"}, headers={"Authorization": basic("dev", OLD)})
         assert r.status_code == 200, r.text
+
+
+def test_the_cli_knows_every_scope() -> None:
+    from notifyd import clifmt
+    from notifyd.core.acl import SCOPES
+
+    assert clifmt.SCOPES == SCOPES

@@ -325,7 +325,7 @@ class Accounts:
             )
         if topics is not None:
             try:
-                check_pattern(topics)
+                topics = check_pattern(topics)  # normalised: what is stored is what matches
             except ValueError as exc:
                 raise ValidationFailed(str(exc), field="topics") from None
         if not caller.can_grant(parsed, topics):
@@ -362,7 +362,7 @@ class Accounts:
 
     async def grant(self, user: str, pattern: str, permission: str) -> AclEntry:
         try:
-            check_pattern(pattern)
+            pattern = check_pattern(pattern)  # "a**" and "a*" are one grant
         except ValueError as exc:
             raise ValidationFailed(str(exc), field="pattern") from None
         modes = {"read": (True, False), "write": (False, True), "rw": (True, True)}
