@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench soak clean chromium screenshots
+.PHONY: run test lint bench soak fuzz clean chromium screenshots
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("notifyd needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -63,6 +63,12 @@ bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-e
 
 soak: $(TSTAMP)  # 10 minutes at 200 events/s, 500 subscribers with churn
 	$(PY) bench/soak.py
+
+# Longer fuzzing: 20,000 malformed requests and WebSocket frames at every door
+# (NOTIFYD_FUZZ_SEED picks another corpus), then the OpenAPI fuzzer with more examples.
+fuzz: $(TSTAMP)
+	NOTIFYD_FUZZ_CASES=$${NOTIFYD_FUZZ_CASES:-20000} $(PY) -m pytest -q tests/test_fuzz_doors.py
+	NOTIFYD_FUZZ_EXAMPLES=$${NOTIFYD_FUZZ_EXAMPLES:-100} $(PY) -m pytest -q tests/test_fuzz_api.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .cache test-artifacts

@@ -221,24 +221,32 @@ def cases(w: World) -> dict[str, Case]:
         "ntfy sse, FastAPI route": Case("ntfy", request("GET", "/boom/sse", auth), reused=True),
         "ntfy ws, FastAPI route": Case("ntfy", ws_request("/ok,boom/ws", auth), reused=True),
         "v1 publish, fast path": Case(
-            "notifyd", request("POST", "/v1/events", auth | {"Content-Type": "application/json"},
-                               boom_event)  # fmt: skip
+            "notifyd",
+            request(
+                "POST", "/v1/events", auth | {"Content-Type": "application/json"}, boom_event
+            ),  # fmt: skip
         ),
         "v1 publish, unix socket": Case(
-            "notifyd", request("POST", "/v1/events", {"Content-Type": "application/json"},
-                               boom_event), unix=True,  # fmt: skip
+            "notifyd",
+            request("POST", "/v1/events", {"Content-Type": "application/json"}, boom_event),
+            unix=True,  # fmt: skip
         ),
         "ntfy publish, fast path": Case(
             "ntfy", request("POST", "/pub", auth | {"X-Title": "boom"}, b"hello")
         ),
         "ntfy publish JSON, fast path": Case(
-            "ntfy", request("POST", "/", auth, json.dumps({"topic": "pub", "title": "boom"}).encode())
+            "ntfy",
+            request("POST", "/", auth, json.dumps({"topic": "pub", "title": "boom"}).encode()),
         ),
         "FastAPI route": Case("notifyd", request("GET", "/v1/events?topic=boom", auth)),
         "gotify publish": Case(
-            "gotify", request("POST", "/message", {"X-Gotify-Key": w.app,
-                              "Content-Type": "application/json"},
-                              json.dumps({"message": "x", "title": "boom"}).encode()),  # fmt: skip
+            "gotify",
+            request(
+                "POST",
+                "/message",
+                {"X-Gotify-Key": w.app, "Content-Type": "application/json"},
+                json.dumps({"message": "x", "title": "boom"}).encode(),
+            ),  # fmt: skip
         ),
         "gotify stream": Case("gotify", ws_request("/stream", auth | {"X-Boom": "1"})),
     }
@@ -249,7 +257,9 @@ CASE_NAMES = list(cases(World(None, 0, "t", "a")))  # type: ignore[arg-type]
 
 @pytest.mark.trio
 @pytest.mark.parametrize("name", CASE_NAMES)
-async def test_a_fault_in_a_door_ends_one_connection_not_the_daemon(world: World, name: str) -> None:
+async def test_a_fault_in_a_door_ends_one_connection_not_the_daemon(
+    world: World, name: str
+) -> None:
     case = cases(world)[name]
     before = len(fault_lines(world.d))
     stream = await open_stream(world.d, case.unix)
@@ -316,38 +326,94 @@ def regressions(w: World) -> dict[str, tuple[bytes, int, str, bool]]:
     return {
         "origin on sse": (request("GET", "/v1/stream/sse", HOSTILE_ORIGIN), 403, "notifyd", False),
         "origin on websocket": (ws_request("/v1/stream", HOSTILE_ORIGIN), 403, "notifyd", False),
-        "origin on sse, ASGI": (request("GET", "/v1/stream/sse", HOSTILE_ORIGIN), 403, "notifyd",
-                                True),  # fmt: skip
+        "origin on sse, ASGI": (
+            request("GET", "/v1/stream/sse", HOSTILE_ORIGIN),
+            403,
+            "notifyd",
+            True,
+        ),  # fmt: skip
         "origin on a route": (request("GET", "/v1/me", HOSTILE_ORIGIN), 403, "notifyd", False),
         "origin on ntfy": (request("GET", "/t/json", HOSTILE_ORIGIN), 403, "ntfy", False),
         "since ²": (request("GET", "/v1/stream/sse?since=%C2%B2", auth), 422, "notifyd", False),
-        "since ², ASGI": (request("GET", "/v1/stream/sse?since=%C2%B2", auth), 422, "notifyd",
-                          True),  # fmt: skip
-        "last-event-id ²": (request("GET", "/v1/stream/sse", auth | {"Last-Event-ID": "\xb2"}),
-                            422, "notifyd", False),  # fmt: skip
-        "last-event-id ², ASGI": (request("GET", "/v1/stream/sse", auth | {"Last-Event-ID": "\xb2"}),
-                                  422, "notifyd", True),  # fmt: skip
-        "since past 2**63": (request("GET", "/v1/stream/sse?since=9999999999999999999", auth), 422,
-                             "notifyd", False),  # fmt: skip
-        "ntfy since far future": (request("GET", "/t/json?since=300000000000", auth), 400, "ntfy",
-                                  False),  # fmt: skip
+        "since ², ASGI": (
+            request("GET", "/v1/stream/sse?since=%C2%B2", auth),
+            422,
+            "notifyd",
+            True,
+        ),  # fmt: skip
+        "last-event-id ²": (
+            request("GET", "/v1/stream/sse", auth | {"Last-Event-ID": "\xb2"}),
+            422,
+            "notifyd",
+            False,
+        ),  # fmt: skip
+        "last-event-id ², ASGI": (
+            request("GET", "/v1/stream/sse", auth | {"Last-Event-ID": "\xb2"}),
+            422,
+            "notifyd",
+            True,
+        ),  # fmt: skip
+        "since past 2**63": (
+            request("GET", "/v1/stream/sse?since=9999999999999999999", auth),
+            422,
+            "notifyd",
+            False,
+        ),  # fmt: skip
+        "ntfy since far future": (
+            request("GET", "/t/json?since=300000000000", auth),
+            400,
+            "ntfy",
+            False,
+        ),  # fmt: skip
         "ntfy since ²": (request("GET", "/t/json?since=%C2%B2", auth), 400, "ntfy", False),
-        "ntfy last-event-id ²": (request("GET", "/t/sse", auth | {"Last-Event-ID": "\xb2"}), 200,
-                                 "ntfy", False),  # fmt: skip
-        "ntfy encoded header": (request("GET", "/t/json", auth | {"X-Poll": "=?UTF-8?B?a?="}), 400,
-                                "ntfy", False),  # fmt: skip
-        "ntfy encoded header, ASGI": (request("GET", "/t/json", auth | {"X-Poll": "=?UTF-8?B?a?="}),
-                                      400, "ntfy", True),  # fmt: skip
-        "ntfy encoded header, publish": (request("POST", "/t", auth | {"X-Title": "=?x?Q?=?="},
-                                                 b"m"), 400, "ntfy", False),  # fmt: skip
-        "websocket key not base64": (ws_request("/v1/stream", auth | {"Sec-WebSocket-Key": "!" * 24}),
-                                     400, "notifyd", False),  # fmt: skip
-        "websocket key of 15 bytes": (ws_request("/t/ws", auth | {
-            "Sec-WebSocket-Key": base64.b64encode(b"x" * 15).decode()}), 400, "ntfy", False),
-        "obs-fold in a stream head": (request("GET", "/v1/stream/sse", auth | {"X-A": "b\r\n c"}),
-                                      400, "notifyd", False),  # fmt: skip
-        "cookie of backslashes": (request("GET", "/v1/stream/sse", {
-            "Cookie": 'notifyd_session="' + "\\" * 12000 + '"'}), 401, "notifyd", False),
+        "ntfy last-event-id ²": (
+            request("GET", "/t/sse", auth | {"Last-Event-ID": "\xb2"}),
+            200,
+            "ntfy",
+            False,
+        ),  # fmt: skip
+        "ntfy encoded header": (
+            request("GET", "/t/json", auth | {"X-Poll": "=?UTF-8?B?a?="}),
+            400,
+            "ntfy",
+            False,
+        ),  # fmt: skip
+        "ntfy encoded header, ASGI": (
+            request("GET", "/t/json", auth | {"X-Poll": "=?UTF-8?B?a?="}),
+            400,
+            "ntfy",
+            True,
+        ),  # fmt: skip
+        "ntfy encoded header, publish": (
+            request("POST", "/t", auth | {"X-Title": "=?x?Q?=?="}, b"m"),
+            400,
+            "ntfy",
+            False,
+        ),  # fmt: skip
+        "websocket key not base64": (
+            ws_request("/v1/stream", auth | {"Sec-WebSocket-Key": "!" * 24}),
+            400,
+            "notifyd",
+            False,
+        ),  # fmt: skip
+        "websocket key of 15 bytes": (
+            ws_request("/t/ws", auth | {"Sec-WebSocket-Key": base64.b64encode(b"x" * 15).decode()}),
+            400,
+            "ntfy",
+            False,
+        ),
+        "obs-fold in a stream head": (
+            request("GET", "/v1/stream/sse", auth | {"X-A": "b\r\n c"}),
+            400,
+            "notifyd",
+            False,
+        ),  # fmt: skip
+        "cookie of backslashes": (
+            request("GET", "/v1/stream/sse", {"Cookie": 'notifyd_session="' + "\\" * 12000 + '"'}),
+            401,
+            "notifyd",
+            False,
+        ),
     }
 
 

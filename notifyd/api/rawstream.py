@@ -56,6 +56,10 @@ _REQUEST_LINE = re.compile(r"([A-Z]{1,16}) (/[\x21-\x7e]*) HTTP/1\.[01]")
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: control characters that may not appear in a header value (RFC 9110 §5.5)
 _FIELD_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: fields that may appear once: two differing copies are ambiguous (another server
+#: in front might have read the other one), so such a head is refused
+_SINGLETONS = frozenset({"host", "authorization", "cookie", "origin", "last-event-id",
+                         "sec-websocket-key", "sec-websocket-version", "content-length"})  # fmt: skip
 
 
 def parse_head(raw: bytes) -> RequestHead:
@@ -75,7 +79,10 @@ def parse_head(raw: bytes) -> RequestHead:
             raise BadRequest("malformed HTTP header line")
         if _FIELD_CTL.search(value):
             raise BadRequest(f"control character in the {name[:40]} header")
-        headers[name.lower()] = value.strip(" \t")
+        key = name.lower()
+        if key in headers and key in _SINGLETONS:
+            raise BadRequest(f"the {name} header appears more than once")
+        headers[key] = value.strip(" \t")
     return RequestHead(m.group(1), m.group(2), headers)
 
 

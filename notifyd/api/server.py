@@ -187,6 +187,9 @@ class _Guard(trio.abc.Stream):
         self.responded = False
         #: the current request's path and method (which door answers a failure)
         self.path, self.method = "/", "GET"
+        #: a send_all or send_eof is under way (hypercorn's close does not wait for
+        #: the app's writes; see send_all)
+        self._sending = False
         self._scope: trio.CancelScope | None = None
 
     def _set(self, phase: str, deadline: float = math.inf) -> None:
@@ -242,23 +245,42 @@ class _Guard(trio.abc.Stream):
                 ("head", self.config.header_timeout) if phase == "head"
                 else ("body", self.config.body_timeout)
             )  # fmt: skip
+            if self._sending:
+                return  # an answer is being written after all
+            self._sending = True
             with trio.move_on_after(2):
                 try:
                     await self.inner.send_all(_timeout_response(what, seconds))
                     await self.inner.send_eof()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
+            self._sending = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.phase == "closed":
             raise trio.ClosedResourceError("the request timed out")
-        await self.inner.send_all(data)
+        if self._sending:
+            # hypercorn is closing the connection (send_eof, below) while the app
+            # still writes (its WebSocket's client broke the protocol): the app's
+            # write fails as a closed connection, not as trio's BusyResourceError
+            raise trio.ClosedResourceError("the connection is closing")
+        self._sending = True
+        try:
+            await self.inner.send_all(data)
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self.inner.send_eof()
+        if self._sending:
+            return  # a write is under way; the aclose() that follows ends the connection
+        self._sending = True
+        try:
+            await self.inner.send_eof()
+        finally:
+            self._sending = False
 
     async def aclose(self) -> None:
         await self.inner.aclose()

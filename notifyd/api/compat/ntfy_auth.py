@@ -17,10 +17,10 @@ import binascii
 from collections.abc import Mapping
 
 from ...core.acl import Principal
-from ...core.errors import RateLimited, Unauthorized
+from ...core.errors import NotifydError, RateLimited, Unauthorized
 from ...core.services import Services
 from ..auth import resolve, session_cookie
-from .ntfy_params import NtfyError
+from .ntfy_params import NtfyError, from_notifyd
 
 UNAUTHORIZED = (401, 40101, "unauthorized")
 
@@ -84,3 +84,5 @@ async def authenticate(
     except RateLimited as exc:
         raise NtfyError(429, 42909, "limit reached: too many failed sign-in attempts",
                         "try again later", retry_after=exc.retry_after) from None  # fmt: skip
+    except NotifydError as exc:  # e.g. a session cookie from another origin (403)
+        raise from_notifyd(exc) from None
