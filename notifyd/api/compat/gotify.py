@@ -187,7 +187,7 @@ async def _shaper(svc: Services, principal: Principal, *, cache: bool = False) -
 
 
 def _id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # int() refuses "²"
         raise BadRequest("invalid id")
     return int(raw)
 
@@ -259,8 +259,10 @@ def _int(fields: dict[str, Any], name: str, typed: bool) -> int | None:
         return None
     if typed and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if not typed and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    text = value.strip() if isinstance(value, str) else ""
+    digits = text[1:] if text.startswith("-") else text  # one sign: int() refuses "--5"
+    if not typed and digits.isascii() and digits.isdigit() and len(digits) <= 18:  # and "²"
+        return int(text)
     raise ValidationFailed(f"Field '{name}' is not valid: expected an integer", field=name)
 
 
@@ -322,7 +324,7 @@ def _paging(request: Request) -> tuple[int, int]:
         raw = request.query_params.get(name)
         if raw is None or raw == "":
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not low <= int(raw) <= high:
             raise ValidationFailed(f"Field '{name}' is not valid", field=name)
         return int(raw)
 
