@@ -188,7 +188,7 @@ async def _publish(request: Request, topic: str | None, sequence_id: str | None 
 
     async def read_body(json_body: bool) -> bytes:
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > BODY_LIMIT:
+        if length.isascii() and length.isdigit() and int(length) > BODY_LIMIT:
             raise too_long(json_body)
         chunks, size = [], 0
         async for chunk in request.stream():
