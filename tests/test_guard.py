@@ -28,6 +28,7 @@ import httpx
 import pytest
 import trio
 from conftest import Daemon, wait_for
+from test_hostile import read_to_end
 
 FAULTINJECT = [sys.executable, str(Path(__file__).with_name("faultinject.py"))]
 FAULT_LINE = "injected fault"
@@ -91,18 +92,6 @@ async def read_answer(stream: trio.abc.Stream, pending: bytes = b"", timeout: fl
             rest += data
     answer.body, answer.closed = rest if want is None else rest[:want], closed
     return answer
-
-
-async def wait_closed(stream: trio.abc.Stream, timeout: float = 10) -> bytes:
-    """Everything until the server closes the connection."""
-    data = b""
-    with trio.fail_after(timeout):
-        try:
-            while chunk := await stream.receive_some(65536):
-                data += chunk
-        except trio.BrokenResourceError:
-            pass
-    return data
 
 
 def request(method: str, target: str, headers: dict[str, str] | None = None,
@@ -272,7 +261,7 @@ async def test_a_fault_in_a_door_ends_one_connection_not_the_daemon(
         if case.after_answer:
             answer = await read_answer(stream, head_only=True)
             assert answer.status in (101, 200), answer
-            await wait_closed(stream)
+            await read_to_end(stream, 10)
         else:
             answer = await read_answer(stream)
             assert answer.status == 500, answer
