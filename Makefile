@@ -59,6 +59,7 @@ bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-e
 	$(PY) bench/compat.py
 	$(PY) bench/connections.py
 	$(PY) bench/history.py
+	$(PY) bench/hostile.py
 	$(PY) bench/chart.py
 
 soak: $(TSTAMP)  # 10 minutes at 200 events/s, 500 subscribers with churn
