@@ -29,11 +29,12 @@ An older checkout's daemon (this script's corpus):
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -49,31 +50,56 @@ PROBE_EVERY = 0.05
 PROBE_TIMEOUT = 5.0
 
 
-class Probe(threading.Thread):
-    """Polls /healthz on a keep-alive connection; latencies per phase."""
+def _probe_loop(url: str, conn: Connection) -> None:
+    """The probe, in a process of its own: the attacking side's work in this
+    process must not delay (or hold the GIL against) the measurement."""
+    phase = "q"
+    samples: dict[str, list[float]] = {}
+    missed: dict[str, int] = {}
+    with httpx.Client(base_url=url, timeout=PROBE_TIMEOUT) as client:
+        while True:
+            while conn.poll():
+                phase = conn.recv()
+            if phase == "stop":
+                break
+            start = time.perf_counter()
+            try:
+                ok = client.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            took = time.perf_counter() - start
+            if ok:
+                samples.setdefault(phase, []).append(took)
+            else:
+                missed[phase] = missed.get(phase, 0) + 1
+            time.sleep(max(0.0, PROBE_EVERY - took))
+    conn.send((samples, missed))
+
+
+class Probe:
+    """Polls /healthz from another process; latencies per phase."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.phase = "q"
+        self._conn, child = multiprocessing.Pipe()
+        self._proc = multiprocessing.Process(target=_probe_loop, args=(url, child), daemon=True)
         self.samples: dict[str, list[float]] = {}
         self.missed: dict[str, int] = {}
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=PROBE_TIMEOUT) as client:
-            while not self.stop.is_set():
-                phase, start = self.phase, time.perf_counter()
-                try:
-                    ok = client.get("/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                took = time.perf_counter() - start
-                if ok:
-                    self.samples.setdefault(phase, []).append(took)
-                else:
-                    self.missed[phase] = self.missed.get(phase, 0) + 1
-                self.stop.wait(max(0.0, PROBE_EVERY - took))
+    def start(self) -> None:
+        self._proc.start()
+
+    @property
+    def phase(self) -> str:
+        raise AttributeError("write-only")
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._conn.send(value)
+
+    def finish(self) -> None:
+        self._conn.send("stop")
+        self.samples, self.missed = self._conn.recv()
+        self._proc.join()
 
 
 def reproductions(d: Daemon, token: str) -> list[tuple[str, bytes]]:
@@ -173,8 +199,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     what = f"adversarial patterns: no answer in {args.pattern_seconds:g} s"
                 rows.append(("p", what, alive(d, pid)))
         finally:
-            probe.stop.set()
-            probe.join()
+            probe.finish()
             if d.proc is not None and d.proc.poll() is None:
                 try:
                     d.stop()
