@@ -7,20 +7,35 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench soak fuzz clean chromium screenshots
+.PHONY: run test lint bench soak fuzz upgrade clean chromium screenshots
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("notifyd needs Python >= 3.11") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+# Installs take the exact versions in constraints.txt (make upgrade refreshes it).
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $@
 
-$(TSTAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+$(TSTAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@ $(STAMP)
+
+# The newest releases that pyproject.toml's ranges allow, resolved in a fresh venv
+# and written to constraints.txt; run the tests, then commit it.
+UPGRADE_VENV := .cache/upgrade-venv
+upgrade:
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(UPGRADE_VENV)/bin/python -m pip install -q -e '.[test]'
+	{ sed -n '1,3p' constraints.txt; $(UPGRADE_VENV)/bin/python -m pip freeze --exclude-editable \
+	  | grep -v '^notifyd'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(UPGRADE_VENV)
+	@echo "constraints.txt refreshed: run make test, then commit it"
 
 run: $(STAMP)
 	mkdir -p var
