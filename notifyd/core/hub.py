@@ -244,10 +244,6 @@ class Hub:
         else:
             self._streams.pop(user_id, None)
 
-    def streams_of(self, user_id: int) -> int:
-        """Live streams (reserved slots) the user holds now."""
-        return self._streams.get(user_id, 0)
-
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_user.values())
 
