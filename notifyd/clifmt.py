@@ -11,10 +11,9 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-# The CLI keeps its own copy of the priority table rather than importing
-# notifyd.core.models, which pulls in pydantic and would slow every `notifyd send`.
-PRIORITY_LABELS = {1: "min", 2: "low", 3: "default", 4: "high", 5: "urgent"}
-PRIORITY_NAMES = {"min": 1, "low": 2, "default": 3, "normal": 3, "high": 4, "urgent": 5, "max": 5}
+# notifyd.core.priority imports nothing (notifyd.core.models would pull in pydantic
+# and slow every `notifyd send`)
+from .core.priority import PRIORITY_LABELS, PRIORITY_NAMES  # noqa: F401 - used by callers
 
 ACTION_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 #: token scopes (notifyd.core.acl.SCOPES; a test keeps the two equal)

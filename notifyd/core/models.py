@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from .errors import BadRequest, ValidationFailed
+from .priority import PRIORITY_NAMES
 from .timeutil import normalize_rfc3339
 
 TOPIC_SEGMENT = r"[A-Za-z0-9_.\-]{1,64}"
@@ -32,8 +33,6 @@ PATTERN_RE = re.compile(r"^[A-Za-z0-9_.\-*/]{1,255}$")
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
 COLLAPSE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
-PRIORITY_NAMES = {"min": 1, "low": 2, "default": 3, "normal": 3, "high": 4, "urgent": 5, "max": 5}
-PRIORITY_LABELS = {1: "min", 2: "low", 3: "default", 4: "high", 5: "urgent"}
 
 TITLE_MAX = 256
 BODY_MAX = 4096

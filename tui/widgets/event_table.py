@@ -28,7 +28,10 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable
 
-PRIORITY_NAMES = {1: "min", 2: "low", 3: "", 4: "high", 5: "urgent"}
+from notifyd.core.priority import PRIORITY_LABELS
+
+#: the priority column: the labels, with the default left blank
+PRIORITY_NAMES = {n: "" if n == 3 else label for n, label in PRIORITY_LABELS.items()}
 TimeMode = Literal["relative", "absolute"]
 
 # fixed column widths; the title takes what is left
