@@ -115,7 +115,12 @@ async def _run_deliverer(
     for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(var, None)  # systemd talks to the daemon only
     link: WorkerLink | None = None
-    svc.wake_delivery = lambda events=None: link.poke(events) if link is not None else None
+
+    def wake_worker(events: object = None, /) -> None:
+        if link is not None:  # the link of the worker running now
+            link.poke(events)
+
+    svc.wake_delivery = wake_worker  # instead of the outbox in this process
     task_status.started()
     backoff = 0.5
     while True:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .sqlite.maintenance import check_file
 
 Status = Literal["ok", "warn", "fail"]

@@ -7,9 +7,12 @@ it under the ``notifyd`` entry-point group.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from .services import Services
 
 hookspec = pluggy.HookspecMarker("notifyd")
 hookimpl = pluggy.HookimplMarker("notifyd")
@@ -31,5 +34,9 @@ def register_routes(app: Any) -> None:
 
 
 @hookspec
-def startup(services: Any) -> None:
-    """Called once when the daemon starts, before it serves (create keys, check config)."""
+def startup(services: Services) -> None:
+    """Called once when the daemon starts, before it serves (create keys, check config).
+
+    ``services`` is the daemon's wiring (:class:`notifyd.core.services.Services`);
+    the same object is handed to each channel kind's constructor. A plugin keeps
+    its own state in its own module or channel objects, not on ``services``."""

@@ -12,7 +12,7 @@ from typing import Any
 from .acl import Principal
 from .errors import NotFound, PayloadTooLarge, ValidationFailed
 from .models import validate_events
-from .ratelimit import PublishLimiter, check_publish
+from .ratelimit import check_publish
 from .services import Services
 from .store import STATES, Event, EventExtras, HistoryQuery, PublishResult
 from .timeutil import now_rfc3339
@@ -44,16 +44,8 @@ async def publish(
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
         raise ValidationFailed("Idempotency-Key must be 1–128 characters", field="Idempotency-Key")
     # last, so that only a request that would be stored takes from the bucket
-    check_publish(publish_limiter(svc), svc.config, principal, len(events))
+    check_publish(svc.publish_limiter, svc.config, principal, len(events))
     return await svc.store.publish(events, principal.user_id, idempotency_key, batch)
-
-
-def publish_limiter(svc: Services) -> PublishLimiter:
-    """The daemon's per-token publish rate limiter (made on first use)."""
-    limiter = svc.extra.get("publish_limiter")
-    if limiter is None:
-        limiter = svc.extra["publish_limiter"] = PublishLimiter()
-    return limiter
 
 
 def history_query(principal: Principal, **filters: Any) -> HistoryQuery:

@@ -22,14 +22,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
 from . import destinations
 from .channels import Channel, ChannelRecord, Delivery, DeliveryError
+from .config import Config
 from .errors import NotifydError, StoreGone
-from .services import Services
-from .store import DueDelivery, Outcome
+from .store import DueDelivery, Outcome, Store
 
 log = logging.getLogger("notifyd.outbox")
 
@@ -52,10 +53,21 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     return delay * rng.uniform(0.8, 1.2)
 
 
+class OutboxHost(Protocol):
+    """What the outbox uses of the daemon's wiring. :class:`~.services.Services`
+    is one; the outbox does not import it, so that ``services`` can build outboxes."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def store(self) -> Store: ...
+
+
 class Outbox:
     def __init__(
         self,
-        svc: Services,
+        svc: OutboxHost,
         channels: dict[str, Channel],
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,

@@ -22,8 +22,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from ..config import Config
 from .acl import Principal
+from .config import Config
 from .errors import Conflict, PayloadTooLarge, RateLimited
 from .store import Store
 

@@ -1,22 +1,45 @@
-"""The daemon's parts, wired together once and handed to every front end."""
+"""The daemon's parts, wired together once and handed to every front end.
+
+Every part a front end, a plugin or a background task may reach is a typed field
+of :class:`Services`; there is no bag of extra state filled on first use.
+``Services.build`` makes what every process needs (hub, accounts, the publish rate
+limiter); ``start_delivery`` adds the plugins' channel kinds and the outbox. The
+process that runs the daemon (``notifyd/daemon.py``) or the delivery worker
+(``notifyd/deliverer.py``) then decides who runs the outbox, and points
+``wake_delivery`` there.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
-from ..config import Config
+import trio
+
 from .accounts import Accounts
+from .config import Config
 from .hub import Hub
-from .store import Store
+from .outbox import Outbox
+from .ratelimit import PublishLimiter
+from .store import Event, Store
 
 log = logging.getLogger("notifyd.plugins")
 
 if TYPE_CHECKING:
     from .channels import Channel
-    from .outbox import Outbox
     from .plugins import Plugins
+
+
+class WakeDelivery(Protocol):
+    """Says that deliveries may be due: called after every commit (with its events)
+    and when a delivery is retried (without). It must return at once."""
+
+    def __call__(self, events: object = None, /) -> None: ...
+
+
+def no_outbox(events: object = None, /) -> None:
+    """``wake_delivery`` before :meth:`Services.start_delivery`: nothing to wake."""
 
 
 @dataclass
@@ -26,13 +49,19 @@ class Services:
     hub: Hub
     accounts: Accounts
     started_at: float = 0.0
+    #: the per-token publish rate limit (publish_rate, publish_burst), shared by every door
+    publish_limiter: PublishLimiter = field(default_factory=PublishLimiter)
+    #: one import into the live database writes at a time (``POST /v1/admin/import``)
+    import_lock: trio.Lock = field(default_factory=trio.Lock)
     plugins: Plugins | None = None
     #: one instance per channel kind, from the plugins
     channels: dict[str, Channel] = field(default_factory=dict)
+    #: this process's outbox; it also sends channel tests. Whether it runs here or
+    #: in the delivery worker is the daemon's choice (``delivery_process``).
     outbox: Outbox | None = None
-    #: "deliveries may be due": wakes the outbox, in this process or the worker's
-    wake_delivery: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: wakes the outbox that runs, in this process (``outbox.wake``, set by
+    #: :meth:`start_delivery`) or in the worker (set by the daemon to poke it)
+    wake_delivery: WakeDelivery = no_outbox
 
     @classmethod
     def build(cls, config: Config, store: Store) -> Services:
@@ -42,8 +71,6 @@ class Services:
 
     def start_delivery(self, plugins: Plugins) -> None:
         """Instantiate the plugins' channel kinds and the outbox that drives them."""
-        from .outbox import Outbox
-
         self.plugins = plugins
         plugins.call_safely("startup", services=self)
         for kind, cls in plugins.channel_kinds().items():
@@ -53,4 +80,8 @@ class Services:
                 log.exception("channel kind %s failed to start", kind)
         self.outbox = Outbox(self, self.channels)
         self.wake_delivery = self.outbox.wake
-        self.store.add_commit_listener(lambda events: self.wake_delivery(events))
+        self.store.add_commit_listener(self._committed)
+
+    def _committed(self, events: list[Event]) -> None:
+        # looked up at each commit: the daemon may point wake_delivery elsewhere later
+        self.wake_delivery(events)

@@ -164,8 +164,7 @@ async def import_(
             importer.report.dry_run = True
             return JSON(importer.report.to_json())
         # one import writes at a time: each skips what the ones before it stored
-        lock = svc.extra.setdefault("import_lock", trio.Lock())
-        async with lock:
+        async with svc.import_lock:
             report = await importer.apply()
     finally:
         importer.close()

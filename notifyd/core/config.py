@@ -1,0 +1,202 @@
+"""Daemon configuration: ``notifyd.toml``, then command-line flags, then ``NOTIFYD_*``
+environment variables, each overriding the one before.
+
+Every key is listed in :data:`DEFAULTS` and documented in the sample
+``notifyd.toml``; an unknown key or a bad value stops start-up with a message that
+names the key and its line.
+
+This module is part of the headless core; the CLI and the other front ends import
+the same names from :mod:`notifyd.config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Config:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:8780"])
+    socket: str = ""  # "" = <data_dir>/notifyd.sock; "none" = no socket
+    socket_mode: str = "0660"
+    socket_user: str = "admin"
+    data_dir: str = "var"
+    base_url: str = ""
+    log_level: str = "info"
+    synchronous: str = "full"
+    retention_days: int = 30
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_batch_events: int = 5000
+    publish_rate: float = 200.0  # events/s per token, sustained; 0 = no limit
+    publish_burst: int = 5000
+    max_channels_per_user: int = 100
+    max_streams_per_user: int = 500
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    stream_queue: int = 2000
+    keepalive_seconds: float = 25.0
+    ntfy_keepalive_seconds: float = 45.0
+    stream_send_timeout: float = 10.0
+    replay_page: int = 1000
+    graceful_timeout: float = 10.0
+    keep_alive_timeout: float = 30.0
+    readers: int = 4
+    plugins: list[str] = field(default_factory=list)
+    delivery_process: bool = True
+    vapid_subject: str = "mailto:notifyd@localhost"
+    webpush_allow_private_endpoints: bool = False  # alias: true = private_destinations "everyone"
+    private_destinations: str = "admins"  # admins | everyone | nobody
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-For counts
+    delivery_max_attempts: int = 8
+    delivery_backoff_seconds: float = 5.0
+    delivery_backoff_max_seconds: float = 3600.0
+    session_days: float = 30.0
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "notifyd.db"
+
+    @property
+    def destination_policy(self) -> str:
+        """Who may make the daemon connect to loopback/private/reserved addresses:
+        ``admins`` (and the socket), ``everyone`` or ``nobody``. The old key
+        ``webpush_allow_private_endpoints = true`` still means ``everyone``."""
+        if self.webpush_allow_private_endpoints:
+            return "everyone"
+        return self.private_destinations.lower()
+
+    @property
+    def socket_path(self) -> Path | None:
+        if self.socket.lower() == "none":
+            return None
+        return Path(self.socket) if self.socket else self.data_path / "notifyd.sock"
+
+
+DEFAULTS = Config()
+KEYS = {f.name: f for f in fields(Config)}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PRIVATE_DESTINATIONS = ("admins", "everyone", "nobody")
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = type(getattr(DEFAULTS, key))
+    try:
+        if kind is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return value
+        if kind is bool:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {key} = {value!r}: {exc}") from None
+
+
+def _validate(cfg: Config) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{key} = {getattr(cfg, key)!r}: {why}")
+
+    for addr in cfg.listen:
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise bad("listen", f"{addr!r} is not HOST:PORT")
+    if cfg.log_level.lower() not in LOG_LEVELS:
+        raise bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.synchronous.lower() not in ("full", "normal", "extra"):
+        raise bad("synchronous", "must be full, normal or extra")
+    if not re.fullmatch(r"0?[0-7]{3}", cfg.socket_mode):
+        raise bad("socket_mode", "must be an octal mode such as 0660")
+    if cfg.private_destinations.lower() not in PRIVATE_DESTINATIONS:
+        raise bad("private_destinations", f"must be one of {', '.join(PRIVATE_DESTINATIONS)}")
+    for cidr in cfg.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise bad("trusted_proxies", f"{cidr!r} is not an IP address or CIDR network") from None
+    if cfg.publish_rate < 0:
+        raise bad("publish_rate", "must be 0 (no limit) or positive")
+    if cfg.retention_days < 1:
+        raise bad("retention_days", "must be at least 1")
+    if not cfg.vapid_subject.startswith(("mailto:", "https://")):
+        raise bad("vapid_subject", "must be a mailto: or https:// URL (push services contact it)")
+    for key in ("max_request_bytes", "max_batch_events", "stream_queue", "replay_page", "readers",
+                "delivery_max_attempts", "publish_burst", "max_channels_per_user",
+                "max_streams_per_user"):  # fmt: skip
+        if getattr(cfg, key) < 1:
+            raise bad(key, "must be positive")
+    for key in ("keepalive_seconds", "ntfy_keepalive_seconds", "stream_send_timeout",
+                "graceful_timeout", "keep_alive_timeout", "delivery_backoff_seconds",
+                "delivery_backoff_max_seconds", "session_days", "header_timeout",
+                "body_timeout"):  # fmt: skip
+        if getattr(cfg, key) <= 0:
+            raise bad(key, "must be positive")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration. Raises :class:`ConfigError`."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        for key, value in data.items():
+            line = _line_of(text, key)
+            where = f"{p}:{line}" if line else str(p)
+            if key not in KEYS:
+                raise ConfigError(f"{where}: unknown key {key!r} (see notifyd.toml for the keys)")
+            setattr(cfg, key, _coerce(key, value, where))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            setattr(cfg, key, _coerce(key, value, "command line"))
+    env = os.environ if environ is None else environ
+    for key in KEYS:
+        name = "NOTIFYD_" + key.upper()
+        if name in env:
+            setattr(cfg, key, _coerce(key, env[name], f"environment {name}"))
+    _validate(cfg)
+    return cfg
