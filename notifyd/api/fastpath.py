@@ -18,18 +18,19 @@ from typing import Any
 import orjson
 
 from ..core import inbox
-from ..core.errors import BadRequest, NotifydError, PayloadTooLarge
+from ..core.errors import BadRequest, NotifydError
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY, resolve
 from .compat import ntfy, ntfy_publish
+from .responses import render_notifyd
 
 log = logging.getLogger("notifyd.api")
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def _respond(send: Any, status: int, body: bytes, extra: list | None = None) -> None:
-    headers = _JSON_HEADERS + [(b"content-length", str(len(body)).encode())] + (extra or [])
+async def _respond(send: Any, status: int, body: bytes) -> None:
+    headers = _JSON_HEADERS + [(b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -53,7 +54,7 @@ class PublishFastPath:
         await self.app(scope, receive, send)
 
     async def _publish(self, scope: dict, receive: Any, send: Any) -> None:
-        authorization = idempotency_key = length = None
+        authorization = idempotency_key = None
         cookie_headers: dict[str, str] | None = None
         has_body = False
         for name, value in scope["headers"]:
@@ -63,11 +64,9 @@ class PublishFastPath:
                 if cookie_headers is None:
                     cookie_headers = {}
                 cookie_headers[name.decode()] = value.decode("latin-1")
-            elif name == b"content-length":
-                length, has_body = value, True
             elif name == b"idempotency-key":
                 idempotency_key = value.decode("latin-1")
-            elif name == b"transfer-encoding":
+            elif name in (b"content-length", b"transfer-encoding"):
                 has_body = True
         body_read = False
         try:
@@ -75,19 +74,15 @@ class PublishFastPath:
                 self.svc, bool(scope.get(SOCKET_SCOPE_KEY)), authorization,
                 method="POST", headers=cookie_headers,
             )  # fmt: skip
-            limit = self.svc.config.max_request_bytes
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise PayloadTooLarge(f"request body over {limit} bytes")
-            chunks, size = [], 0
+            # max_request_bytes is enforced by the connection guard's receive(), which
+            # raises BodyTooLarge (a PayloadTooLarge) as soon as a declared or received
+            # length passes it (api/server.py)
+            chunks = []
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body over {limit} bytes")
-                chunks.append(chunk)
+                chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
             body_read = True
@@ -97,15 +92,8 @@ class PublishFastPath:
                 raise BadRequest(f"the body is not valid JSON: {exc}") from None
             result = await inbox.publish(self.svc, caller, payload, idempotency_key)
         except NotifydError as exc:
-            extra = []
-            if exc.retry_after is not None:
-                extra.append((b"retry-after", str(int(exc.retry_after)).encode()))
-            if exc.status == 401:
-                extra.append((b"www-authenticate", b'Bearer realm="notifyd"'))
-            if has_body and not body_read:
-                # the unread body would garble the next request on this connection
-                extra.append((b"connection", b"close"))
-            await _respond(send, exc.status, orjson.dumps(exc.to_json()), extra)
+            # the unread body would garble the next request on this connection
+            await render_notifyd(exc, close=has_body and not body_read).send(send)
             return
         body = {"events": result.events} if result.batch else result.events[0]
         await _respond(send, 200 if result.replayed else 201, orjson.dumps(body))

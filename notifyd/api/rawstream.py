@@ -19,12 +19,12 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
 import trio
 
 from ..core.errors import BadRequest, NotifydError
 from ..core.frames import Frame, ws_close, ws_frame
 from ..core.services import Services
+from .responses import render_notifyd
 from .streams import StreamSession, open_session, resync_frame
 
 log = logging.getLogger("notifyd.stream")
@@ -99,30 +99,6 @@ def valid_websocket_key(key: str | None) -> bool:
 
 def websocket_accept(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-
-
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            408: "Request Timeout", 413: "Content Too Large", 422: "Unprocessable Content",
-            426: "Upgrade Required", 429: "Too Many Requests", 500: "Internal Server Error",
-            503: "Service Unavailable"}  # fmt: skip
-
-
-def raw_response(status: int, body: bytes, extra: str = "") -> bytes:
-    """A complete JSON answer that ends the connection, for the raw-socket doors."""
-    return (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
-    ).encode() + body
-
-
-def http_error(exc: NotifydError) -> bytes:
-    body = orjson.dumps(exc.to_json())
-    extra = ""
-    if exc.status == 401:
-        extra = 'WWW-Authenticate: Bearer realm="notifyd"\r\n'
-    if exc.retry_after is not None:
-        extra += f"Retry-After: {max(1, round(exc.retry_after))}\r\n"
-    return raw_response(exc.status, body, extra)
 
 
 class _RawSink:
@@ -358,7 +334,7 @@ async def serve_raw_stream(
         )
     except NotifydError as exc:
         with trio.move_on_after(5):
-            await stream.send_all(http_error(exc))
+            await stream.send_all(render_notifyd(exc).raw())
         return
 
     try:

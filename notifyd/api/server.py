@@ -30,14 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Config
 from ..core.errors import NotifydError, PayloadTooLarge
@@ -46,9 +44,20 @@ from .auth import SOCKET_SCOPE_KEY, resolve
 from .clientaddr import client_address, with_client_address
 from .compat import ntfy
 from .compat import ntfy_stream as ntfy_streams
+from .compat.ntfy_params import NtfyError
 from .fastpath import PublishFastPath
-from .rawstream import RequestHead, parse_head, raw_response, serve_raw_stream
-from .responses import INTERNAL_MESSAGE, NOTIFYD, NTFY, door_error, door_of
+from .rawstream import RequestHead, parse_head, serve_raw_stream
+from .responses import (
+    INTERNAL_MESSAGE,
+    NOTIFYD,
+    NTFY,
+    check_body_size,
+    declared_length,
+    door_of,
+    render,
+    render_notifyd,
+    status_error,
+)
 
 log = logging.getLogger("notifyd.server")
 
@@ -63,31 +72,9 @@ SIGN_IN_PATH = "/v1/session"
 STREAM_PREFIXES = (b"GET /v1/stream ", b"GET /v1/stream?", b"GET /v1/stream/sse")
 
 
-class BodyTooLarge(PayloadTooLarge, StarletteHTTPException):
-    """A request body over ``max_request_bytes``, raised by ``receive()``.
-
-    It is a core error, so that the publish fast paths and Gotify's routes answer it
-    in their own shape, and also Starlette's HTTPException, which FastAPI's body
-    parsing lets through (it turns any other error into a 400)."""
-
-    def __init__(self, limit: int) -> None:
-        PayloadTooLarge.__init__(
-            self, f"the request body is larger than {limit} bytes (max_request_bytes)"
-        )
-        self.status_code, self.detail, self.headers = 413, self.message, None
-
-
 def _timeout_response(what: str, seconds: float) -> bytes:
-    body = orjson.dumps(
-        {
-            "error": {
-                "code": "timeout",
-                "message": f"the request {what} took longer than {seconds:g} s",
-            }
-        }
-    )
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body  # fmt: skip
+    message = f"the request {what} took longer than {seconds:g} s"
+    return render_notifyd(status_error(408, message, code="timeout")).raw()
 
 
 # -- the connection guard ------------------------------------------------------------
@@ -121,19 +108,19 @@ def _where(exc: BaseException) -> str:
     return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
 
 
-def failure_status(exc: BaseException, door: str, peer: str, what: str) -> tuple[int, str]:
-    """The status and message to answer for ``exc``. A core error that escaped its
-    handler is answered as what it is; anything else is a bug: logged here in one
-    line (no body, headers, query or cookie: only the door, the peer, the method
-    and path, and the exception) and answered 500."""
-    if isinstance(exc, NotifydError):
-        return exc.status, exc.message
+def failure_status(exc: BaseException, door: str, peer: str, what: str) -> NotifydError | NtfyError:
+    """The error to answer for ``exc`` (in the door's dialect, :func:`.responses.render`).
+    A domain error that escaped its handler is answered as what it is; anything else
+    is a bug: logged here in one line (no body, headers, query or cookie: only the
+    door, the peer, the method and path, and the exception) and answered 500."""
+    if isinstance(exc, NotifydError | NtfyError):
+        return exc
     message = _SECRET.sub("nfy_…", str(exc)).encode("unicode_escape").decode("ascii")
     log.error(
         "%s door: %s from %s failed: %s: %s (at %s); connection closed",
         door, what, peer, type(exc).__name__, message[:300], _where(exc),
     )  # fmt: skip
-    return 500, INTERNAL_MESSAGE
+    return NotifydError(INTERNAL_MESSAGE)
 
 
 class _Watched(trio.abc.HalfCloseableStream):
@@ -291,17 +278,6 @@ async def _drain(receive: Any) -> None:
         pass
 
 
-def _json_answer(
-    status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> list[dict]:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-               (b"connection", b"close"), *(extra or [])]  # fmt: skip
-    return [
-        {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    ]
-
-
 async def _authenticate_first(
     svc: Services, scope: dict, reserved: frozenset[str]
 ) -> list[dict] | None:
@@ -327,10 +303,7 @@ async def _authenticate_first(
             return None
         except NotifydError as err:
             exc = err
-    extra = [(b"www-authenticate", b'Bearer realm="notifyd"')] if exc.status == 401 else []
-    if exc.retry_after is not None:
-        extra.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
-    return _json_answer(exc.status, orjson.dumps(exc.to_json()), extra)
+    return render_notifyd(exc, close=True).asgi()
 
 
 async def _request_failed(
@@ -346,12 +319,11 @@ async def _request_failed(
     door = door_of(path, method, reserved)
     client = scope.get("client")
     peer = str(client[0]) if client else "local"
-    status, text = failure_status(culprit, door, peer, f"{method} {path}")
+    failure = failure_status(culprit, door, peer, f"{method} {path}")
     if started:
         return
-    answer = _json_answer(status, door_error(door, status, text))
-    if scope["type"] == "websocket":  # refused before the handshake: a denial response
-        answer = [{**m, "type": "websocket." + m["type"]} for m in answer]
+    # a WebSocket refused before its handshake gets a denial response
+    answer = render(door, failure, close=True).asgi(websocket=scope["type"] == "websocket")
     try:
         for message in answer:
             await send(message)
@@ -363,7 +335,7 @@ def _guarded_app(
     app: Any, guard: _Guard, svc: Services, reserved: frozenset[str], via_socket: bool
 ) -> Callable[..., Awaitable[None]]:
     """``app`` for one connection: tells ``guard`` the request's phases, refuses a
-    body over ``max_request_bytes`` as it is read (:class:`BodyTooLarge` from
+    body over ``max_request_bytes`` as it is read (:class:`.responses.BodyTooLarge` from
     ``receive()``, so every door answers 413 in its own shape), authenticates a
     request with a large body before reading any of it (:func:`_authenticate_first`),
     answers what the app raised (:func:`_request_failed`: nothing escapes into
@@ -395,7 +367,7 @@ def _guarded_app(
         length, chunked = -1, False
         for name, value in scope["headers"]:
             if name == b"content-length":
-                length = int(value) if value.isdigit() else -1
+                length = declared_length(value)
             elif name == b"transfer-encoding":
                 chunked = True
         has_body = chunked or length > 0
@@ -416,13 +388,13 @@ def _guarded_app(
 
         async def guarded_receive() -> dict:
             nonlocal received, body_done
-            if not unlimited and length > limit:
-                raise BodyTooLarge(limit)
+            if not unlimited:
+                check_body_size(length, limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if not unlimited and received > limit:
-                    raise BodyTooLarge(limit)
+                if not unlimited:
+                    check_body_size(received, limit)
                 if not message.get("more_body", False):
                     body_done = True
                     guard.body_received()
@@ -648,9 +620,9 @@ class Front:
                 conn.what = f"{conn.guard.method} {conn.guard.path}"
                 conn.door = door_of(conn.guard.path, conn.guard.method, self.ntfy_reserved)
             if culprit is not None:
-                status, text = failure_status(culprit, conn.door, conn.peer, conn.what)
+                failure = failure_status(culprit, conn.door, conn.peer, conn.what)
                 if conn.answerable():
-                    answer = raw_response(status, door_error(conn.door, status, text))
+                    answer = render(conn.door, failure).raw()
                     with trio.move_on_after(2):
                         try:
                             await stream.send_all(answer)
@@ -695,9 +667,7 @@ class Front:
             return
         except NotifydError as exc:  # a malformed stream head (parse_head)
             with trio.move_on_after(5):
-                await stream.send_all(
-                    raw_response(exc.status, door_error(conn.door, exc.status, exc.message))
-                )
+                await stream.send_all(render(conn.door, exc).raw())
             return
         if head is not None:
             conn.what = f"{head.method} {head.path}"

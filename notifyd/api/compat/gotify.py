@@ -48,7 +48,7 @@ from ...core.services import Services
 from ...core.store import EventExtras, Token
 from ...core.timeutil import format_ts
 from ..auth import SOCKET_SCOPE_KEY
-from ..responses import JSON
+from ..responses import JSON, carries_body, render_gotify, status_error
 from ..streams import StreamSession
 from . import gotify_map as gm
 
@@ -64,21 +64,8 @@ EXTRAS_MAX = 32 * 1024
 ARCHIVE_PAGE = 500
 
 
-def error(status: int, description: str, *, close: bool = False) -> JSON:
-    headers = {"Connection": "close"} if close else None
-    return JSON(gm.error_body(status, description), status_code=status, headers=headers)
-
-
-def _has_body(conn: HTTPConnection) -> bool:
-    return "content-length" in conn.headers or "transfer-encoding" in conn.headers
-
-
-def _error_for(conn: HTTPConnection, exc: NotifydError) -> JSON:
-    status = gm.gotify_status(exc.status)
-    response = error(status, exc.message, close=_has_body(conn))
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(int(exc.retry_after))
-    return response
+def _error_for(conn: HTTPConnection, exc: NotifydError) -> Response:
+    return render_gotify(exc, close=carries_body(conn.headers)).response()
 
 
 class GotifyRoute(APIRoute):
@@ -95,7 +82,7 @@ class GotifyRoute(APIRoute):
             except RequestValidationError as exc:
                 err = exc.errors()[0] if exc.errors() else {}
                 name = str((err.get("loc") or ("request",))[-1])
-                return error(400, f"Field '{name}' is not valid", close=_has_body(request))
+                return _error_for(request, BadRequest(f"Field '{name}' is not valid"))
 
         return route
 
@@ -195,16 +182,13 @@ def _id(raw: str) -> int:
 # -- request bodies ------------------------------------------------------------------------
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    chunks, size = [], 0
+async def _read_body(request: Request) -> bytes:
+    """The whole body. ``max_request_bytes`` is enforced as it is read, by the
+    connection guard (``BodyTooLarge`` out of ``receive()``, answered in Gotify's
+    shape by :class:`GotifyRoute`)."""
+    chunks = []
     try:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:  # gone, or cut off for sending too slowly (body_timeout)
         raise BadRequest("the client went away before sending the whole body") from None
@@ -215,7 +199,7 @@ async def _fields(request: Request) -> tuple[dict[str, Any], bool]:
     """The request's fields: a JSON object, or form fields (urlencoded or multipart)
     with the query's as fallback (as Gotify's form binding reads both). Returns the
     fields and whether they came as JSON (typed) or as form text."""
-    body = await _read_body(request, _services(request).config.max_request_bytes)
+    body = await _read_body(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json" or (
         ctype.endswith("+json") and ctype.startswith("application/")
@@ -537,9 +521,10 @@ UNSUPPORTED = (
 )  # fmt: skip
 
 
-def _unsupported(description: str) -> Callable[[], Coroutine[Any, Any, JSON]]:
-    async def endpoint() -> JSON:
-        return error(501, f"not supported by notifyd: {description}")
+def _unsupported(description: str) -> Callable[[], Coroutine[Any, Any, Response]]:
+    async def endpoint() -> Response:
+        unsupported = status_error(501, f"not supported by notifyd: {description}")
+        return render_gotify(unsupported).response()
 
     return endpoint
 
@@ -617,8 +602,7 @@ async def stream(ws: WebSocket) -> None:
         shaper = await _shaper(svc, caller.principal, cache=True)
         session = StreamSession(svc, caller.principal, None, None)  # 429 past max_streams
     except NotifydError as exc:
-        status = gm.gotify_status(exc.status)
-        await ws.send_denial_response(error(status, exc.message))
+        await ws.send_denial_response(render_gotify(exc).response())
         return
     await ws.accept()
     async with trio.open_nursery() as nursery:

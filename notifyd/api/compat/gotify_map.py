@@ -274,7 +274,7 @@ class Shaper:
         ]
 
 
-# -- errors ------------------------------------------------------------------------------
+# -- errors (the body is built by ``responses.render_gotify``) ---------------------------
 
 STATUS_TEXT = {
     400: "Bad Request",
@@ -289,15 +289,6 @@ STATUS_TEXT = {
     501: "Not Implemented",
     503: "Service Unavailable",
 }
-
-
-def error_body(status: int, description: str) -> dict[str, Any]:
-    """Gotify's error object."""
-    return {
-        "error": STATUS_TEXT.get(status, "Error"),
-        "errorCode": status,
-        "errorDescription": description,
-    }
 
 
 def gotify_status(status: int) -> int:

@@ -34,10 +34,10 @@ from starlette.requests import HTTPConnection
 from starlette.responses import RedirectResponse, Response
 
 from ...core import inbox
-from ...core.errors import NotifydError
+from ...core.errors import NotFound, NotifydError
 from ...core.services import Services
 from ..auth import SOCKET_SCOPE_KEY
-from ..responses import error_response
+from ..responses import carries_body, render_notifyd, render_ntfy
 from . import RESERVED
 from .ntfy_auth import authenticate
 from .ntfy_params import (
@@ -45,9 +45,8 @@ from .ntfy_params import (
     NtfyError,
     Params,
     bad,
-    from_notifyd,
 )
-from .ntfy_publish import BODY_LIMIT, check_topic, too_long
+from .ntfy_publish import check_topic, read_limited
 from .ntfy_publish import publish as publish_message
 from .ntfy_stream import (
     HTTPStreamResponse,
@@ -95,20 +94,16 @@ def reserved_names(app: Any) -> frozenset[str]:
     return cached
 
 
-def _ntfy_response(err: NtfyError, conn: HTTPConnection | None = None) -> Response:
-    headers: dict[str, str] = {}
-    if err.http == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="notifyd"'
-    if err.retry_after is not None:
-        headers["Retry-After"] = str(int(err.retry_after))
-    if conn is not None and (
-        "content-length" in conn.headers or "transfer-encoding" in conn.headers
-    ):
-        headers["Connection"] = "close"  # the body may be unread
-    return Response(
-        orjson.dumps(err.to_json()) + b"\n", status_code=err.http,
-        media_type="application/json", headers=headers,
-    )  # fmt: skip
+def _ntfy_response(err: NtfyError | NotifydError, conn: HTTPConnection | None = None) -> Response:
+    # an answer to a request with a body closes the connection: the body may be unread
+    return render_ntfy(err, close=conn is not None and carries_body(conn.headers)).response()
+
+
+def _not_ours(conn: HTTPConnection) -> Response:
+    """notifyd's 404 for a path that is notifyd's, not ntfy's."""
+    scope = conn.scope
+    where = f"{scope.get('method', 'GET')} {scope.get('path', '/')}"
+    return render_notifyd(NotFound(f"no such endpoint: {where}")).response()
 
 
 class NtfyRoute(APIRoute):
@@ -121,13 +116,9 @@ class NtfyRoute(APIRoute):
             try:
                 return await handler(request)
             except _NotOurs:
-                return error_response(
-                    404, "not_found", f"no such endpoint: {request.method} {request.url.path}"
-                )
-            except NtfyError as err:
+                return _not_ours(request)
+            except (NtfyError, NotifydError) as err:
                 return _ntfy_response(err, request)
-            except NotifydError as exc:
-                return _ntfy_response(from_notifyd(exc), request)
 
         return route
 
@@ -187,16 +178,8 @@ async def _publish(request: Request, topic: str | None, sequence_id: str | None 
         raise _NotOurs
 
     async def read_body(json_body: bool) -> bytes:
-        length = request.headers.get("content-length", "")
-        if length.isascii() and length.isdigit() and int(length) > BODY_LIMIT:
-            raise too_long(json_body)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > BODY_LIMIT:
-                raise too_long(json_body)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        limit = _services(request).config.max_request_bytes
+        return await read_limited(request.stream(), request.headers, json_body, limit)
 
     message = await publish_message(
         _services(request), reserved_names(request.app),
@@ -277,7 +260,7 @@ async def subscribe_ws(ws: WebSocket, topics: str) -> None:
     try:
         sub = await _subscription(ws, topics, "ws")
     except _NotOurs:
-        await ws.send_denial_response(error_response(404, "not_found", "no such endpoint"))
+        await ws.send_denial_response(_not_ours(ws))
         return
     except NtfyError as err:
         await ws.send_denial_response(_ntfy_response(err))

@@ -29,11 +29,13 @@ from ...core.models import MAX_ACTIONS, MAX_TAGS, SLUG_RE, TOPIC_SEGMENT
 
 
 class NtfyError(Exception):
-    """An error answered in ntfy's shape: ``{"code", "http", "error"}``."""
+    """An error in ntfy's terms: HTTP status, ntfy's numeric code, text, optionally a
+    link to documentation; answered by ``responses.render_ntfy`` as
+    ``{"code", "http", "error", "link"?}``."""
 
     def __init__(
         self, http: int, code: int, error: str, detail: str | None = None,
-        retry_after: float | None = None,
+        retry_after: float | None = None, link: str | None = None,
     ) -> None:  # fmt: skip
         message = f"{error}, {detail}" if detail else error
         super().__init__(message)
@@ -41,9 +43,7 @@ class NtfyError(Exception):
         self.code = code
         self.error = message
         self.retry_after = retry_after
-
-    def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "http": self.http, "error": self.error}
+        self.link = link
 
 
 def bad(code: int, error: str, detail: str | None = None) -> NtfyError:

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
 from ...core import inbox
-from ...core.errors import NotifydError, PayloadTooLarge
+from ...core.errors import NotifydError
 from ...core.services import Services
 from ..auth import SOCKET_SCOPE_KEY
+from ..responses import carries_body, check_body_size, declared_length, render_ntfy
 from .ntfy_auth import authenticate
 from .ntfy_message import build_event, to_message
 from .ntfy_params import (
@@ -65,6 +66,27 @@ def too_long(json_body: bool) -> NtfyError:
         return NtfyError(413, 41303, "JSON body too large")
     return bad(40014, "invalid request: attachments not allowed",
                "the body is too long for a message, and notifyd does not store files")  # fmt: skip
+
+
+async def read_limited(
+    chunks: AsyncIterator[bytes], headers: Mapping[str, str], json_body: bool, limit: int
+) -> bytes:
+    """A publish body, read under both limits (every ntfy door reads through here):
+    ``limit`` (``max_request_bytes``) first (notifyd's one 413, :func:`~..responses.check_body_size`;
+    the connection guard enforces it too as the body arrives), then ntfy's own
+    :data:`BODY_LIMIT` (:func:`too_long`). A declared length over either is refused
+    before any of the body is read."""
+    declared = declared_length(headers.get("content-length"))
+    check_body_size(declared, limit)
+    if declared > BODY_LIMIT:
+        raise too_long(json_body)
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > BODY_LIMIT:
+            raise too_long(json_body)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _from_json(body: bytes, headers: Mapping[str, str]) -> tuple[str, Params, bytes]:
@@ -155,15 +177,6 @@ def fast_path_target(scope: dict, reserved: frozenset[str]) -> tuple[str | None,
     return topic, seq
 
 
-def error_response(err: NtfyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    headers = [(b"content-type", b"application/json")]
-    if err.http == 401:
-        headers.append((b"www-authenticate", b'Basic realm="notifyd"'))
-    if err.retry_after is not None:
-        headers.append((b"retry-after", str(int(err.retry_after)).encode()))
-    return err.http, headers, orjson.dumps(err.to_json()) + b"\n"
-
-
 async def serve_asgi(
     svc: Services, reserved: frozenset[str], scope: dict, receive: Any, send: Any,
     target: tuple[str | None, str | None],
@@ -172,34 +185,23 @@ async def serve_asgi(
     for name, value in scope["headers"]:
         headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
     query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-    has_body = "content-length" in headers or "transfer-encoding" in headers
     body_read = False
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            # over max_request_bytes, receive() raises BodyTooLarge (api/server.py)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise NtfyError(400, 40000, "invalid request", "the client went away")
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
 
     async def read_body(json_body: bool) -> bytes:
         nonlocal body_read
-        length = headers.get("content-length", "")
-        limit = svc.config.max_request_bytes
-        declared = int(length) if length.isascii() and length.isdigit() else -1
-        if declared > limit:
-            raise from_notifyd(PayloadTooLarge(f"the request body is larger than {limit} bytes"))
-        if declared > BODY_LIMIT:
-            raise too_long(json_body)
-        chunks, size = [], 0
-        while True:
-            try:
-                message = await receive()
-            except PayloadTooLarge as exc:  # over max_request_bytes (api/server.py)
-                raise from_notifyd(exc) from None
-            if message["type"] == "http.disconnect":
-                raise NtfyError(400, 40000, "invalid request", "the client went away")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > BODY_LIMIT:
-                raise too_long(json_body)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                body_read = True
-                return b"".join(chunks)
+        body = await read_limited(chunks(), headers, json_body, svc.config.max_request_bytes)
+        body_read = True
+        return body
 
     client = scope.get("client")
     try:
@@ -209,12 +211,11 @@ async def serve_asgi(
             via_socket=bool(scope.get(SOCKET_SCOPE_KEY)),
             address=client[0] if client else "local",
         )  # fmt: skip
-        status, extra, body = 200, [(b"content-type", b"application/json")], orjson.dumps(msg)
-        body += b"\n"
-    except NtfyError as err:
-        status, extra, body = error_response(err)
-        if has_body and not body_read:
-            extra.append((b"connection", b"close"))  # the unread body would garble the next
-    extra.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": extra})
+    except (NtfyError, NotifydError) as err:
+        # an unread body would garble the next request: close the connection then
+        await render_ntfy(err, close=carries_body(headers) and not body_read).send(send)
+        return
+    body = orjson.dumps(msg) + b"\n"
+    extra = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": extra})
     await send({"type": "http.response.body", "body": body})

@@ -43,11 +43,11 @@ from ..rawstream import (
     RequestHead,
     _RawSink,
     _ws_reader,
-    raw_response,
     read_until_eof,
     valid_websocket_key,
     websocket_accept,
 )
+from ..responses import render_ntfy
 from ..routes.stream import until_websocket_closes
 from ..streams import StreamSession
 from .ntfy_auth import authenticate
@@ -331,16 +331,6 @@ class _RawWebSocket(_RawSink):
             await self.write(ws_close(4000, "resync") if resync else ws_close(1001, "going away"))
 
 
-def error_bytes(err: NtfyError) -> bytes:
-    body = orjson.dumps(err.to_json()) + b"\n"
-    extra = ""
-    if err.http == 401:
-        extra += 'WWW-Authenticate: Basic realm="notifyd"\r\n'
-    if err.retry_after is not None:
-        extra += f"Retry-After: {int(err.retry_after)}\r\n"
-    return raw_response(err.http, body, extra)
-
-
 async def serve_raw(
     svc: Services,
     reserved: frozenset[str],
@@ -366,7 +356,7 @@ async def serve_raw(
         )  # fmt: skip
     except NtfyError as err:
         with trio.move_on_after(5):
-            await stream.send_all(error_bytes(err))
+            await stream.send_all(render_ntfy(err).raw())
         return
     lock = trio.Lock()
     transport: _RawHTTP | _RawWebSocket
