@@ -12,7 +12,7 @@ from .compat import gotify, ntfy
 from .responses import JSON, install_error_handlers
 from .routes import accounts, admin, channels, events, preferences, session, stream, system, web
 
-#: The error object every 4xx/5xx of the API carries (``responses.error_response``).
+#: The error object every 4xx/5xx of the API carries (``responses.render_notifyd``).
 ERROR_SCHEMA: dict[str, Any] = {
     "title": "Error",
     "type": "object",

@@ -251,14 +251,6 @@ def check_body_size(size: int, limit: int) -> None:
 # -- FastAPI's exception handlers -----------------------------------------------------------
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:  # fmt: skip
-    """A notifyd error answer from its parts (routes that build one by hand)."""
-    exc = status_error(status, message, code=code)
-    exc.field = field
-    return render_notifyd(exc, headers=headers).response()
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotifydError)
     async def _notifyd(request: Request, exc: NotifydError) -> Response:

@@ -39,12 +39,6 @@ class NotifydError(Exception):
         if code is not None:
             self.code = code
 
-    def to_json(self) -> dict:
-        err: dict = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            err["field"] = self.field
-        return {"error": err}
-
 
 class BadRequest(NotifydError):
     status = 400

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect
 from ...core.errors import NotifydError
 from ...core.frames import Frame
 from ..auth import SOCKET_SCOPE_KEY
-from ..responses import error_response
+from ..responses import render_notifyd
 from ..streams import StreamSession, open_session, resync_frame
 
 router = APIRouter(tags=["stream"])
@@ -104,10 +104,7 @@ async def sse(
 
 
 def _denial(exc: NotifydError) -> Response:
-    response = error_response(exc.status, exc.code, exc.message, exc.field)
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return response
+    return render_notifyd(exc).response()
 
 
 class _ASGIWebSocketSink:
