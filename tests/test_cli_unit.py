@@ -15,7 +15,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from notifyd import cli, client, clifmt
+from notifyd import cli, client
+from notifyd.cli import format as clifmt
 
 NOW = datetime(2026, 3, 4, 12, 0, 0, tzinfo=UTC)
 

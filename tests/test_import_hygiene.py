@@ -210,3 +210,16 @@ def test_client_does_not_import_the_server_stack() -> None:
     loaded = loaded_after("notifyd.client")
     assert "httpx" in loaded
     assert not loaded & {"fastapi", "trio", "starlette", "hypercorn", "textual"}
+
+
+def test_the_send_path_does_not_import_the_server_stack() -> None:
+    """What ``notifyd send`` loads: the whole command tree, then the client."""
+    loaded = loaded_after("notifyd.cli.app, notifyd.client")
+    assert {"click", "httpx"} <= loaded
+    assert not loaded & {"pydantic", "fastapi", "starlette", "hypercorn", "trio", "textual"}
+
+
+def test_the_cli_formatting_the_tui_uses_does_not_build_the_command_tree() -> None:
+    loaded = loaded_after("notifyd.cli.format", full=True)
+    assert "click" not in {m.split(".")[0] for m in loaded}
+    assert "notifyd.cli.app" not in loaded

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from notifyd import clifmt
+from notifyd.cli import format as clifmt
 from notifyd.core import models
 from notifyd.core.priority import PRIORITY_LABELS, PRIORITY_NAMES
 

@@ -420,7 +420,7 @@ def test_gotify_clients_and_applications_need_the_account_scope(daemon: Daemon) 
 
 
 def test_the_cli_knows_every_scope() -> None:
-    from notifyd import clifmt
+    from notifyd.cli import format as clifmt
     from notifyd.core.acl import SCOPES
 
     assert clifmt.SCOPES == SCOPES

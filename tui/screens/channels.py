@@ -17,8 +17,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
+from notifyd.cli.format import short_time
 from notifyd.client import Client, ClientError
-from notifyd.clifmt import short_time
 
 from ..widgets.confirm import ConfirmDialog
 from ..widgets.form_dialog import FormDialog, FormField

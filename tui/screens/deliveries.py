@@ -14,8 +14,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static, Tab, Tabs
 
+from notifyd.cli.format import plural, short_time
 from notifyd.client import Client
-from notifyd.clifmt import plural, short_time
 
 from .admin_base import AdminScreen, ScreenCommands, fill_table, plain, selected_key
 

@@ -14,8 +14,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
+from notifyd.cli.format import acl_table, permission_of, tokens_table, users_table
 from notifyd.client import Client, ClientError
-from notifyd.clifmt import acl_table, permission_of, tokens_table, users_table
 from notifyd.core.acl import SCOPES
 
 from ..widgets.confirm import ConfirmDialog

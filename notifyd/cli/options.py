@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from notifyd import clifmt
+from notifyd.cli import format as clifmt
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 CONNECTION = ("socket_path", "url", "token")
@@ -111,7 +111,7 @@ def report(as_json: bool, data: Any, text: str) -> None:
 
 
 def checked(parse: Callable[[Any], Any], *, whole: bool = False) -> Callable:
-    """Wrap a clifmt parser as a click callback that turns ValueError into a usage error.
+    """Wrap a notifyd.cli.format parser as a click callback that turns ValueError into a usage error.
 
     A repeated option's values are parsed one by one unless ``whole`` is set.
     """

@@ -1,7 +1,7 @@
 """The ``notifyd`` command: runs the daemon (``serve``) and talks to it (everything else).
 
 Commands stay thin: HTTP lives in :mod:`notifyd.client`, formatting in
-:mod:`notifyd.clifmt`. httpx is imported only when a command needs the daemon, so
+:mod:`notifyd.cli.format`. httpx is imported only when a command needs the daemon, so
 shell completion and ``--help`` stay fast.
 """
 
@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 
-from notifyd import __version__, clifmt
-from notifyd.cli_admin import acl, tokens, users
-from notifyd.cli_config import config
-from notifyd.cli_delivery import channels, deliveries, plugins, prefs, stats
-from notifyd.cli_ops import OPS_COMMANDS
-from notifyd.cliopts import (
+from notifyd import __version__
+from notifyd.cli import format as clifmt
+from notifyd.cli.admin import acl, tokens, users
+from notifyd.cli.config import config
+from notifyd.cli.delivery import channels, deliveries, plugins, prefs, stats
+from notifyd.cli.ops import OPS_COMMANDS
+from notifyd.cli.options import (
     CONNECTION,
     CONTEXT,
     checked,

@@ -7,8 +7,15 @@ from typing import Any
 
 import click
 
-from notifyd import clifmt
-from notifyd.cliopts import CONTEXT, client_options, output_options, print_json, print_table, report
+from notifyd.cli import format as clifmt
+from notifyd.cli.options import (
+    CONTEXT,
+    client_options,
+    output_options,
+    print_json,
+    print_table,
+    report,
+)
 
 
 @click.group(context_settings=CONTEXT)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 # notifyd.core.priority imports nothing (notifyd.core.models would pull in pydantic
 # and slow every `notifyd send`)
-from .core.priority import PRIORITY_LABELS, PRIORITY_NAMES  # noqa: F401 - used by callers
+from notifyd.core.priority import PRIORITY_LABELS, PRIORITY_NAMES  # noqa: F401 - used by callers
 
 ACTION_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
 #: token scopes (notifyd.core.acl.SCOPES; a test keeps the two equal)

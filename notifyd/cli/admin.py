@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import click
 
-from notifyd import clifmt
-from notifyd.cliopts import (
+from notifyd.cli import format as clifmt
+from notifyd.cli.options import (
     CONTEXT,
     checked,
     client_options,

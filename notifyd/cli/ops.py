@@ -22,8 +22,8 @@ from typing import IO, Any
 
 import click
 
-from notifyd import clifmt
-from notifyd.cliopts import (
+from notifyd.cli import format as clifmt
+from notifyd.cli.options import (
     CONTEXT,
     client_options,
     connection_params,
@@ -484,5 +484,5 @@ def doctor(
     sys.exit(status)
 
 
-#: registered on the main group by notifyd.cli
+#: registered on the main group by notifyd.cli.app
 OPS_COMMANDS: list[click.Command] = [backup, export, import_cmd, doctor]
