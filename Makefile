@@ -63,8 +63,11 @@ test: $(TSTAMP) $(AXE) chromium
 screenshots: $(TSTAMP) $(AXE) chromium  # the README's pictures of the web page
 	NOTIFYD_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web.py -k screenshots
 
+# Type checking: mypy reads its settings (packages, strict notifyd.core) from pyproject.toml.
+# `ruff format --check` joins once the tree is formatted.
 lint: $(TSTAMP)
 	$(VENV)/bin/ruff check notifyd tui plugins tests bench
+	$(VENV)/bin/mypy
 
 bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-ece)
 	$(PY) bench/publish.py

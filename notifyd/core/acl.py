@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from .errors import Forbidden
-from .globs import glob_match  # also re-exported: callers import it from here
+from .globs import glob_match as glob_match  # also re-exported: callers import it from here
 
 #: ``account``: change the user's own account (password, tokens, channels, push
 #: subscriptions, preferences). ``admin`` on an admin user implies every scope.

@@ -98,7 +98,8 @@ class Delivery:
     def link(self, event: Event) -> str | None:
         """Where a click should lead: the event's own URL, else the notification center."""
         if event.get("click") and not event.get("sensitive"):
-            return event["click"]
+            click: str = event["click"]
+            return click
         return f"{self.base_url.rstrip('/')}/#event-{event['id']}" if self.base_url else None
 
     def message(self) -> Message:

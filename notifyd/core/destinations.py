@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextvars
 import http.client
+import io
 import ipaddress
 import smtplib
 import socket
@@ -52,7 +53,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import trio
@@ -227,7 +228,7 @@ def may_reach_private(policy: str, *, owner_is_admin: bool) -> bool:
 async def owner_may_reach_private(config: Any, store: Any, user_id: int) -> bool:
     """:func:`may_reach_private` for the user ``user_id`` (admins and the socket
     user count as admins), looked up in ``store``."""
-    policy = config.destination_policy
+    policy: str = config.destination_policy
     if policy in ("everyone", "nobody"):
         return policy == "everyone"
     user = await store.get_user_by_id(user_id)
@@ -342,7 +343,7 @@ def _guarded_getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,  
 class _CappedReader:
     """A socket file that refuses to read more than ``cap`` bytes in total."""
 
-    def __init__(self, raw: Any, rule: Outbound) -> None:
+    def __init__(self, raw: io.BufferedReader, rule: Outbound) -> None:
         self._raw = raw
         self._rule = rule
         self._left = rule.response_cap
@@ -399,14 +400,15 @@ def _capped_response_init(self: http.client.HTTPResponse, sock: Any, *args: Any,
     _real_response_init(self, sock, *args, **kwargs)
     rule = _current.get()
     if rule is not None:
-        self.fp = _CappedReader(self.fp, rule)
+        # a duck-typed stand-in: it forwards everything else to the real reader
+        self.fp = cast(io.BufferedReader, _CappedReader(self.fp, rule))
 
 
 def _capped_getreply(self: smtplib.SMTP) -> Any:
     rule = _current.get()
     if rule is not None and self.file is None and self.sock is not None:
         # smtplib opens its reader lazily here (again after STARTTLS)
-        self.file = _CappedReader(self.sock.makefile("rb"), rule)  # type: ignore[assignment]
+        self.file = _CappedReader(self.sock.makefile("rb"), rule)
     return _real_getreply(self)
 
 
@@ -421,7 +423,7 @@ def install() -> None:
     with _install_lock:
         if _installed:
             return
-        socket.getaddrinfo = _guarded_getaddrinfo  # type: ignore[assignment]
+        socket.getaddrinfo = _guarded_getaddrinfo
         http.client.HTTPResponse.__init__ = _capped_response_init  # type: ignore[method-assign]
         smtplib.SMTP.getreply = _capped_getreply  # type: ignore[method-assign]
         _installed = True

@@ -80,7 +80,8 @@ class Frame:
         if cache is None:
             cache = self._derived = {}
         try:
-            return cache[key]
+            known: T = cache[key]
+            return known
         except KeyError:
             FRAME_ENCODINGS.labels(key).inc()
             value = cache[key] = build(self)

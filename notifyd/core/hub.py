@@ -280,7 +280,7 @@ class Hub:
                 del self._by_user[sub.principal.user_id]
         STREAM_CLIENTS.labels(sub.kind).dec()
 
-    def publish(self, events: Iterable[dict]) -> None:
+    def publish(self, events: Iterable[dict[str, Any]]) -> None:
         """Fan committed events out (trio thread, id order)."""
         by_topic, wild = self._by_topic, self._wild
         for event in events:
@@ -306,7 +306,9 @@ class Hub:
         for sub in ready:
             sub.write_direct()
 
-    def publish_state(self, user_id: int, message: dict, topic: str | None = None) -> None:
+    def publish_state(
+        self, user_id: int, message: dict[str, Any], topic: str | None = None
+    ) -> None:
         """Tell the streams of ``user_id`` that read state changed — for an event's
         state, only the streams that would receive that event (a stream limited to
         some topics must not learn ids from others)."""

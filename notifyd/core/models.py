@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 from .errors import BadRequest, ValidationFailed
 from .priority import PRIORITY_NAMES
@@ -110,7 +111,7 @@ def check_url(value: str) -> str:
 #: JSON Schema patterns for the OpenAPI document only (``json_schema_extra``): the
 #: validators below do the checking, with messages that name what is wrong.
 _URL_DOC = {"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://\S{3,}$", "minLength": 10}
-_PRIORITY_DOC = {
+_PRIORITY_DOC: JsonDict = {
     "anyOf": [
         {"type": "integer", "minimum": 1, "maximum": 5},
         {"type": "string", "enum": ["1", "2", "3", "4", "5", *PRIORITY_NAMES]},
@@ -230,7 +231,7 @@ _one = TypeAdapter(EventIn)
 _many = TypeAdapter(list[EventIn])
 
 
-def _field_of(loc: tuple, batch: bool) -> str:
+def _field_of(loc: tuple[int | str, ...], batch: bool) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):

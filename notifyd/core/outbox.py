@@ -49,7 +49,7 @@ ROLE_TTL = 10.0
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based): base·2^(n-1),
     capped, with ±20 % jitter so that failing peers are not hit in lockstep."""
-    delay = min(cap, base * (2 ** (attempt - 1)))
+    delay: float = min(cap, base * (2 ** (attempt - 1)))
     return delay * rng.uniform(0.8, 1.2)
 
 

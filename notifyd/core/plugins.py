@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -78,7 +79,9 @@ class Plugins:
         kinds: dict[str, type[Channel]] = {}
         for impl in self.pm.hook.register_channels.get_hookimpls():
             try:
-                for cls in impl.function() or []:
+                # pluggy types hook functions as returning ``object``
+                classes = cast("Iterable[object] | None", impl.function())
+                for cls in classes or []:
                     if not (isinstance(cls, type) and issubclass(cls, Channel) and cls.kind):
                         raise TypeError(f"{cls!r} is not a Channel subclass with a kind")
                     kinds.setdefault(cls.kind, cls)

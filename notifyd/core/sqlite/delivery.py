@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Collection
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -24,7 +24,7 @@ _CHANNEL_SELECT = (
 )
 
 
-def _channel(row: tuple) -> ChannelRecord:
+def _channel(row: tuple[Any, ...]) -> ChannelRecord:
     return ChannelRecord(
         id=row[0], user_id=row[1], user=row[2], name=row[3], kind=row[4],
         config=orjson.loads(row[5]), enabled=bool(row[6]), created_at=row[7],
@@ -48,7 +48,7 @@ def load_preferences(conn: sqlite3.Connection, user_ids: Any) -> dict[int, Prefe
     return out
 
 
-def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict], now: float) -> int:
+def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> int:
     """Write one outbox row per (event, channel) whose user may read the event's
     topic and whose preferences want it there — in the caller's transaction, so an
     event and its deliveries commit together. Held rows (quiet hours, digests, rate
@@ -72,7 +72,7 @@ def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict], now: float)
         ):
             recent[channel_id] = n
     stamp = format_ts(now)
-    rows = []
+    rows: list[tuple[int, int, int, str, str, str | None]] = []
     for ev in events:
         topic = ev["topic"]
         for channel_id, user_id, role, name in chans:
@@ -146,8 +146,15 @@ def _record_failure(conn: sqlite3.Connection, o: Outcome) -> None:
 class DeliveryStore:
     """Channel and outbox methods; expects ``write``/``_read`` from the store."""
 
-    write: Callable[..., Any]
-    _read: Callable[..., Any]
+    if TYPE_CHECKING:  # provided by SQLiteStore
+
+        async def write(
+            self,
+            fn: Callable[[sqlite3.Connection], T],
+            on_commit: Callable[[T], None] | None = None,
+        ) -> T: ...
+
+        async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
     # -- channels ----------------------------------------------------------
 
@@ -172,7 +179,8 @@ class DeliveryStore:
         self, user_id: int | None = None, kind: str | None = None
     ) -> list[ChannelRecord]:
         def fn(conn: sqlite3.Connection) -> list[ChannelRecord]:
-            where, params = ["1"], []
+            where: list[str] = ["1"]
+            params: list[object] = []
             if user_id is not None:
                 where.append("c.user_id = ?")
                 params.append(user_id)
@@ -275,7 +283,8 @@ class DeliveryStore:
         self, user_id: int | None, state: str | None, limit: int
     ) -> list[dict[str, Any]]:
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            where, params = ["1"], []
+            where: list[str] = ["1"]
+            params: list[object] = []
             if user_id is not None:
                 where.append("d.user_id = ?")
                 params.append(user_id)
@@ -313,14 +322,14 @@ class DeliveryStore:
             where, params = "", []
             if user_id is not None:
                 where, params = "WHERE d.user_id = ?", [user_id]
-            by_channel: dict[str, dict[str, int]] = {}
+            by_channel: dict[str, dict[str, float | None]] = {}
             for kind, state, n in conn.execute(
                 "SELECT coalesce(c.kind, '(removed)'), d.state, count(*) FROM deliveries d "
                 f"LEFT JOIN channels c ON c.id = d.channel_id {where} GROUP BY 1, 2",
                 params,
             ):
                 by_channel.setdefault(kind, {})[state] = n
-            by_category: dict[str, dict[str, int]] = {}
+            by_category: dict[str, dict[str, float | None]] = {}
             for category, state, n in conn.execute(
                 f"SELECT e.category, d.state, count(*) FROM deliveries d JOIN events e ON e.id = d.event_id {where} GROUP BY 1, 2",
                 params,

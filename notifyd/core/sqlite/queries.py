@@ -25,7 +25,7 @@ SELECT_STATE = "r.read, r.seen_at, r.archived_at, r.clicked_at, r.action"
 _loads = orjson.loads
 
 
-def event_from_row(row: tuple) -> Event:
+def event_from_row(row: tuple[Any, ...]) -> Event:
     ev = dict(zip(EVENT_COLUMNS, row[:N_EVENT], strict=True))
     ev["tags"] = _loads(ev["tags"]) if ev["tags"] else []
     ev["actions"] = _loads(ev["actions"]) if ev["actions"] else []
@@ -33,7 +33,7 @@ def event_from_row(row: tuple) -> Event:
     return ev
 
 
-def event_with_state(row: tuple, watermark: int) -> Event:
+def event_with_state(row: tuple[Any, ...], watermark: int) -> Event:
     ev = event_from_row(row)
     read, seen_at, archived_at, clicked_at, action = row[N_EVENT : N_EVENT + 5]
     is_read = ev["id"] <= watermark if read is None else bool(read)

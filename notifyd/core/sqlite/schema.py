@@ -40,7 +40,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         )
         """
     )
-    events = db["events"]
+    events = db.table("events")
     events.create_index(["topic", "id"])
     events.create_index(["category", "id"])
     events.create_index(["created_at"])
@@ -63,7 +63,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         """
     )
 
-    db["scheduled"].create(
+    db.table("scheduled").create(
         {
             "id": int,
             "deliver_at": str,
@@ -73,9 +73,9 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["scheduled"].create_index(["deliver_at"])
+    db.table("scheduled").create_index(["deliver_at"])
 
-    db["users"].create(
+    db.table("users").create(
         {
             "id": int,
             "name": str,
@@ -88,9 +88,9 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         not_null={"name", "role", "created_at"},
         defaults={"role": "user", "tz": "UTC"},
     )
-    db["users"].create_index(["name"], unique=True)
+    db.table("users").create_index(["name"], unique=True)
 
-    db["tokens"].create(
+    db.table("tokens").create(
         {
             "id": int,
             "user_id": int,
@@ -107,10 +107,10 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         not_null={"user_id", "hash", "scopes", "created_at"},
         foreign_keys=[("user_id", "users", "id")],
     )
-    db["tokens"].create_index(["hash"], unique=True)
-    db["tokens"].create_index(["user_id"])
+    db.table("tokens").create_index(["hash"], unique=True)
+    db.table("tokens").create_index(["user_id"])
 
-    db["acl"].create(
+    db.table("acl").create(
         {
             "id": int,
             "user_id": int,
@@ -123,7 +123,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         not_null={"user_id", "pattern", "read", "write"},
         foreign_keys=[("user_id", "users", "id")],
     )
-    db["acl"].create_index(["user_id", "pattern"], unique=True)
+    db.table("acl").create_index(["user_id", "pattern"], unique=True)
 
     # Per-user read state. `read` NULL means "no explicit mark": the user's
     # inbox_marks.read_upto watermark decides. 1/0 are explicit read/unread.

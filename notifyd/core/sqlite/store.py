@@ -82,7 +82,7 @@ def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sql
 
 def _event_row(
     ev: EventIn, event_id: int, created_at: str, publisher_id: int
-) -> tuple[tuple, Event]:
+) -> tuple[tuple[Any, ...], Event]:
     actions = [a.model_dump(exclude_none=True) for a in ev.actions]
     d: Event = {
         "id": event_id,
@@ -274,7 +274,7 @@ class _Readers:
             conn.close()
 
 
-def _user(row: tuple) -> User:
+def _user(row: tuple[Any, ...]) -> User:
     return User(
         id=row[0], name=row[1], role=row[2], tz=row[3] or "UTC", created_at=row[4],
         has_password=row[5] is not None,
@@ -295,7 +295,7 @@ _TOKEN_SELECT = (
 )
 
 
-def _token(row: tuple) -> Token:
+def _token(row: tuple[Any, ...]) -> Token:
     return Token(
         id=row[0], user_id=row[1], user=row[2], prefix=row[3], label=row[4],
         scopes=tuple(s for s in row[5].split(",") if s), topics=row[6], created_at=row[7],
@@ -339,7 +339,9 @@ _STATE_SQL = {
 }
 
 
-def _state_params(state: str, user_id: int, event_id: int, now: str, action: str | None) -> tuple:
+def _state_params(
+    state: str, user_id: int, event_id: int, now: str, action: str | None
+) -> tuple[Any, ...]:
     if state == "read":
         return (user_id, event_id, now, now)
     if state in ("unread", "unarchive"):
@@ -436,7 +438,8 @@ class SQLiteStore(DeliveryStore, Store):
             conn.executemany("DELETE FROM scheduled WHERE id = ?", [(r[0],) for r in rows])
             return _insert_events(conn, items, self.clock())
 
-        return len(await self.write(fn, self._emit))
+        released = await self.write(fn, self._emit)
+        return len(released)
 
     async def get_event(self, event_id: int, user_id: int) -> Event | None:
         def fn(conn: sqlite3.Connection) -> Event | None:
@@ -457,7 +460,7 @@ class SQLiteStore(DeliveryStore, Store):
             w = _watermark(conn, query.user_id)
             prefs = load_preferences(conn, [query.user_id]).get(query.user_id)
             top = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
-            rows: list[tuple] = []
+            rows: list[tuple[Any, ...]] = []
             for sql, params in history_sql(query, now_rfc3339(), w, prefs, top):
                 rows += conn.execute(sql, [*params, query.limit - len(rows)]).fetchall()
                 if len(rows) >= query.limit:
@@ -478,7 +481,8 @@ class SQLiteStore(DeliveryStore, Store):
                 "SELECT count(*) FROM events e LEFT JOIN receipts r "
                 f"ON r.user_id = ? AND r.event_id = e.id WHERE {where}"
             )
-            return conn.execute(sql, [query.user_id, *params]).fetchone()[0]
+            count: int = conn.execute(sql, [query.user_id, *params]).fetchone()[0]
+            return count
 
         return await self._read(fn)
 
@@ -521,7 +525,8 @@ class SQLiteStore(DeliveryStore, Store):
                 (created_at,),
             ).fetchone()
             if row is not None:
-                return row[0] - 1
+                before: int = row[0] - 1
+                return before
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             return row[0] if row else 0
 
@@ -867,7 +872,8 @@ class SQLiteStore(DeliveryStore, Store):
                 )
             if cur.rowcount == 0:
                 raise NotFound(f"no token with id {token_id}", field="id")
-            return row[0]
+            owner: int = row[0]
+            return owner
 
         return await self.write(fn)
 

@@ -136,7 +136,7 @@ class SQLiteExport(EventExport):
             ev["superseded"] = row[N_EVENT] is not None
             ev["state"] = {}
             events.append(ev)
-        receipts: dict[int, dict[str, tuple]] = {}
+        receipts: dict[int, dict[str, tuple[Any, ...]]] = {}
         for r in conn.execute(
             "SELECT event_id, user_id, read, seen_at, read_at, archived_at, clicked_at, action "
             "FROM receipts WHERE event_id BETWEEN ? AND ?",

@@ -34,12 +34,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..errors import NotifydError, StoreUnavailable
 from ..metrics import COMMIT_BATCH, COMMIT_SECONDS
+
+T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 
 log = logging.getLogger("notifyd.store")
 
@@ -151,9 +154,9 @@ class Writer:
 
     async def submit(
         self,
-        fn: Callable[[sqlite3.Connection], Any],
-        on_commit: Callable[[Any], None] | None = None,
-    ) -> Any:
+        fn: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
         """Run ``fn(conn)`` in the next group transaction; return its result once committed.
 
         Raises what ``fn`` raised (its savepoint is rolled back, the rest of the group
@@ -162,19 +165,23 @@ class Writer:
         Cancellation: the job is not withdrawn once submitted; if the caller is
         cancelled it may still commit.
         """
-        return await self._submit(_Job(fn, on_commit))
+        result: T = await self._submit(_Job(fn, on_commit))
+        return result
 
     async def submit_merged(
         self,
-        merge: Callable[[sqlite3.Connection, list[Any]], list[Any]],
-        item: Any,
-        on_commit: Callable[[Any], None] | None = None,
-    ) -> Any:
+        merge: Callable[[sqlite3.Connection, list[ItemT]], list[T]],
+        item: ItemT,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
         """Like :meth:`submit`, for work that can be merged with its neighbours:
         concurrent jobs with the same ``merge`` run as one ``merge(conn, items)``
         call (one insert for many publishes), falling back to one call per item if
         the merged call fails."""
-        return await self._submit(_Job(lambda conn: merge(conn, [item])[0], on_commit, merge, item))
+        result: T = await self._submit(
+            _Job(lambda conn: merge(conn, [item])[0], on_commit, merge, item)
+        )
+        return result
 
     async def _submit(self, job: _Job) -> Any:
         if self.closed:
