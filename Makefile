@@ -65,8 +65,9 @@ screenshots: $(TSTAMP) $(AXE) chromium  # the README's pictures of the web page
 
 # Type checking: mypy reads its settings (packages, strict notifyd.core) from pyproject.toml.
 # `ruff format --check` joins once the tree is formatted.
-lint: $(TSTAMP)
+lint: $(TSTAMP)  # ruff (rules and formatting) and mypy (strict for notifyd/core)
 	$(VENV)/bin/ruff check notifyd tui plugins tests bench
+	$(VENV)/bin/ruff format --check notifyd tui plugins tests bench
 	$(VENV)/bin/mypy
 
 bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-ece)

@@ -242,7 +242,9 @@ def print_table(probe: Probe, rows: list[tuple[str, str, bool]]) -> None:
     print("\nhostile input: /healthz every 50 ms while the daemon is attacked")
     line = "+-------+----------------------------------------------+--------+---------+---------+---------+--------+-------+"
     print(line)
-    print("| phase | what                                         | probes | p50 ms  | p99 ms  | max ms  | missed | alive |")
+    print(
+        "| phase | what                                         | probes | p50 ms  | p99 ms  | max ms  | missed | alive |"
+    )
     print(line)
     for key, what, ok in rows:
         xs = sorted(probe.samples.get(key, []))
@@ -269,10 +271,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261205, help="fuzzing corpus seed")
     parser.add_argument("--quiet", type=float, default=5.0, help="seconds of (q)")
     parser.add_argument("--phases", default="rfp", help="which of r, f, p to run (q always)")
-    parser.add_argument("--pattern-seconds", type=float, default=60,
-                        help="give up on (p) after this long (a frozen daemon never answers)")
-    parser.add_argument("--daemon-python", help="run the daemon with this interpreter, from the "
-                        "working directory (an older checkout, to compare)")
+    parser.add_argument(
+        "--pattern-seconds",
+        type=float,
+        default=60,
+        help="give up on (p) after this long (a frozen daemon never answers)",
+    )
+    parser.add_argument(
+        "--daemon-python",
+        help="run the daemon with this interpreter, from the "
+        "working directory (an older checkout, to compare)",
+    )
     args = parser.parse_args()
     trio.run(main_async, args)
 

@@ -24,17 +24,29 @@ XFF = b"x-forwarded-for"
         ("9.9.9.9", [(XFF, b"1.2.3.4")], ["127.0.0.1"], "9.9.9.9"),
         ("127.0.0.1", [(XFF, b"1.2.3.4")], ["127.0.0.1"], "1.2.3.4"),
         # read from the right: the first hop that is not a trusted proxy
-        ("127.0.0.1", [(XFF, b"6.6.6.6, 1.2.3.4, 10.0.0.5")], ["127.0.0.0/8", "10.0.0.0/8"],
-         "1.2.3.4"),
+        (
+            "127.0.0.1",
+            [(XFF, b"6.6.6.6, 1.2.3.4, 10.0.0.5")],
+            ["127.0.0.0/8", "10.0.0.0/8"],
+            "1.2.3.4",
+        ),
         # the client's own claim (left of the first untrusted hop) is ignored
         ("127.0.0.1", [(XFF, b"6.6.6.6, 1.2.3.4")], ["127.0.0.1"], "1.2.3.4"),
         # several header lines form one chain
         ("127.0.0.1", [(XFF, b"6.6.6.6"), (XFF, b"1.2.3.4")], ["127.0.0.1"], "1.2.3.4"),
         # RFC 7239 Forwarded, with a quoted IPv6 address and port; it wins over XFF
-        ("::1", [(b"forwarded", b'for="[2001:db8::1]:4711";proto=https'), (XFF, b"1.1.1.1")],
-         ["::1"], "2001:db8::1"),
-        ("127.0.0.1", [(b"forwarded", b"for=192.0.2.60:8080;by=203.0.113.43")], ["127.0.0.1"],
-         "192.0.2.60"),
+        (
+            "::1",
+            [(b"forwarded", b'for="[2001:db8::1]:4711";proto=https'), (XFF, b"1.1.1.1")],
+            ["::1"],
+            "2001:db8::1",
+        ),
+        (
+            "127.0.0.1",
+            [(b"forwarded", b"for=192.0.2.60:8080;by=203.0.113.43")],
+            ["127.0.0.1"],
+            "192.0.2.60",
+        ),
         # garbage or "unknown" stops the walk at the last address we trust to be real
         ("127.0.0.1", [(XFF, b"garbage")], ["127.0.0.1"], "127.0.0.1"),
         ("127.0.0.1", [(b"forwarded", b"for=unknown")], ["127.0.0.1"], "127.0.0.1"),

@@ -265,9 +265,11 @@ def test_body_over_the_limit_is_413(make_daemon: Any) -> None:
     ).start()
 
     def post_once(**kw: Any) -> httpx.Response:
-        # Each refused upload on a connection of its own: after an answer that left the body
-        # unread, whether the daemon keeps, closes or stalls the connection is timing-dependent
-        # (reported as a bug; not pinned by a test since a strict xfail would flake).
+        # Each refused upload on a connection of its own. An answer that leaves the body
+        # unread carries "connection: close" and the daemon then closes (server.py's
+        # guarded_send); a client that pipelines the next request behind it would be
+        # refused. (A pipelined request after an answer that read its body gets no head
+        # deadline until keep_alive_timeout: known, open, see server.py's _Guard.)
         with d.admin() as once:
             return once.post("/v1/events", headers={"content-type": "application/json"}, **kw)
 

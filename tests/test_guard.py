@@ -398,20 +398,38 @@ def regressions(w: World) -> dict[str, tuple[bytes, int, str, bool]]:
             False,
         ),  # fmt: skip
         "gotify form priority ²": (
-            request("POST", "/message", {"X-Gotify-Key": w.app,
-                    "Content-Type": "application/x-www-form-urlencoded"},
-                    b"message=m&priority=%C2%B2"), 400, "gotify", False,
+            request(
+                "POST",
+                "/message",
+                {"X-Gotify-Key": w.app, "Content-Type": "application/x-www-form-urlencoded"},
+                b"message=m&priority=%C2%B2",
+            ),
+            400,
+            "gotify",
+            False,
         ),  # fmt: skip
         "gotify form priority --5": (
-            request("POST", "/message", {"X-Gotify-Key": w.app,
-                    "Content-Type": "application/x-www-form-urlencoded"},
-                    b"message=m&priority=--5"), 400, "gotify", False,
+            request(
+                "POST",
+                "/message",
+                {"X-Gotify-Key": w.app, "Content-Type": "application/x-www-form-urlencoded"},
+                b"message=m&priority=--5",
+            ),
+            400,
+            "gotify",
+            False,
         ),  # fmt: skip
         "gotify paging since ²": (
-            request("GET", "/message?since=%C2%B2", auth), 400, "gotify", False,
+            request("GET", "/message?since=%C2%B2", auth),
+            400,
+            "gotify",
+            False,
         ),  # fmt: skip
         "gotify message id ²": (
-            request("DELETE", "/message/%C2%B2", auth), 400, "gotify", False,
+            request("DELETE", "/message/%C2%B2", auth),
+            400,
+            "gotify",
+            False,
         ),  # fmt: skip
         "cookie of backslashes": (
             request("GET", "/v1/stream/sse", {"Cookie": 'notifyd_session="' + "\\" * 12000 + '"'}),

@@ -30,5 +30,7 @@ def test_the_web_page_labels_match() -> None:
     match = re.search(r"const PRIORITY_NAMES = (\{[^}]*\});", source)
     assert match, "card.js no longer defines PRIORITY_NAMES"
     table = json.loads(re.sub(r"(\d+):", r'"\1":', match.group(1)))
-    expected = {str(n): None if n == 3 else label.capitalize() for n, label in PRIORITY_LABELS.items()}
+    expected = {
+        str(n): None if n == 3 else label.capitalize() for n, label in PRIORITY_LABELS.items()
+    }
     assert table == expected

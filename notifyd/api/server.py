@@ -161,6 +161,13 @@ class _Guard(trio.abc.Stream):
     stream, a WebSocket) nothing is timed: the client owes nothing then.
     :func:`_guarded_app` tells the guard when a request's head has arrived, when its
     body has, and when it is over.
+
+    Known gap: a head deadline starts when bytes arrive on an idle connection. Bytes
+    of a pipelined next request that arrived earlier (with the previous request, or
+    while it was served) sit in h11's buffer, and the guard cannot tell them from an
+    idle connection; an incomplete pipelined head is then only ended by
+    ``keep_alive_timeout``. Closing it needs the request framing that the h11-based
+    transport (issue 14) will own.
     """
 
     def __init__(self, inner: trio.SocketStream, prefix: bytes, config: Config,
@@ -602,7 +609,9 @@ class Front:
         self.hconfig = hypercorn_config(svc)
         self.context = WorkerContext(None)
         # outermost, so the publish fast paths see the real client too
-        self.app = with_client_address(PublishFastPath(app, svc), lambda: svc.config.trusted_proxies)
+        self.app = with_client_address(
+            PublishFastPath(app, svc), lambda: svc.config.trusted_proxies
+        )
         self.socket_app = _socket_app(self.app)
         self.state = ConnectionState({})
 
