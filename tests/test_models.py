@@ -348,3 +348,27 @@ def test_far_future_timestamps_keep_their_milliseconds() -> None:
         {"topic": "t", "title": "x", "expires_at": "2500-06-15T12:34:56.234Z"}
     )
     assert ev.expires_at == "2500-06-15T12:34:56.234Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("42", 42),
+        ("9223372036854775807", 2**63 - 1),
+        ("9223372036854775808", None),
+        ("", None),
+        ("²", None),
+        ("١٢", None),
+        ("-1", None),
+        ("+1", None),
+        (" 1", None),
+        ("1" * 20, None),
+        ("1e3", None),
+    ],  # fmt: skip
+)
+def test_ascii_int_takes_only_ascii_digits_in_range(text: str, expected: int | None) -> None:
+    from notifyd.core.models import ascii_int
+
+    assert ascii_int(text) == expected
+    assert ascii_int("1000", max_value=999) is None

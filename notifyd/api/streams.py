@@ -20,7 +20,7 @@ from ..core.acl import Principal
 from ..core.errors import Forbidden, ValidationFailed
 from ..core.frames import Frame
 from ..core.hub import StreamSlot, Subscriber
-from ..core.models import check_pattern
+from ..core.models import ascii_int, check_pattern
 from ..core.prefs import Preferences
 from ..core.services import Services
 from .auth import resolve
@@ -66,10 +66,10 @@ def parse_since(raw: str | None, last_event_id: str | None = None) -> int | None
     assert value is not None
     if value == "all":
         return 0
-    # isdigit() alone also takes '²' and other digits int() refuses
-    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) >= 1 << 63:
+    since = ascii_int(value)
+    if since is None:
         raise ValidationFailed("since must be an event id or 'all'", field="since")
-    return int(value)
+    return since
 
 
 def check_access(principal: Principal, topics: tuple[str, ...] | None) -> None:

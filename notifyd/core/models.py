@@ -42,6 +42,20 @@ MAX_ACTIONS = 3
 MAX_TAGS = 16
 
 
+#: the largest id or counter a client may name (SQLite's INTEGER, a signed 64-bit value)
+ID_MAX = 2**63 - 1
+
+
+def ascii_int(text: str, max_value: int = ID_MAX) -> int | None:
+    """``text`` as a whole number if it is 1–19 ASCII digits no larger than
+    ``max_value``, else None. ``str.isdigit`` alone also takes '²' and other digits
+    that ``int()`` refuses; the length bound keeps ``int()`` cheap and in range."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    n = int(text)
+    return n if n <= max_value else None
+
+
 def parse_priority(value: Any) -> int:
     """Accept 1–5 (int or digit string) or a name: min low default high urgent (max)."""
     if isinstance(value, bool):

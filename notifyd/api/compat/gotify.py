@@ -43,7 +43,7 @@ from ...core.errors import (
     ValidationFailed,
 )
 from ...core.frames import Frame
-from ...core.models import BODY_MAX, TITLE_MAX
+from ...core.models import BODY_MAX, TITLE_MAX, ascii_int
 from ...core.services import Services
 from ...core.store import EventExtras, Token
 from ...core.timeutil import format_ts
@@ -174,9 +174,10 @@ async def _shaper(svc: Services, principal: Principal, *, cache: bool = False) -
 
 
 def _id(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # int() refuses "²"
+    n = ascii_int(raw, 10**18 - 1)
+    if n is None:
         raise BadRequest("invalid id")
-    return int(raw)
+    return n
 
 
 # -- request bodies ------------------------------------------------------------------------
@@ -308,9 +309,10 @@ def _paging(request: Request) -> tuple[int, int]:
         raw = request.query_params.get(name)
         if raw is None or raw == "":
             return default
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not low <= int(raw) <= high:
+        n = ascii_int(raw)
+        if n is None or not low <= n <= high:
             raise ValidationFailed(f"Field '{name}' is not valid", field=name)
-        return int(raw)
+        return n
 
     return number("limit", DEFAULT_LIMIT, 1, MAX_LIMIT), number("since", 0, 0, 2**63 - 1)
 

@@ -35,6 +35,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ...core import inbox
 from ...core.errors import NotFound, NotifydError
+from ...core.models import ascii_int
 from ...core.services import Services
 from ..auth import SOCKET_SCOPE_KEY
 from ..responses import carries_body, render_notifyd, render_ntfy
@@ -295,8 +296,9 @@ async def _sequence_events(request: Request, topic: str, sequence_id: str) -> li
         if nxt is None or len(ids) >= 500:
             break
         before = nxt
-    if sequence_id.isascii() and sequence_id.isdigit() and len(sequence_id) < 19:
-        ids.append(int(sequence_id))
+    event_id = ascii_int(sequence_id, 10**18 - 1)
+    if event_id is not None:
+        ids.append(event_id)
     request.state.ntfy_principal = principal
     return ids
 
