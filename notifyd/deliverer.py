@@ -24,7 +24,6 @@ import socket
 import trio
 
 from .config import Config
-from .core import destinations
 from .core.plugins import Plugins
 from .core.services import Services
 from .core.sqlite.store import SQLiteStore
@@ -107,10 +106,6 @@ def run() -> None:
     data = json.loads(os.environ["NOTIFYD_WORKER_CONFIG"])
     config = Config(**data)
     setup_logging(config.log_level)
-    # Before any plugin opens a connection: the send-time half of
-    # private_destinations (the outbox installs it too; this makes it explicit
-    # for the process whose whole job is connecting to users' destinations).
-    destinations.install()
     _ignore_terminal_signals()
     _lower_priority()
     trio.run(main, config, int(os.environ["NOTIFYD_WORKER_FD"]))
