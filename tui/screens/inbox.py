@@ -603,8 +603,12 @@ class InboxScreen(Screen):
 
     def _show_status(self) -> None:
         tables = self.query(EventTable)
-        if not tables:
-            return  # a late answer (the count worker) for a screen being torn down
+        statuses = self.query("#inbox-status").results(Static)
+        status = next(statuses, None)
+        if not tables or status is None:
+            # a late answer (a count or state worker) for a screen being torn
+            # down: its widgets leave one by one, in no order we can rely on
+            return
         table = tables.first()
         if self.error:
             text = f"could not load: {self.error}"
@@ -621,4 +625,4 @@ class InboxScreen(Screen):
             if self.filters.active:
                 parts.append(self.filters.describe())
             text = " · ".join(parts)
-        self.query_one("#inbox-status", Static).update(text)
+        status.update(text)
