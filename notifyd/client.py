@@ -101,6 +101,7 @@ class Client:
         headers = {"User-Agent": f"notifyd-cli/{__version__}", "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        self._headers = headers
         if self.url:
             self.target = self.url
             self._http = httpx.Client(
@@ -114,6 +115,16 @@ class Client:
                 timeout=timeout,
                 transport=transport or httpx.HTTPTransport(uds=self.socket_path),
             )
+
+    def async_http(self, **options: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` for the same daemon (same socket or URL, token and
+        headers), for asyncio callers such as the TUI's live feed. The caller closes
+        it; ``options`` go to ``httpx.AsyncClient`` (e.g. ``transport=`` in tests)."""
+        options.setdefault("timeout", self.timeout)
+        if self.url:
+            return httpx.AsyncClient(base_url=self.url, headers=self._headers, **options)
+        options.setdefault("transport", httpx.AsyncHTTPTransport(uds=self.socket_path))
+        return httpx.AsyncClient(base_url="http://notifyd", headers=self._headers, **options)
 
     def __enter__(self) -> Client:
         return self
@@ -142,9 +153,9 @@ class Client:
                 method, path, params=params or None, json=json_body, headers=headers
             )
         except httpx.TransportError as exc:
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
         if resp.status_code >= 400:
-            raise self._http_error(resp)
+            raise self.http_error(resp)
         if resp.status_code == 204 or not resp.content:
             return None
         try:
@@ -187,12 +198,13 @@ class Client:
             ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise self._http_error(resp)
+                    raise self.http_error(resp)
                 yield resp
         except httpx.TransportError as exc:
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
 
-    def _http_error(self, resp: httpx.Response) -> ClientError:
+    def http_error(self, resp: httpx.Response) -> ClientError:
+        """The :class:`ClientError` for an answer >= 400 (its body must have been read)."""
         code, message, field = f"http_{resp.status_code}", "", None
         try:
             err = resp.json().get("error")
@@ -223,7 +235,8 @@ class Client:
                 message += f" (retry after {retry} s)"
         return ClientError(resp.status_code, code, message, field)
 
-    def _transport_error(self, exc: httpx.TransportError) -> ClientError:
+    def transport_error(self, exc: httpx.TransportError) -> ClientError:
+        """The :class:`ClientError` for a failure to reach the daemon or to read from it."""
         if isinstance(exc, httpx.TimeoutException):
             return ClientError(
                 0,
@@ -371,7 +384,7 @@ class Client:
             ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise self._http_error(resp)
+                    raise self.http_error(resp)
                 yield _Opened(resp)
                 data: list[str] = []
                 for line in resp.iter_lines():
@@ -388,7 +401,7 @@ class Client:
                     if name == "data":
                         data.append(value[1:] if value.startswith(" ") else value)
         except httpx.TransportError as exc:
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
 
     # --- users, tokens, ACL -------------------------------------------------
 

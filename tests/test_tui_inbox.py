@@ -9,7 +9,6 @@ its Unix socket; what the TUI changes is checked through the API.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import webbrowser
 from collections.abc import Awaitable, Callable
@@ -331,8 +330,12 @@ def test_recovers_after_a_daemon_restart_without_losing_or_doubling(daemon: Daem
     before = daemon.publish("t", title="before")
     app = make_app(socket_path=str(daemon.socket), browser=False)
     # hold the feed's reconnect until the test has published while it was away
-    gate = threading.Event()
-    app.live.sleep = lambda seconds: gate.wait(15)
+    gate = asyncio.Event()
+
+    async def held(seconds: float) -> None:
+        await gate.wait()
+
+    app.live.sleep = held
     received: list[int] = []
 
     async def scenario(pilot: Pilot) -> None:

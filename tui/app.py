@@ -6,9 +6,10 @@ as the socket's admin) or over TCP with a token, with the same synchronous
 never blocks. Screens are Textual modes: one per area, switched with the number
 keys or the command palette.
 
-The live stream (:mod:`notifyd.tui.live`) runs in a thread of its own; the app
-turns its messages into the ``connection`` reactive (for the connection indicator)
-and the ``live_frames`` signal (for the screens that show events).
+The live stream (:mod:`notifyd.tui.live`) is an async worker of the app on
+``httpx.AsyncClient``; the app turns its messages into the ``connection`` reactive
+(for the connection indicator) and the ``live_frames`` signal (for the screens that
+show events), and cancels it (and waits for it) when it exits.
 
     make_app(TuiConfig(url="https://notify.example.org", token="nfy_…")).run()
 """
@@ -27,6 +28,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.signal import Signal
+from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from notifyd.client import Client, ClientError
 
@@ -88,10 +90,11 @@ class NotifydApp(App[None]):
         self.client = self.new_client()
         #: every stream frame (``event`` and ``state``), published on the app's thread
         self.live_frames: Signal[dict] = Signal(self, "live-frames")
-        self.live = LiveFeed(self, self.new_client)
+        self.live = LiveFeed(self, self.client)
+        self.live_worker: Worker[None] | None = None
 
     def new_client(self) -> Client:
-        """A client for this app's daemon (the live feed has one of its own)."""
+        """A client for this app's daemon."""
         config = self.config
         return Client(config.socket_path, config.url, config.token, config.timeout)
 
@@ -100,7 +103,19 @@ class NotifydApp(App[None]):
 
     def start_live(self, since: int | None) -> None:
         """Follow the stream after event ``since`` (None: from now on); once per app."""
-        self.live.start(since)
+        if self.live_worker is None:
+            self.live_worker = self.run_worker(self.live.run(since), name="live feed", group="live")
+
+    async def stop_live(self) -> None:
+        """Cancel the live feed and wait until it has closed its connection."""
+        worker = self.live_worker
+        if worker is None or worker.is_finished:
+            return
+        worker.cancel()
+        try:
+            await worker.wait()
+        except (WorkerCancelled, WorkerFailed):
+            pass
 
     def on_live_feed_frame(self, message: LiveFeed.Frame) -> None:
         self.live_frames.publish(message.frame)
@@ -150,8 +165,8 @@ class NotifydApp(App[None]):
                 f"Go to {mode}", f"{help_text} ({key})", lambda mode=mode: self.switch_mode(mode)
             )
 
-    def on_unmount(self) -> None:
-        self.live.stop()
+    async def on_unmount(self) -> None:
+        await self.stop_live()
         self.client.close()
 
 

@@ -1,26 +1,35 @@
-"""The live feed: the daemon's SSE stream, read in a thread, posted to the app as messages.
+"""The live feed: the daemon's SSE stream, read by an async Textual worker.
 
-:meth:`notifyd.client.Client.follow` blocks in a socket read, so it runs in a thread
-of its own with a client of its own. It already reconnects with ``since=<last id>``
-(backing off from 0.5 s to 10 s) and drops events it has already yielded; this
-module adds what a UI needs on top:
+:meth:`LiveFeed.run` is one coroutine that the app runs as a worker (``run_worker``,
+group ``live``) on the app's own asyncio loop. It talks to the daemon with an
+``httpx.AsyncClient`` built by :meth:`notifyd.client.Client.async_http` (the Unix
+socket or TCP with a token, resolved exactly as for the CLI) and:
 
-* :class:`ConnectionStatus` changes — connecting, connected, reconnecting (with the
-  reason and the delay), failed — for the connection indicator;
-* a retry loop around the *first* connection too (``follow`` gives up when the
-  daemon is not there at all, a UI should keep trying);
-* a prompt stop: :meth:`LiveFeed.stop` shuts the stream's socket down from the
-  app's thread, which ends the blocked read at once, and the thread is a daemon
-  thread so that even a connect that hangs cannot keep the process alive.
+* follows ``GET /v1/stream/sse``, resuming with the ``Last-Event-ID`` header set to
+  the newest event id it has posted, so a reconnection replays what was missed,
+  once; ids it has already posted are dropped all the same;
+* posts :class:`LiveFeed.Frame` (``event`` and ``state`` frames) and
+  :class:`LiveFeed.StatusChanged` (connecting, connected, reconnecting with the
+  reason and the delay, failed) to the app;
+* reconnects after a drop, a ``resync`` frame or a failed attempt, with one
+  :class:`Backoff` (exponential with jitter, capped; reset once a connection has
+  stayed up for :data:`HEALTHY_AFTER` seconds). A 4xx other than 429 (a bad token,
+  no ``subscribe`` scope) is final: the state becomes ``failed``.
+
+Stopping is cancelling the worker: the cancellation ends the pending read or sleep,
+and the ``async with`` blocks close the response and the client. Nothing runs in a
+thread.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Callable
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from textual.message import Message
@@ -30,14 +39,19 @@ from notifyd.client import BACKOFF_MAX, BACKOFF_MIN, Client, ClientError
 
 State = Literal["idle", "connecting", "connected", "reconnecting", "failed"]
 
+#: seconds a connection must stay up before the back-off starts again from its minimum
+HEALTHY_AFTER = 5.0
+#: event ids remembered to drop a frame posted already (a replay that overlaps)
+SEEN_IDS = 4096
+
 
 @dataclass(frozen=True)
 class ConnectionStatus:
     """Where the live stream stands.
 
     ``connects`` counts successful connections: more than one means the feed has
-    reconnected (and resumed with ``since``). ``reason`` says why it is not connected;
-    ``retry_in`` is the delay before the next attempt, in seconds.
+    reconnected (and resumed with ``Last-Event-ID``). ``reason`` says why it is not
+    connected; ``retry_in`` is the delay before the next attempt, in seconds.
     """
 
     state: State = "idle"
@@ -47,17 +61,44 @@ class ConnectionStatus:
     cursor: int | None = None
 
 
-class _Stopped(Exception):
-    """Raised inside the feed's thread to leave ``follow`` when the feed is stopped."""
+class Backoff:
+    """Delays between connection attempts: ``initial`` × 2ⁿ, at most ``cap``, each
+    shortened by up to ``jitter`` (a fraction) at random so that clients dropped by
+    one restart do not all come back in the same instant."""
+
+    def __init__(
+        self,
+        initial: float = BACKOFF_MIN,
+        cap: float = BACKOFF_MAX,
+        jitter: float = 0.25,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial, self.cap, self.jitter, self.rand = initial, cap, jitter, rand
+        self.attempts = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (and count the attempt)."""
+        base = min(self.cap, self.initial * 2 ** min(self.attempts, 32))
+        self.attempts += 1
+        return base * (1 - self.jitter * self.rand())
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class _Resync(Exception):
+    """The daemon sent a ``resync`` frame and is closing the stream."""
 
 
 class LiveFeed:
-    """Follows the stream in a daemon thread and posts :class:`LiveFeed.Frame` and
+    """Follows the stream and posts :class:`LiveFeed.Frame` and
     :class:`LiveFeed.StatusChanged` messages to ``target`` (the app).
 
     Args:
-        target: where messages go; ``post_message`` is thread-safe.
-        make_client: builds the feed's own :class:`Client` (closed by the thread).
+        target: where messages go.
+        client: the app's :class:`Client`; the feed takes its connection settings
+            (:meth:`Client.async_http`) and its error messages from it, never its
+            synchronous connection.
         topics: stream only these topics (names or ``*`` patterns); all by default.
     """
 
@@ -73,136 +114,135 @@ class LiveFeed:
 
         status: ConnectionStatus
 
-    def __init__(
-        self,
-        target: MessagePump,
-        make_client: Callable[[], Client],
-        topics: tuple[str, ...] = (),
-    ) -> None:
+    def __init__(self, target: MessagePump, client: Client, topics: tuple[str, ...] = ()) -> None:
         self.target = target
-        self.make_client = make_client
+        self.client = client
         self.topics = topics
         self.status = ConnectionStatus()
-        #: how the thread waits between attempts; returns early when the feed stops
-        self.sleep: Callable[[float], None] = self._interruptible_sleep
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._response: httpx.Response | None = None
+        self.backoff = Backoff()
+        #: how the feed waits between attempts (tests hold a reconnection with it)
+        self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+        self._seen: dict[int, None] = {}  # insertion-ordered set of posted event ids
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, since: int | None) -> None:
-        """Start following after event ``since`` (None: live only). Idempotent."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(
-            target=self._run, args=(since,), name="notifyd-live-feed", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 3.0) -> None:
-        """Stop the thread: end the blocked read, wake any back-off, wait ``timeout`` s."""
-        with self._lock:
-            self._stopping.set()
-            response, self._response = self._response, None
-        if response is not None:
-            _shutdown(response)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    # --- the thread ----------------------------------------------------------
-
-    def _run(self, since: int | None) -> None:
-        cursor = since
-        delay = BACKOFF_MIN
-        client: Client | None = None
-        try:
-            client = self.make_client()
-            self._set_status(ConnectionStatus("connecting", cursor=cursor))
-            while not self._stopping.is_set():
+    async def run(self, since: int | None) -> None:
+        """Follow the stream after event ``since`` (None: from the newest event now)
+        until cancelled, or until the daemon refuses the stream for good."""
+        self._set_status(ConnectionStatus("connecting", cursor=since))
+        async with self.client.async_http() as http:
+            while True:
+                opened: list[float] = []
                 try:
-                    for frame in client.follow(
-                        self.topics,
-                        cursor,
-                        on_retry=self._on_retry,
-                        on_open=self._on_open,
-                        sleep=self._sleep,
-                    ):
-                        if self._stopping.is_set():
-                            return
-                        if frame.get("type") == "event":
-                            eid = (frame.get("event") or {}).get("id")
-                            if isinstance(eid, int):
-                                cursor = eid if cursor is None else max(cursor, eid)
-                                self.status = replace(self.status, cursor=cursor)
-                        self._post(LiveFeed.Frame(frame))
+                    if self.status.cursor is None:
+                        self._set_status(replace(self.status, cursor=await self._newest(http)))
+                    await self._follow(http, opened)
+                    reason = "the stream ended"
+                except _Resync as exc:
+                    reason = f"the daemon asked to resync ({exc})"
                 except ClientError as exc:
-                    # follow() raises when the *first* connection fails (or on a 4xx)
-                    if self._stopping.is_set():
-                        return
                     if not exc.retryable:
                         self._set_status(
                             replace(self.status, state="failed", reason=str(exc), retry_in=None)
                         )
                         return
-                    self._on_retry(delay, str(exc))
-                    self._sleep(delay)
-                    delay = min(delay * 2, BACKOFF_MAX)
-        except _Stopped:
-            pass
-        finally:
-            if client is not None:
-                client.close()
+                    reason = str(exc)
+                if opened and time.monotonic() - opened[0] >= HEALTHY_AFTER:
+                    self.backoff.reset()
+                delay = self.backoff.next()
+                self._set_status(
+                    replace(self.status, state="reconnecting", reason=reason, retry_in=delay)
+                )
+                await self.sleep(delay)
 
-    def _on_open(self, response: httpx.Response) -> None:
-        with self._lock:
-            if self._stopping.is_set():
-                _shutdown(response)
-                return
-            self._response = response
-        status = self.status
-        self._set_status(
-            ConnectionStatus("connected", connects=status.connects + 1, cursor=status.cursor)
-        )
+    async def _newest(self, http: httpx.AsyncClient) -> int:
+        """The newest event id the caller can see now (0: none): where to start when
+        the app has no cursor, so that a reconnection leaves no gap."""
+        params = {"limit": 1, "archived": "include"}
+        page = await self._json(http, "/v1/events", params)
+        events = page.get("events") if isinstance(page, dict) else None
+        return int(events[0]["id"]) if events else 0
 
-    def _on_retry(self, delay: float, reason: str) -> None:
-        with self._lock:
-            self._response = None
-        if self._stopping.is_set():
-            raise _Stopped
-        self._set_status(replace(self.status, state="reconnecting", reason=reason, retry_in=delay))
+    async def _json(self, http: httpx.AsyncClient, path: str, params: dict) -> Any:
+        try:
+            resp = await http.get(path, params=params)
+        except httpx.TransportError as exc:
+            raise self.client.transport_error(exc) from exc
+        if resp.status_code >= 400:
+            raise self.client.http_error(resp)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise ClientError(
+                resp.status_code,
+                "protocol",
+                f"{self.client.target} answered {path} with "
+                "something that is not JSON: is that really notifyd?",
+            ) from exc
 
-    def _sleep(self, seconds: float) -> None:
-        if self._stopping.is_set():
-            raise _Stopped
-        self.sleep(seconds)
-        if self._stopping.is_set():
-            raise _Stopped
+    async def _follow(self, http: httpx.AsyncClient, opened: list[float]) -> None:
+        """One connection: post its frames until it ends (returns) or fails (raises)."""
+        headers = {"Accept": "text/event-stream"}
+        cursor = self.status.cursor
+        if cursor is not None:
+            headers["Last-Event-ID"] = str(cursor)
+        params = {"topics": ",".join(self.topics)} if self.topics else None
+        timeout = httpx.Timeout(
+            self.client.timeout, read=None
+        )  # keepalives come at the daemon's pace
+        try:
+            async with http.stream(
+                "GET", "/v1/stream/sse", params=params, headers=headers, timeout=timeout
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise self.client.http_error(resp)
+                opened.append(time.monotonic())
+                status = self.status
+                self._set_status(
+                    ConnectionStatus(
+                        "connected", connects=status.connects + 1, cursor=status.cursor
+                    )
+                )
+                data: list[str] = []
+                async for line in resp.aiter_lines():
+                    if line:
+                        if line.startswith(":"):
+                            continue  # an SSE comment
+                        name, _, value = line.partition(":")
+                        if name == "data":
+                            data.append(value[1:] if value.startswith(" ") else value)
+                        continue
+                    if data:
+                        self._frame("\n".join(data))
+                        data = []
+        except httpx.TransportError as exc:
+            raise self.client.transport_error(exc) from exc
 
-    def _interruptible_sleep(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+    def _frame(self, data: str) -> None:
+        try:
+            frame = json.loads(data)
+        except ValueError:
+            return  # one garbled frame does not end the feed
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        if kind == "resync":
+            raise _Resync(str(frame.get("reason") or "behind"))
+        if kind == "event":
+            eid = (frame.get("event") or {}).get("id")
+            if isinstance(eid, int):
+                if eid in self._seen:
+                    return
+                self._seen[eid] = None
+                if len(self._seen) > SEEN_IDS:
+                    self._seen.pop(next(iter(self._seen)))
+                cursor = self.status.cursor
+                self.status = replace(
+                    self.status, cursor=eid if cursor is None else max(cursor, eid)
+                )
+            self.target.post_message(LiveFeed.Frame(frame))
+        elif kind == "state":
+            self.target.post_message(LiveFeed.Frame(frame))
 
     def _set_status(self, status: ConnectionStatus) -> None:
         self.status = status
-        self._post(LiveFeed.StatusChanged(status))
-
-    def _post(self, message: Message) -> None:
-        try:
-            self.target.post_message(message)
-        except RuntimeError:  # the app's loop is already closed: we are on the way out
-            self._stopping.set()
-
-
-def _shutdown(response: httpx.Response) -> None:
-    """Shut the response's socket down, which wakes a read blocked in another thread
-    (closing the descriptor would not, and would race with that thread)."""
-    stream = response.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed by the other side
+        self.target.post_message(LiveFeed.StatusChanged(status))
