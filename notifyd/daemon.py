@@ -29,7 +29,7 @@ from .config import Config
 from .core.housekeeping import run_checkpointer, run_pruner, run_scheduler, run_token_touch
 from .core.plugins import Plugins
 from .core.services import Services
-from .core.sqlite.store import SQLiteStore
+from .core.storage import open_store
 from .logs import setup_logging
 from .reload import reload_and_report
 from .worker_link import WorkerLink
@@ -168,7 +168,7 @@ async def serve(
 ) -> None:
     raise_fd_limit()
     config.data_path.mkdir(parents=True, exist_ok=True)
-    store = SQLiteStore(config.db_path, config.synchronous, readers=config.readers)
+    store = open_store(config, role="daemon")
     await store.start()
     try:
         svc = Services.build(config, store)

@@ -26,7 +26,7 @@ import trio
 from .config import Config
 from .core.plugins import Plugins
 from .core.services import Services
-from .core.sqlite.store import SQLiteStore
+from .core.storage import open_store
 from .logs import setup_logging
 from .worker_link import DaemonLink, LinkedStore
 
@@ -34,7 +34,7 @@ log = logging.getLogger("notifyd.deliverer")
 
 
 async def main(config: Config, link_fd: int) -> None:
-    local = SQLiteStore(config.db_path, config.synchronous, readers=2)
+    local = open_store(config, role="worker")
     await local.start()
     try:
         sock = trio.socket.fromfd(link_fd, socket.AF_UNIX, socket.SOCK_STREAM)

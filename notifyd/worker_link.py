@@ -3,11 +3,11 @@
 SQLite allows one writer at a time, across processes. When the worker wrote its
 claims and outcomes itself, every daemon group commit that met one of the worker's
 transactions waited in SQLite's busy handler (sleeps of 1, 2, 5, 10 … ms), and
-publishing slowed by a third. So the worker does not write: it reads due work
-through its own read connections (keeping what is in flight in memory, see
-``core/outbox.py``) and sends the outcomes to the daemon, which writes each batch
-of them (``finish_deliveries``) on its single writer, in the group commits of
-publishing. Publishing never waits for the worker.
+publishing slowed by a third. So the worker does not write: it asks the daemon to
+claim due rows (``claim_delivery_rows``: ids only), reads their channels and
+events through its own read connections, and sends the outcomes to the daemon,
+which writes claims and outcomes (``finish_deliveries``) on its single writer, in
+the group commits of publishing. Publishing never waits for the worker.
 
 The link is a Unix socket pair; both directions carry newline-delimited JSON.
 
@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from .core.errors import NotifydError, StoreGone, StoreUnavailable
-from .core.store import Outcome, Store
+from .core.store import Claim, DueDelivery, Outcome, Store
 
 log = logging.getLogger("notifyd.deliverer")
 
@@ -119,11 +119,19 @@ class WorkerLink:
 
     async def _answer(self, req: dict[str, Any]) -> None:
         args = req.get("args", {})
+        result: Any
         try:
             op = req["op"]
             if op == "finish_deliveries":
-                await self.store.finish_deliveries([Outcome(**o) for o in args["outcomes"]])
-                result = None
+                outcomes = [Outcome(**o) for o in args["outcomes"]]
+                result = await self.store.finish_deliveries(outcomes, args["owner"])
+            elif op == "claim_delivery_rows":
+                claims = await self.store.claim_delivery_rows(
+                    args["now"], args["limit"], args["owner"], args["lease_seconds"]
+                )
+                result = [dataclasses.asdict(c) for c in claims]
+            elif op == "release_claims":
+                result = await self.store.release_claims(args["node"])
             else:
                 raise ValueError(f"unknown operation {op!r}")
             reply = {"id": req["id"], "result": result}
@@ -192,8 +200,8 @@ class DaemonLink:
 
 
 class LinkedStore:
-    """The worker's store: reads from its own SQLite connections, the outbox's
-    write (outcomes) through the daemon. Everything else goes to ``local``."""
+    """The worker's store: reads from its own connections, the outbox's writes
+    (claims, outcomes) through the daemon. Everything else goes to ``local``."""
 
     def __init__(self, local: Store, link: DaemonLink) -> None:
         self._local = local
@@ -202,7 +210,27 @@ class LinkedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._local, name)
 
-    async def finish_deliveries(self, outcomes: list[Outcome]) -> None:
-        await self._link.call(
-            "finish_deliveries", outcomes=[dataclasses.asdict(o) for o in outcomes]
+    async def claim_delivery_rows(
+        self, now: float, limit: int, owner: str, lease_seconds: float
+    ) -> list[Claim]:
+        rows = await self._link.call(
+            "claim_delivery_rows", now=now, limit=limit, owner=owner, lease_seconds=lease_seconds
         )
+        return [Claim(**c) for c in rows]
+
+    async def claim_deliveries(
+        self, now: float, limit: int, owner: str, lease_seconds: float
+    ) -> list[DueDelivery]:
+        """Claimed on the daemon's writer; channels and events read here."""
+        claims = await self.claim_delivery_rows(now, limit, owner, lease_seconds)
+        return await self._local.load_claims(claims)
+
+    async def finish_deliveries(self, outcomes: list[Outcome], owner: str) -> int:
+        done: int = await self._link.call(
+            "finish_deliveries", outcomes=[dataclasses.asdict(o) for o in outcomes], owner=owner
+        )
+        return done
+
+    async def release_claims(self, node: str) -> int:
+        released: int = await self._link.call("release_claims", node=node)
+        return released

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import Config, ConfigError, load_config
-from .sqlite.maintenance import check_file
+from .storage import check_offline
 
 Status = Literal["ok", "warn", "fail"]
 Api = Callable[..., Any]
@@ -163,17 +163,21 @@ def check_socket(path: Path | None, expected_mode: str = "0660") -> Check:
     return Check("socket", "ok", f"{path} mode {mode:04o}, owner {owner}")
 
 
-def check_database_file(db_path: Path) -> Check:
-    """The database file of a daemon that is not running."""
-    if not db_path.exists():
-        return Check("database", "warn", f"no database at {db_path} yet (created on first start)")
-    report = check_file(db_path, full=False)
+def check_database_offline(config: Config) -> Check:
+    """The database of a daemon that is not running, checked by its engine."""
+    try:
+        report = check_offline(config)
+    except ConfigError as exc:
+        return Check("database", "fail", str(exc))
+    where = report.location
+    if not report.exists:
+        return Check("database", "warn", f"no database at {where} yet (created on first start)")
     if not report.ok:
-        return Check("database", "fail", f"{db_path}: " + "; ".join(report.problems[:5]))
+        return Check("database", "fail", f"{where}: " + "; ".join(report.problems[:5]))
     return Check(
         "database",
         "ok",
-        f"{db_path}: quick_check ok, {report.events} events, schema v{report.schema_version} "
+        f"{where}: {report.check} ok, {report.events} events, schema v{report.schema_version} "
         "(checked on the file: the daemon is not running)",
     )
 
@@ -230,7 +234,7 @@ def check_database_online(api: Api) -> Check:
     return Check(
         "database",
         "ok",
-        f"{result.get('path')}: quick_check ok in {result.get('seconds')} s, "
+        f"{result.get('path')}: {result.get('check') or 'check'} ok in {result.get('seconds')} s, "
         f"{_size(result.get('size_bytes') or 0)} (WAL {_size(result.get('wal_bytes') or 0)})",
     )
 
@@ -330,7 +334,7 @@ def run_checks(
         checks.append(check_deliveries(api))
         checks += check_channels(api, test_channels)
     elif config is not None:
-        checks.append(check_database_file(config.db_path))
+        checks.append(check_database_offline(config))
     return checks
 
 

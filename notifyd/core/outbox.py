@@ -1,19 +1,21 @@
 """Delivery workers: send what the outbox holds, retry with backoff, give up loudly.
 
 Outbox rows are written in the same transaction as their event (see
-``sqlite/delivery.py``), so nothing acknowledged can miss its deliveries. The
-dispatcher reads due rows, sends each under its channel kind's concurrency limit
-and timeout, and records the outcome: ``sent``; ``pending`` again at ``now +
+:class:`~.store.OutboxStore`), so nothing acknowledged can miss its deliveries.
+The dispatcher claims due rows, sends each under its channel kind's concurrency
+limit and timeout, and records the outcome: ``sent``; ``pending`` again at ``now +
 backoff`` (exponential, with jitter) after a retryable failure; ``dead`` after a
 permanent one or the last attempt. Outcomes that finish while one batch is being
 written are written together as the next batch.
 
-Reading due work is not a write: what is in flight lives in this object's memory
-(``_sending``), and those rows stay ``pending`` in the database until their
-outcome commits. A crash therefore leaves them due, and the next start sends
-them again: delivery is at least once, and a crash between a successful send and
-the commit of its outcome repeats that one send. (One outbox per database: the
-daemon's, in its worker process or in its own loop.)
+Work is taken with an explicit claim: the store marks the rows it hands out with
+this outbox's owner name and a lease (:meth:`Outbox.lease_seconds`), so several
+outboxes on one database (a cluster) never send the same row. A row whose
+sender dies is due again when its lease ends; when this node's outbox starts, it
+ends the leases of its earlier processes at once (``release_claims``), so after a
+crash the rows that were in flight go out again right away: delivery is at least
+once, and a crash between a successful send and the commit of its outcome
+repeats that one send.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from . import destinations
 from .channels import Channel, ChannelRecord, Delivery, DeliveryError
 from .config import Config
 from .errors import NotifydError, StoreGone
+from .storage import claim_owner, node_name
 from .store import DueDelivery, Outcome, Store
 
 log = logging.getLogger("notifyd.outbox")
@@ -41,6 +44,8 @@ COALESCE = 0.005
 IDLE_POLL = 60.0
 #: seconds between attempts to write outcomes the database refused (disk full, locked)
 REWRITE_INTERVAL = 2.0
+#: the shortest lease on claimed deliveries, in seconds (see Outbox.lease_seconds)
+MIN_LEASE = 300.0
 #: seconds an owner's role is trusted for the destination policy (a demotion
 #: reaches the sends within this)
 ROLE_TTL = 10.0
@@ -72,8 +77,12 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         idle_poll: float = IDLE_POLL,
+        node: str | None = None,
     ) -> None:
         self.idle_poll = idle_poll
+        #: this machine's name; claims are held by ``<node>/<this process>``
+        self.node = node or node_name()
+        self.owner = claim_owner(self.node)
         self.svc = svc
         self.channels = channels
         self.clock = clock
@@ -83,10 +92,9 @@ class Outbox:
         }
         self._in_flight = 0
         self._wakeup = trio.Event()
-        #: delivery rows being sent or being recorded: left out of the next reads
+        #: delivery rows being sent or being recorded (claimed by us): should a
+        #: lease run out while an outcome waits to be written, the row is not sent twice
         self._sending: set[int] = set()
-        #: rows whose outcome has committed, to leave ``_sending`` before the next read
-        self._recorded_ids: set[int] = set()
         self._outcomes: list[Outcome] = []
         #: outcomes the database refused to record; written again every REWRITE_INTERVAL
         self._unrecorded: list[Outcome] = []
@@ -94,10 +102,21 @@ class Outbox:
         self._recording = False
         self._recorded = trio.Event()  # set when the batch being collected is written
         self.max_in_flight = max(CLAIM_BATCH, sum(ch.concurrency for ch in channels.values()))
+        self.lease_seconds = self._lease()
         # The send-time half of private_destinations: every send runs inside
         # destinations.outbound(), which needs the process-wide guard.
         destinations.install()
         self._owner_allowed: dict[int, tuple[bool, float]] = {}
+
+    def _lease(self) -> float:
+        """How long a claim lasts: longer than a claimed row can take to be sent,
+        waiting for its kind's concurrency limit behind every other row in flight
+        included, so that a live sender never loses its rows."""
+        longest = 0.0
+        for ch in self.channels.values():
+            rounds = -(-self.max_in_flight // max(1, ch.concurrency)) + 1
+            longest = max(longest, rounds * ch.timeout)
+        return max(MIN_LEASE, 2 * longest)
 
     @property
     def base_url(self) -> str:
@@ -115,32 +134,32 @@ class Outbox:
         store = self.svc.store
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rewrite_unrecorded)
+            # what earlier processes of this node had claimed is due now: they are gone
+            released = await store.release_claims(self.node)
+            if released:
+                log.info("%d deliveries in flight before a restart are due again", released)
             task_status.started()
             while True:
                 self._wakeup = trio.Event()
                 free = self.max_in_flight - self._in_flight
-                due = await store.next_due(self._skip()) if free > 0 else None
+                due = await store.next_due() if free > 0 else None
                 now = self.clock()
                 if due is not None and due <= now:
-                    batch = await store.due_deliveries(now, min(free, CLAIM_BATCH), self._skip())
+                    batch = await store.claim_deliveries(
+                        now, min(free, CLAIM_BATCH), self.owner, self.lease_seconds
+                    )
                     for due_delivery in batch:
+                        if not self._sending.isdisjoint(due_delivery.ids):
+                            continue  # ours already: its outcome waits to be written
                         self._sending.update(due_delivery.ids)
                         self._in_flight += 1
                         nursery.start_soon(self._send, due_delivery)
                     if len(batch) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
                         continue
-                    due = await store.next_due(self._skip())
+                    due = await store.next_due()
                 await self._sleep_until(due)
-                # Let a burst of commits settle so one read picks up many rows.
+                # Let a burst of commits settle so one claim picks up many rows.
                 await trio.sleep(COALESCE)
-
-    def _skip(self) -> frozenset[int]:
-        """What the next read must leave out. Rows whose outcome committed may leave
-        ``_sending`` only now, before a read that starts after that commit: a read
-        already running may still see them pending."""
-        self._sending -= self._recorded_ids
-        self._recorded_ids.clear()
-        return frozenset(self._sending)
 
     async def _sleep_until(self, due: float | None) -> None:
         wait = self.idle_poll
@@ -220,7 +239,7 @@ class Outbox:
                 batch, self._outcomes = self._outcomes, []
                 done, self._recorded = self._recorded, trio.Event()
                 try:
-                    await self.svc.store.finish_deliveries(batch)
+                    await self.svc.store.finish_deliveries(batch, self.owner)
                 except StoreGone:
                     # stopping: the rows stay pending in the database, so they go
                     # out again after a restart (at least once)
@@ -241,7 +260,7 @@ class Outbox:
                     self._refused.set()
                 else:
                     for o in batch:
-                        self._recorded_ids.update(o.ids)
+                        self._sending.difference_update(o.ids)
                 finally:
                     done.set()
         finally:
@@ -253,14 +272,14 @@ class Outbox:
             await trio.sleep(REWRITE_INTERVAL)
             batch, self._unrecorded = self._unrecorded, []
             try:
-                await self.svc.store.finish_deliveries(batch)
+                await self.svc.store.finish_deliveries(batch, self.owner)
             except NotifydError:
                 self._unrecorded[:0] = batch  # still refused: keep them, and quiet
                 continue
             if not self._unrecorded:
                 self._refused = trio.Event()
             for o in batch:
-                self._recorded_ids.update(o.ids)
+                self._sending.difference_update(o.ids)
             log.warning("recorded %d delivery outcomes the database had refused", len(batch))
             self.wake()
 

@@ -1,15 +1,27 @@
-"""The storage interface the rest of notifyd is written against.
+"""The storage interface the rest of notifyd is written against, split by role.
 
-All SQL lives behind this interface (in :mod:`notifyd.core.sqlite`), so that a
-PostgreSQL store for several daemons sharing one database can be added without
-touching the API, the CLI or the channels. Events are plain dicts shaped like the
-API's event object (see :data:`notifyd.core.models.EVENT_FIELDS`).
+:class:`Store` is the whole: the composition of the role interfaces
+
+* :class:`EventStore`: publish, history, cursors and replay, scheduled release,
+  pruning, commit listeners;
+* :class:`InboxStore`: per-user read/seen/archive state, "read all", counts;
+* :class:`AccountStore`: users, tokens, web sessions, ACL grants, preferences;
+* :class:`OutboxStore`: channels and the outbox, with explicit claims and leases;
+* :class:`OperationsStore`: backup, integrity check, log maintenance, export/import.
+
+Callers type against the role they need. All SQL lives behind these interfaces,
+in an engine (:mod:`notifyd.core.sqlite` today), and a store is opened only by
+:func:`notifyd.core.storage.open_store` from the ``database_url`` setting, so that
+the API, the CLI, the TUI and the channels never know which engine runs. Every
+engine passes the store conformance suite (``tests/test_store_contract.py``).
+Events are plain dicts shaped like the API's event object (see
+:data:`notifyd.core.models.EVENT_FIELDS`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +46,18 @@ class Outcome:
     error: str | None = None
     retry_at: float | None = None
     remove_channel: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Deliveries claimed to be sent as one notification (one row, or the rows of a
+    digest), before their channel and events are read: see
+    :meth:`OutboxStore.claim_delivery_rows`."""
+
+    ids: list[int]
+    attempt: int  # 1 for the first attempt
+    channel_id: int
+    event_ids: list[int]
 
 
 @dataclass
@@ -128,12 +152,46 @@ class AclEntry:
 
 @dataclass
 class BackupInfo:
-    """What a backup holds: the snapshot it copied."""
+    """What a backup holds: the snapshot it copied. ``media_type`` and ``suffix``
+    describe the copy's format (an engine's own: an SQLite file for SQLite)."""
 
     path: str
     bytes: int
     last_event_id: int
     events: int
+    engine: str = "sqlite"
+    media_type: str = "application/octet-stream"
+    suffix: str = ".backup"
+
+
+@dataclass
+class StorageInfo:
+    """Where the data lives and how big it is (``GET /v1/admin/integrity``)."""
+
+    engine: str
+    location: str  # a path, or a URL without its password
+    size_bytes: int | None
+    log_bytes: int  # a write-ahead log beside it (0 without one)
+    #: what :meth:`OperationsStore.integrity_check` runs: (quick, full)
+    checks: tuple[str, str] = ("quick_check", "integrity_check")
+
+
+@dataclass
+class OfflineReport:
+    """A check of data that no daemon has open: a database the daemon is not
+    running on (``notifyd doctor``), or a downloaded backup (``notifyd backup``)."""
+
+    location: str
+    problems: list[str]  # ["ok"] when healthy
+    exists: bool = True
+    check: str = "quick_check"
+    schema_version: int | None = None
+    events: int | None = None
+    last_event_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == ["ok"]
 
 
 @dataclass
@@ -199,21 +257,16 @@ CommitListener = Callable[[list[Event]], None]
 STATES = ("read", "unread", "seen", "archive", "unarchive", "click")
 
 
-class Store(ABC):
-    """Durable storage. Every method is safe to call from the trio loop."""
+class EventStore(ABC):
+    """Events: publishing, history, cursors and replay, scheduled release, pruning.
 
-    @abstractmethod
-    async def start(self) -> None: ...
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Finish in-flight writes and close."""
+    Ids increase strictly in commit order: they are the stream cursor, so a reader
+    that has seen id N and later reads ``events_after(N, …)`` misses nothing."""
 
     @abstractmethod
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call ``listener(events)`` on the trio thread after each commit, in id order."""
 
-    # events
     @abstractmethod
     async def publish(
         self,
@@ -221,21 +274,29 @@ class Store(ABC):
         publisher_id: int,
         idempotency_key: str | None = None,
         batch: bool = False,
-    ) -> PublishResult: ...
+    ) -> PublishResult:
+        """Store ``events`` (and their outbox rows) in one transaction. A known
+        ``(publisher_id, idempotency_key)`` stores nothing and answers the original
+        events with ``replayed``; events with a future ``deliver_at`` are scheduled."""
 
     @abstractmethod
     async def release_due(self, now: float, limit: int = 500) -> int:
-        """Turn scheduled events whose time has come into events; return how many."""
+        """Turn scheduled events whose time has come into events (in ``deliver_at``
+        order, ids given now); return how many."""
 
     @abstractmethod
-    async def get_event(self, event_id: int, user_id: int) -> Event | None: ...
+    async def cancel_scheduled(self, topic: str, collapse_key: str) -> int:
+        """Drop the scheduled (not yet released) events of ``topic`` with that
+        collapse key; returns how many. No rights are checked here."""
 
     @abstractmethod
-    async def history(self, query: HistoryQuery) -> list[Event]: ...
+    async def get_event(self, event_id: int, user_id: int) -> Event | None:
+        """One event with ``user_id``'s state, or None. No rights are checked here."""
 
     @abstractmethod
-    async def count(self, query: HistoryQuery) -> int:
-        """How many events match ``query`` (its ``limit`` is ignored)."""
+    async def history(self, query: HistoryQuery) -> list[Event]:
+        """Events matching ``query`` that its visibility allows, newest first, with
+        the user's state."""
 
     @abstractmethod
     async def events_after(
@@ -249,7 +310,8 @@ class Store(ABC):
         """Events with ``cursor < id <= upto`` in id order (replay)."""
 
     @abstractmethod
-    async def last_event_id(self) -> int: ...
+    async def last_event_id(self) -> int:
+        """The newest id given (never lower after pruning)."""
 
     @abstractmethod
     async def cursor_at(self, created_at: str) -> int:
@@ -258,31 +320,10 @@ class Store(ABC):
         that replaying after it yields the events from that time on."""
 
     @abstractmethod
-    async def cancel_scheduled(self, topic: str, collapse_key: str) -> int:
-        """Drop the scheduled (not yet released) events of ``topic`` with that
-        collapse key; returns how many. No rights are checked here."""
-
-    @abstractmethod
     async def event_extras(self, event_ids: list[int]) -> dict[int, EventExtras]:
         """The :class:`EventExtras` of those of ``event_ids`` that have some (events
         published through a compatibility layer); no rights are checked here."""
 
-    @abstractmethod
-    async def set_state(
-        self,
-        user_id: int,
-        event_ids: list[int],
-        state: str,
-        visibility: Visibility,
-        action: str | None = None,
-    ) -> list[tuple[int, str]]:
-        """Apply ``state`` to the events among ``event_ids`` that ``visibility`` allows;
-        return their (id, topic) pairs."""
-
-    @abstractmethod
-    async def read_all(self, query: HistoryQuery) -> dict[str, int]: ...
-
-    # housekeeping
     @abstractmethod
     async def prune(self, created_before: str, limit: int) -> int:
         """Delete up to ``limit`` of the oldest events created before ``created_before``
@@ -294,22 +335,41 @@ class Store(ABC):
     async def drop_expired(self, now: str, limit: int) -> int:
         """Like :meth:`prune`, for events whose ``expires_at`` is at or before ``now``."""
 
-    async def checkpoint(self) -> None:
-        """Move what a write-ahead log holds into the database, beside the writer
-        (housekeeping calls it every second); nothing by default."""
-        return None
+    @abstractmethod
+    async def forget_idempotency_keys(self, created_before: str) -> int:
+        """Forget the idempotency keys used before ``created_before``; returns how many."""
 
-    async def after_prune(self) -> None:
-        """Give back space after a pass that deleted many events (a store may
-        checkpoint or truncate its log here); nothing by default."""
-        return None
+
+class InboxStore(ABC):
+    """Per-user state of events: read/unread, seen, archived, clicked; counts."""
 
     @abstractmethod
-    async def forget_idempotency_keys(self, created_before: str) -> int: ...
+    async def set_state(
+        self,
+        user_id: int,
+        event_ids: list[int],
+        state: str,
+        visibility: Visibility,
+        action: str | None = None,
+    ) -> list[tuple[int, str]]:
+        """Apply ``state`` (one of :data:`STATES`) to the events among ``event_ids``
+        that ``visibility`` allows; return their (id, topic) pairs."""
 
-    # accounts
     @abstractmethod
-    async def create_user(self, name: str, role: str, password_hash: str | None) -> User: ...
+    async def read_all(self, query: HistoryQuery) -> dict[str, int]:
+        """Mark every event matching ``query`` read for its user; ``{"updated": n}``."""
+
+    @abstractmethod
+    async def count(self, query: HistoryQuery) -> int:
+        """How many events match ``query`` (its ``limit`` is ignored)."""
+
+
+class AccountStore(ABC):
+    """Users, tokens (stored by hash), web sessions, ACL grants, preferences."""
+
+    @abstractmethod
+    async def create_user(self, name: str, role: str, password_hash: str | None) -> User:
+        """:class:`Conflict` when the name is taken."""
 
     @abstractmethod
     async def list_users(self) -> list[User]: ...
@@ -353,6 +413,18 @@ class Store(ABC):
     @abstractmethod
     async def token_by_hash(self, token_hash: str) -> Token | None: ...
 
+    @abstractmethod
+    async def touch_tokens(self, uses: list[tuple[int, float]]) -> None:
+        """Record when tokens were last used: (token id, unix time) pairs."""
+
+    @abstractmethod
+    async def list_tokens(self, user_id: int | None = None) -> list[Token]: ...
+
+    @abstractmethod
+    async def revoke_token(self, token_id: int, user_id: int | None = None) -> int:
+        """Delete a token (only ``user_id``'s when given); return its owner's id.
+        :class:`NotFound` when there is no such token (of that user)."""
+
     # web sign-in sessions (only the SHA-256 of the secret is stored)
     @abstractmethod
     async def create_session(
@@ -371,34 +443,46 @@ class Store(ABC):
         """Delete expired sessions; returns how many."""
 
     @abstractmethod
-    async def touch_tokens(self, uses: list[tuple[int, float]]) -> None:
-        """Record when tokens were last used: (token id, unix time) pairs."""
-
-    @abstractmethod
-    async def list_tokens(self, user_id: int | None = None) -> list[Token]: ...
-
-    @abstractmethod
-    async def revoke_token(self, token_id: int, user_id: int | None = None) -> int:
-        """Delete a token (only ``user_id``'s when given); return its owner's id."""
-
-    @abstractmethod
     async def grants(self, user_id: int) -> tuple[Grant, ...]: ...
 
     @abstractmethod
-    async def grant(self, user: str, pattern: str, read: bool, write: bool) -> AclEntry: ...
+    async def grant(self, user: str, pattern: str, read: bool, write: bool) -> AclEntry:
+        """Grant (or change) ``user``'s rights on ``pattern``; :class:`NotFound` for
+        an unknown user."""
 
     @abstractmethod
     async def list_acl(self, user: str | None = None) -> list[AclEntry]: ...
 
     @abstractmethod
-    async def revoke_acl(self, user: str, pattern: str) -> None: ...
+    async def revoke_acl(self, user: str, pattern: str) -> None:
+        """:class:`NotFound` when the user has no grant for ``pattern``."""
 
-    # channels and the outbox (see notifyd.core.outbox); outbox rows are written by
-    # publish() itself, in the event's transaction
+    @abstractmethod
+    async def get_preferences(self, user_id: int) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def set_preferences(self, user_id: int, doc: dict[str, Any]) -> None: ...
+
+
+class OutboxStore(ABC):
+    """Channels and the outbox: one row per (event, user, channel), written by
+    :meth:`EventStore.publish` in the event's transaction.
+
+    Senders take work with an explicit claim: :meth:`claim_delivery_rows` marks the
+    due rows it returns with the claimer's ``owner`` and a lease that ends
+    ``lease_seconds`` later, atomically, so two claimers never get the same row.
+    A claimed row is not due again until its lease ends; then any claimer may take
+    it (its sender is presumed dead). :meth:`finish_deliveries` records outcomes
+    only for rows the owner still holds, so a sender whose lease ran out and whose
+    rows were claimed again cannot overwrite the new owner's result. Owners are
+    named ``<node>/<process>``; :meth:`release_claims` ends the leases of a node's
+    earlier processes when it starts again."""
+
     @abstractmethod
     async def create_channel(
         self, user_id: int, name: str, kind: str, config: dict[str, Any]
-    ) -> ChannelRecord: ...
+    ) -> ChannelRecord:
+        """:class:`Conflict` when the user has a channel of that name."""
 
     @abstractmethod
     async def list_channels(
@@ -409,23 +493,46 @@ class Store(ABC):
     async def get_channel(self, user_id: int, name: str) -> ChannelRecord | None: ...
 
     @abstractmethod
-    async def delete_channel(self, channel_id: int) -> None: ...
+    async def delete_channel(self, channel_id: int) -> None:
+        """Delete it; its pending deliveries become dead. :class:`NotFound`."""
 
     @abstractmethod
-    async def due_deliveries(
-        self, now: float, limit: int, skip: Collection[int] = ()
+    async def claim_delivery_rows(
+        self, now: float, limit: int, owner: str, lease_seconds: float
+    ) -> list[Claim]:
+        """Claim up to ``limit`` deliveries due at ``now`` (pending, next attempt at
+        or before ``now``, not under someone's unexpired lease), oldest first, for
+        ``owner`` until ``now + lease_seconds``. Due rows of one channel sharing a
+        digest key come as one :class:`Claim`."""
+
+    @abstractmethod
+    async def load_claims(self, claims: list[Claim]) -> list[DueDelivery]:
+        """What to send for ``claims``: their channels and events (only reads)."""
+
+    async def claim_deliveries(
+        self, now: float, limit: int, owner: str, lease_seconds: float
     ) -> list[DueDelivery]:
-        """Up to ``limit`` deliveries due at ``now``, oldest first, leaving out the
-        rows in ``skip`` (those in flight). Rows sharing a digest key come as one.
-        Only reads: the outbox keeps what is in flight in memory."""
+        """:meth:`claim_delivery_rows`, then :meth:`load_claims`."""
+        return await self.load_claims(
+            await self.claim_delivery_rows(now, limit, owner, lease_seconds)
+        )
 
     @abstractmethod
-    async def next_due(self, skip: Collection[int] = ()) -> float | None:
-        """When the earliest pending delivery not in ``skip`` is due; None if none is."""
+    async def finish_deliveries(self, outcomes: list[Outcome], owner: str) -> int:
+        """Record what happened to deliveries ``owner`` claimed, all in one
+        transaction, and release them; rows ``owner`` no longer holds (claimed
+        again by another after its lease ended, or deleted) are left alone.
+        Returns how many rows were updated."""
 
     @abstractmethod
-    async def finish_deliveries(self, outcomes: list[Outcome]) -> None:
-        """Record what happened to claimed deliveries, all in one transaction."""
+    async def release_claims(self, node: str) -> int:
+        """End the leases held by owners ``<node>/…`` (earlier processes of a node
+        that starts again): their rows are due at once. Returns how many."""
+
+    @abstractmethod
+    async def next_due(self) -> float | None:
+        """When the earliest pending delivery is due (a claimed one: when its lease
+        ends); None if there is none."""
 
     @abstractmethod
     async def list_deliveries(
@@ -433,26 +540,45 @@ class Store(ABC):
     ) -> list[dict[str, Any]]: ...
 
     @abstractmethod
-    async def retry_delivery(self, delivery_id: int, user_id: int | None, now: float) -> None: ...
+    async def retry_delivery(self, delivery_id: int, user_id: int | None, now: float) -> None:
+        """Make a delivery pending and due at ``now`` (one under an unexpired lease
+        stays with its owner). :class:`NotFound` when there is no such delivery
+        (of that user) or its channel is gone."""
 
     @abstractmethod
     async def delivery_stats(self, user_id: int | None) -> dict[str, Any]: ...
 
-    @abstractmethod
-    async def get_preferences(self, user_id: int) -> dict[str, Any] | None: ...
 
-    # operations (see notifyd.core.transfer and notifyd.core.doctor)
+class OperationsStore(ABC):
+    """Operations on the whole database (see notifyd.core.transfer and
+    notifyd.core.doctor)."""
+
     @abstractmethod
     async def backup(
         self, dest: str, pages: int = 1024, progress: Callable[[int, int], None] | None = None
     ) -> BackupInfo:
-        """Write a consistent copy of the whole database to the new file ``dest``,
-        while the store keeps serving; ``progress(done, total)`` is called from a
-        worker thread. Publishing is not held up while the copy is made."""
+        """Write a consistent copy of the whole database to ``dest``, a new
+        location the engine interprets (SQLite: a file path; the copy is an SQLite
+        file), while the store keeps serving; ``progress(done, total)`` is called
+        from a worker thread. Publishing is not held up while the copy is made."""
 
     @abstractmethod
     async def integrity_check(self, full: bool = False) -> list[str]:
         """The database's own consistency check: ``["ok"]`` or the problems found."""
+
+    @abstractmethod
+    async def storage_info(self) -> StorageInfo:
+        """Which engine, where, and how big."""
+
+    async def checkpoint(self) -> None:
+        """Move what a write-ahead log holds into the database, beside the writer
+        (housekeeping calls it every second); nothing by default."""
+        return None
+
+    async def after_prune(self) -> None:
+        """Give back space after a pass that deleted many events (a store may
+        checkpoint or truncate its log here); nothing by default."""
+        return None
 
     @abstractmethod
     async def open_export(self, topic: str | None, since: int | None) -> EventExport:
@@ -469,5 +595,17 @@ class Store(ABC):
         write their per-user state for the users in ``users`` (name → id).
         The stored events go to the commit listeners like published ones."""
 
+
+class Store(EventStore, InboxStore, AccountStore, OutboxStore, OperationsStore):
+    """Durable storage: every role. Every method is safe to call from the trio loop.
+    Open one with :func:`notifyd.core.storage.open_store`."""
+
+    #: the engine's name, as ``database_url`` selects it
+    engine: str = ""
+
     @abstractmethod
-    async def set_preferences(self, user_id: int, doc: dict[str, Any]) -> None: ...
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish in-flight writes and close."""

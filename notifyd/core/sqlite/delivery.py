@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Collection
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -12,7 +13,7 @@ from ..acl import glob_match
 from ..channels import ChannelRecord
 from ..errors import Conflict, NotFound
 from ..prefs import Preferences, plan
-from ..store import DueDelivery, Outcome
+from ..store import Claim, DueDelivery, Outcome
 from ..timeutil import format_ts, now_rfc3339, parse_rfc3339
 from .queries import SELECT_EVENT, event_from_row
 
@@ -96,12 +97,32 @@ def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict[str, Any]], n
     return len(rows)
 
 
-def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
-    """Apply send outcomes: the ``sent`` ones with two prepared statements, failures one by one."""
-    sent = [o for o in outcomes if o.error is None]
+_IN_JSON = "IN (SELECT value FROM json_each(?))"
+
+
+def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], owner: str) -> int:
+    """Apply send outcomes to the rows ``owner`` still holds, releasing them: the
+    ``sent`` ones with two prepared statements, failures one by one. Returns how
+    many rows were updated."""
+    ids = [i for o in outcomes for i in o.ids]
+    if not ids:
+        return 0
+    held = {
+        r[0]
+        for r in conn.execute(
+            f"SELECT id FROM deliveries WHERE claimed_by = ? AND id {_IN_JSON}",
+            (owner, orjson.dumps(ids).decode()),
+        )
+    }
+    mine: list[Outcome] = []
+    for o in outcomes:
+        kept = [i for i in o.ids if i in held]
+        if kept:
+            mine.append(o if len(kept) == len(o.ids) else replace(o, ids=kept))
+    sent = [o for o in mine if o.error is None]
     conn.executemany(
-        "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL "
-        "WHERE id = ?",
+        "UPDATE deliveries SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL, "
+        "claimed_by = NULL, lease_until = NULL WHERE id = ?",
         [(format_ts(o.at), i) for o in sent for i in o.ids],
     )
     last_success: dict[int, float] = {}
@@ -111,24 +132,26 @@ def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome]) -> None:
         "UPDATE channels SET last_success_at = ? WHERE id = ?",
         [(format_ts(at), channel_id) for channel_id, at in last_success.items()],
     )
-    for o in outcomes:
+    for o in mine:
         if o.error is not None:
-            _record_failure(conn, o)
+            _record_failure(conn, o, owner)
+    return sum(len(o.ids) for o in mine)
 
 
-def _record_failure(conn: sqlite3.Connection, o: Outcome) -> None:
+def _record_failure(conn: sqlite3.Connection, o: Outcome, owner: str) -> None:
     at = format_ts(o.at)
-    marks = ",".join("?" * len(o.ids))
+    ids = orjson.dumps(o.ids).decode()
     if o.retry_at is not None:
         conn.execute(
             "UPDATE deliveries SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?, "
-            f"last_error = ? WHERE id IN ({marks})",
-            [format_ts(o.retry_at), o.error, *o.ids],
+            f"last_error = ?, claimed_by = NULL, lease_until = NULL WHERE claimed_by = ? AND id {_IN_JSON}",
+            (format_ts(o.retry_at), o.error, owner, ids),
         )
     else:
         conn.execute(
-            f"UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ? WHERE id IN ({marks})",
-            [o.error, *o.ids],
+            "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?, "
+            f"claimed_by = NULL, lease_until = NULL WHERE claimed_by = ? AND id {_IN_JSON}",
+            (o.error, owner, ids),
         )
     conn.execute(
         "UPDATE channels SET last_error = ?, last_error_at = ? WHERE id = ?",
@@ -136,17 +159,68 @@ def _record_failure(conn: sqlite3.Connection, o: Outcome) -> None:
     )
     if o.remove_channel:
         conn.execute("DELETE FROM channels WHERE id = ?", (o.channel_id,))
+        _dead_with_channel(conn, o.channel_id, "channel removed: target gone")
+
+
+def _dead_with_channel(conn: sqlite3.Connection, channel_id: int, why: str) -> None:
+    """The pending rows of a channel that is gone are dead (and no longer claimed:
+    whoever sends one of them now cannot change that)."""
+    conn.execute(
+        "UPDATE deliveries SET state = 'dead', last_error = ?, claimed_by = NULL, lease_until = NULL "
+        "WHERE channel_id = ? AND state = 'pending'",
+        (why, channel_id),
+    )
+
+
+def claim_rows(
+    conn: sqlite3.Connection, now: float, limit: int, owner: str, lease_seconds: float
+) -> list[Claim]:
+    """Claim due rows for ``owner`` (in the writer's transaction): see
+    :meth:`~notifyd.core.store.OutboxStore.claim_delivery_rows`."""
+    due_at = format_ts(now)
+    rows = conn.execute(
+        # INDEXED BY: without statistics SQLite prefers idx_deliveries_state and
+        # sorts every pending row, which grows with the backlog. A claimed row's
+        # next_attempt_at is its lease's end, so this finds expired leases too.
+        "SELECT id, attempts, channel_id, event_id, digest_key FROM deliveries "
+        "INDEXED BY idx_deliveries_due "
+        "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+        (due_at, limit),
+    ).fetchall()
+    claims: list[Claim] = []
+    taken: set[int] = set()
+    for delivery_id, attempts, channel_id, event_id, digest_key in rows:
+        if delivery_id in taken:
+            continue
+        members: list[tuple[int, int]] = [(delivery_id, event_id)]
+        if digest_key is not None:
+            members = [
+                (m[0], m[1])
+                for m in conn.execute(
+                    "SELECT id, event_id FROM deliveries WHERE channel_id = ? AND digest_key = ? "
+                    "AND state = 'pending' AND next_attempt_at <= ? ORDER BY event_id",
+                    (channel_id, digest_key, due_at),
+                )
+                if m[0] not in taken
+            ] or members
+        taken.update(m[0] for m in members)
+        claims.append(Claim([m[0] for m in members], attempts + 1, channel_id,
+                            [m[1] for m in members]))  # fmt: skip
+    if taken:
+        until = format_ts(now + lease_seconds)
         conn.execute(
-            "UPDATE deliveries SET state = 'dead', last_error = 'channel removed: target gone' "
-            "WHERE channel_id = ? AND state = 'pending'",
-            (o.channel_id,),
+            "UPDATE deliveries SET claimed_by = ?, lease_until = ?, next_attempt_at = ? "
+            f"WHERE id {_IN_JSON}",
+            (owner, until, until, orjson.dumps(sorted(taken)).decode()),
         )
+    return claims
 
 
 class DeliveryStore:
     """Channel and outbox methods; expects ``write``/``_read`` from the store."""
 
     if TYPE_CHECKING:  # provided by SQLiteStore
+        clock: Callable[[], float]
 
         async def write(
             self,
@@ -205,79 +279,69 @@ class DeliveryStore:
         def fn(conn: sqlite3.Connection) -> None:
             if conn.execute("DELETE FROM channels WHERE id = ?", (channel_id,)).rowcount == 0:
                 raise NotFound("no such channel", field="name")
-            conn.execute(
-                "UPDATE deliveries SET state = 'dead', last_error = 'channel removed' "
-                "WHERE channel_id = ? AND state = 'pending'",
-                (channel_id,),
-            )
+            _dead_with_channel(conn, channel_id, "channel removed")
 
         await self.write(fn)
 
     # -- outbox ---------------------------------------------------------------
 
-    async def due_deliveries(
-        self, now: float, limit: int, skip: Collection[int] = ()
-    ) -> list[DueDelivery]:
-        due_at = format_ts(now)
+    async def claim_delivery_rows(
+        self, now: float, limit: int, owner: str, lease_seconds: float
+    ) -> list[Claim]:
+        return await self.write(lambda conn: claim_rows(conn, now, limit, owner, lease_seconds))
+
+    async def load_claims(self, claims: list[Claim]) -> list[DueDelivery]:
+        if not claims:
+            return []
 
         def fn(conn: sqlite3.Connection) -> list[DueDelivery]:
-            rows = conn.execute(
-                # INDEXED BY: without statistics SQLite prefers idx_deliveries_state and
-                # sorts every pending row, which grows with the backlog.
-                "SELECT d.id, d.attempts, d.channel_id, d.event_id, d.digest_key FROM deliveries d "
-                "INDEXED BY idx_deliveries_due "
-                "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                (due_at, limit + len(skip)),
-            ).fetchall()
+            channels: dict[int, ChannelRecord | None] = {}
             out: list[DueDelivery] = []
-            taken = set(skip)
-            for delivery_id, attempts, channel_id, event_id, digest_key in rows:
-                if delivery_id in taken:
-                    continue
-                if len(out) == limit:
-                    break
-                chan = conn.execute(f"{_CHANNEL_SELECT} WHERE c.id = ?", (channel_id,)).fetchone()
-                members = [(delivery_id, event_id)]
-                if digest_key is not None:
-                    members = [
-                        m
-                        for m in conn.execute(
-                            "SELECT id, event_id FROM deliveries WHERE channel_id = ? AND digest_key = ? "
-                            "AND state = 'pending' AND next_attempt_at <= ? ORDER BY event_id",
-                            (channel_id, digest_key, due_at),
-                        )
-                        if m[0] not in taken
-                    ]
-                ids = [m[0] for m in members]
-                taken.update(ids)
+            for claim in claims:
+                if claim.channel_id not in channels:
+                    row = conn.execute(
+                        f"{_CHANNEL_SELECT} WHERE c.id = ?", (claim.channel_id,)
+                    ).fetchone()
+                    channels[claim.channel_id] = None if row is None else _channel(row)
                 events = [
                     event_from_row(r)
                     for r in conn.execute(
-                        f"SELECT {SELECT_EVENT} FROM events e WHERE e.id IN ({','.join('?' * len(members))}) "
-                        "ORDER BY e.id",
-                        [m[1] for m in members],
+                        f"SELECT {SELECT_EVENT} FROM events e WHERE e.id {_IN_JSON} ORDER BY e.id",
+                        (orjson.dumps(claim.event_ids).decode(),),
                     )
                 ]
-                channel = None if chan is None else _channel(chan)
-                out.append(DueDelivery(ids, attempts + 1, channel_id, channel, events))
+                out.append(DueDelivery(list(claim.ids), claim.attempt, claim.channel_id,
+                                       channels[claim.channel_id], events))  # fmt: skip
             return out
 
         return await self._read(fn)
 
-    async def next_due(self, skip: Collection[int] = ()) -> float | None:
+    async def next_due(self) -> float | None:
         def fn(conn: sqlite3.Connection) -> str | None:
             rows = conn.execute(
-                "SELECT id, next_attempt_at FROM deliveries INDEXED BY idx_deliveries_due "
-                "WHERE state = 'pending' ORDER BY next_attempt_at LIMIT ?",
-                (len(skip) + 1,),
+                "SELECT next_attempt_at FROM deliveries INDEXED BY idx_deliveries_due "
+                "WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1"
             ).fetchall()  # all of it: an unfinished statement would keep its snapshot
-            return next((at for delivery_id, at in rows if delivery_id not in skip), None)
+            return rows[0][0] if rows else None
 
         when = await self._read(fn)
         return None if when is None else parse_rfc3339(when)
 
-    async def finish_deliveries(self, outcomes: list[Outcome]) -> None:
-        await self.write(lambda conn: record_outcomes(conn, outcomes))
+    async def finish_deliveries(self, outcomes: list[Outcome], owner: str) -> int:
+        return await self.write(lambda conn: record_outcomes(conn, outcomes, owner))
+
+    async def release_claims(self, node: str) -> int:
+        prefix = node + "/"
+        now = format_ts(self.clock())  # here: the clock may need the trio thread
+
+        def fn(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?), claimed_by = NULL, "
+                "lease_until = NULL WHERE claimed_by IS NOT NULL AND substr(claimed_by, 1, ?) = ?",
+                (now, len(prefix), prefix),
+            ).rowcount
+
+        return await self.write(fn)
 
     async def list_deliveries(
         self, user_id: int | None, state: str | None, limit: int
@@ -306,10 +370,15 @@ class DeliveryStore:
 
     async def retry_delivery(self, delivery_id: int, user_id: int | None, now: float) -> None:
         def fn(conn: sqlite3.Connection) -> None:
-            sql = "UPDATE deliveries SET state = 'pending', next_attempt_at = ? WHERE id = ?"
+            # a row under an unexpired lease stays with its owner (not sent twice)
+            sql = (
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = CASE WHEN "
+                "claimed_by IS NOT NULL AND lease_until > ?1 THEN next_attempt_at ELSE ?1 END "
+                "WHERE id = ?2"
+            )
             params: list[Any] = [format_ts(now), delivery_id]
             if user_id is not None:
-                sql += " AND user_id = ?"
+                sql += " AND user_id = ?3"
                 params.append(user_id)
             sql += " AND channel_id IN (SELECT id FROM channels)"
             if conn.execute(sql, params).rowcount == 0:

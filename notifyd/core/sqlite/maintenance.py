@@ -17,29 +17,19 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from ..store import OfflineReport
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 #: FTS5 index pages merged after each batch of deleted events
 FTS_MERGE_PAGES = 100
 
 
-@dataclass
-class FileReport:
-    """What :func:`check_file` found in a database file."""
-
-    path: str
-    problems: list[str]  # ["ok"] when healthy
-    schema_version: int | None = None
-    events: int | None = None
-    last_event_id: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.problems == ["ok"]
+#: what an offline check of an SQLite file is (see :class:`OfflineReport`)
+FileReport = OfflineReport
 
 
 def _last_id(conn: sqlite3.Connection) -> int:
@@ -151,7 +141,8 @@ def check_file(path: str | Path, full: bool = True) -> FileReport:
         with open(path, "rb") as f:
             magic = f.read(len(SQLITE_MAGIC))
     except OSError as exc:
-        return FileReport(path, [f"cannot read {path}: {exc.strerror}"])
+        missing = isinstance(exc, FileNotFoundError)
+        return FileReport(path, [f"cannot read {path}: {exc.strerror}"], exists=not missing)
     if magic != SQLITE_MAGIC:
         return FileReport(path, [f"{path} is not an SQLite database"])
     try:
@@ -160,7 +151,7 @@ def check_file(path: str | Path, full: bool = True) -> FileReport:
         return FileReport(path, [f"cannot open {path}: {exc}"])
     try:
         problems = quick_check(conn, full)
-        report = FileReport(path, problems)
+        report = FileReport(path, problems, check="integrity_check" if full else "quick_check")
         if report.ok:
             report.schema_version = conn.execute("PRAGMA user_version").fetchone()[0]
             try:

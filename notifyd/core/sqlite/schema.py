@@ -185,7 +185,7 @@ def _m003_delivery(db: sqlite_utils.Database) -> None:
     )
     # The outbox: one row per (event, user, channel), written in the event's
     # transaction. state: pending -> sent | pending (retry) | dead (m005: no more
-    # 'sending'; what is in flight lives in the outbox's memory).
+    # 'sending'; m009: what is in flight is claimed with a lease).
     db.execute(
         """
         CREATE TABLE deliveries (
@@ -269,6 +269,22 @@ def _m008_bulk_fts_delete(db: sqlite_utils.Database) -> None:
     db.execute('DROP TRIGGER IF EXISTS "events_ad"')
 
 
+def _m009_claims(db: sqlite_utils.Database) -> None:
+    # Explicit claims with leases (one interface for every engine: a PostgreSQL
+    # cluster has several senders). A claim sets claimed_by (the owner,
+    # "<node>/<process>") and lease_until, and moves next_attempt_at to the lease's
+    # end: idx_deliveries_due then finds expired leases as due rows with no extra
+    # condition, and a claimed row is never due twice while its lease runs.
+    # Outcomes apply only where claimed_by is still the sender's.
+    # Finished rows (and rows that died with their channel) drop their claim, so the
+    # partial index holds only what is in flight.
+    db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT")
+    db.execute("ALTER TABLE deliveries ADD COLUMN lease_until TEXT")
+    db.execute(
+        "CREATE INDEX idx_deliveries_claimed ON deliveries(claimed_by) WHERE claimed_by IS NOT NULL"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
@@ -278,6 +294,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m006_sessions,
     _m007_event_extras,
     _m008_bulk_fts_delete,
+    _m009_claims,
 ]
 
 

@@ -30,6 +30,7 @@ from ..store import (
     ImportBatch,
     ImportItem,
     PublishResult,
+    StorageInfo,
     Store,
     Token,
     User,
@@ -352,6 +353,10 @@ def _state_params(
 
 
 class SQLiteStore(DeliveryStore, Store):
+    """The SQLite engine (opened by :func:`notifyd.core.storage.open_store`)."""
+
+    engine = "sqlite"
+
     def __init__(
         self,
         path: str | Path,
@@ -942,11 +947,26 @@ class SQLiteStore(DeliveryStore, Store):
                 retry_after=60,
             ) from exc
         return BackupInfo(
-            path=dest, bytes=Path(dest).stat().st_size, last_event_id=last_id, events=events
+            path=dest,
+            bytes=Path(dest).stat().st_size,
+            last_event_id=last_id,
+            events=events,
+            engine=self.engine,
+            media_type="application/vnd.sqlite3",
+            suffix=".db",
         )
 
     async def integrity_check(self, full: bool = False) -> list[str]:
         return await self._read(lambda conn: quick_check(conn, full))
+
+    async def storage_info(self) -> StorageInfo:
+        def sizes() -> tuple[int | None, int]:
+            db, wal = Path(self.path), Path(self.path + "-wal")
+            return (db.stat().st_size if db.exists() else None,
+                    wal.stat().st_size if wal.exists() else 0)  # fmt: skip
+
+        size, log_bytes = await trio.to_thread.run_sync(sizes)
+        return StorageInfo(self.engine, self.path, size, log_bytes)
 
     async def open_export(self, topic: str | None, since: int | None) -> EventExport:
         export = SQLiteExport(lambda: connect(self.path, readonly=True), topic, since)
