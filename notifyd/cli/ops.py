@@ -2,8 +2,8 @@
 
 ``backup``, ``export`` and ``import`` go through the daemon (its socket, or an
 admin token over HTTP), so that they are consistent with what it serves; the
-formats and rules live in :mod:`notifyd.core.transfer` and
-:mod:`notifyd.core.sqlite.maintenance`, documented in docs/operations.md. Progress
+formats and rules live in :mod:`notifyd.core.transfer` and the store's engine
+(reached through :mod:`notifyd.core.storage`), documented in docs/operations.md. Progress
 goes to stderr, and only when stderr is a terminal, so that stdout (``--json``,
 ``export -``) stays clean.
 """
@@ -156,7 +156,7 @@ def backup(client: Any, as_json: bool, file: Path, force: bool) -> None:
       notifyd backup nightly.db --force --json
       notifyd backup copy.db --url https://notify.example.com --token nfy_…
     """
-    from notifyd.core.sqlite.maintenance import check_file
+    from notifyd.core.storage import verify_backup
 
     _check_target(file, force)
     if sys.stderr.isatty():
@@ -171,12 +171,13 @@ def backup(client: Any, as_json: bool, file: Path, force: bool) -> None:
                     written += len(chunk)
                     progress.update(written)
             expected_last = resp.headers.get("x-notifyd-last-event-id")
+            engine = resp.headers.get("x-notifyd-engine") or "sqlite"
         if total is not None and written != total:
             raise click.ClickException(
                 f"the backup stopped after {_size(written)} of {_size(total)}: try again"
             )
         out.flush()
-        report = check_file(tmp, full=True)
+        report = verify_backup(tmp, engine)
         if not report.ok:
             raise click.ClickException(
                 "the backup failed its integrity check, nothing was written: "

@@ -31,6 +31,8 @@ class Config:
     socket_mode: str = "0660"
     socket_user: str = "admin"
     data_dir: str = "var"
+    #: "" = SQLite in data_dir; sqlite:///ABSOLUTE/PATH; postgresql://… (cluster mode)
+    database_url: str = ""
     base_url: str = ""
     log_level: str = "info"
     synchronous: str = "full"
@@ -68,6 +70,10 @@ class Config:
 
     @property
     def db_path(self) -> Path:
+        """The SQLite database file: ``sqlite:///PATH`` in ``database_url``, else
+        ``<data_dir>/notifyd.db``."""
+        if self.database_url.startswith(SQLITE_URL):
+            return Path(self.database_url[len(SQLITE_URL) - 1 :])
         return self.data_path / "notifyd.db"
 
     @property
@@ -84,6 +90,39 @@ class Config:
         if self.socket.lower() == "none":
             return None
         return Path(self.socket) if self.socket else self.data_path / "notifyd.sock"
+
+
+SQLITE_URL = "sqlite:///"
+
+
+def database_engine(url: str) -> str:
+    """The engine ``database_url`` names: ``sqlite`` (empty, or
+    ``sqlite:///ABSOLUTE/PATH``). The message of the :class:`ConfigError` for
+    anything else never repeats the URL (it may hold a password).
+
+    Raises:
+        ConfigError: an engine this version cannot open, or a malformed URL.
+    """
+    if url == "":
+        return "sqlite"
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        path = url[len(SQLITE_URL) - 1 :]
+        if not url.startswith(SQLITE_URL) or len(path) < 2 or "?" in url or path.endswith("/"):
+            raise ConfigError(
+                "database_url: an SQLite URL is sqlite:///ABSOLUTE/PATH (three slashes, "
+                "then the file's absolute path, e.g. sqlite:///var/lib/notifyd/notifyd.db)"
+            )
+        return "sqlite"
+    if scheme in ("postgresql", "postgres"):
+        raise ConfigError(
+            "database_url: the PostgreSQL engine arrives with cluster mode; this version "
+            "runs on SQLite only (leave database_url empty, or use sqlite:///ABSOLUTE/PATH)"
+        )
+    raise ConfigError(
+        f"database_url: unknown scheme {scheme[:20]!r}: leave it empty (SQLite in data_dir) "
+        "or use sqlite:///ABSOLUTE/PATH"
+    )
 
 
 DEFAULTS = Config()
@@ -137,6 +176,7 @@ def _validate(cfg: Config) -> None:
             raise bad("listen", f"{addr!r} is not HOST:PORT")
     if cfg.log_level.lower() not in LOG_LEVELS:
         raise bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    database_engine(cfg.database_url)
     if cfg.synchronous.lower() not in ("full", "normal", "extra"):
         raise bad("synchronous", "must be full, normal or extra")
     if not re.fullmatch(r"0?[0-7]{3}", cfg.socket_mode):

@@ -32,15 +32,16 @@ CHUNK = 256 * 1024
 
 @router.get(
     "/backup",
-    summary="A consistent copy of the database (SQLite file), made while the daemon serves",
+    summary="A consistent copy of the database (the engine's format: an SQLite file for "
+    "SQLite), made while the daemon serves",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/vnd.sqlite3": {}}}},
 )
 async def backup(request: Request, caller: Admin) -> StreamingResponse:
     svc = services(request)
-    # mode 0600: a backup holds password and token hashes and channel secrets.
-    # SQLite takes the empty file as an empty database to copy into.
-    fd, path = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=svc.config.data_path)
+    # mode 0600: a backup holds password and token hashes and channel secrets. The
+    # engine writes its copy into this (empty) file.
+    fd, path = tempfile.mkstemp(prefix=".backup-", suffix=".tmp", dir=svc.config.data_path)
     os.close(fd)
     try:
         info = await svc.store.backup(path)
@@ -63,32 +64,38 @@ async def backup(request: Request, caller: Admin) -> StreamingResponse:
     stamp = format_ts(time.time()).replace(":", "").replace("-", "")[:15]
     return StreamingResponse(
         body(),  # type: ignore[arg-type]
-        media_type="application/vnd.sqlite3",
+        media_type=info.media_type,
         headers={
             "Content-Length": str(info.bytes),
-            "Content-Disposition": f'attachment; filename="notifyd-{stamp}.db"',
+            "Content-Disposition": f'attachment; filename="notifyd-{stamp}{info.suffix}"',
+            "X-Notifyd-Engine": info.engine,
             "X-Notifyd-Last-Event-Id": str(info.last_event_id),
             "X-Notifyd-Events": str(info.events),
         },
     )
 
 
-@router.get("/integrity", summary="SQLite's quick_check (or integrity_check with full=true)")
+@router.get(
+    "/integrity",
+    summary="The engine's consistency check (SQLite: quick_check, or integrity_check "
+    "with full=true)",
+)
 async def integrity(request: Request, caller: Admin, full: bool = False) -> JSON:
     svc = services(request)
     started = time.monotonic()
     problems = await svc.store.integrity_check(full)
-    db = svc.config.db_path
-    wal = db.with_name(db.name + "-wal")
+    seconds = round(time.monotonic() - started, 3)
+    info = await svc.store.storage_info()
     return JSON(
         {
             "ok": problems == ["ok"],
-            "check": "integrity_check" if full else "quick_check",
+            "engine": info.engine,
+            "check": info.checks[1] if full else info.checks[0],
             "problems": [] if problems == ["ok"] else problems,
-            "seconds": round(time.monotonic() - started, 3),
-            "path": str(db),
-            "size_bytes": db.stat().st_size if db.exists() else None,
-            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            "seconds": seconds,
+            "path": info.location,
+            "size_bytes": info.size_bytes,
+            "wal_bytes": info.log_bytes,
             "last_event_id": await svc.store.last_event_id(),
         }
     )
