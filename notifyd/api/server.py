@@ -1,8 +1,11 @@
 """Listening sockets and the connection front.
 
 Every accepted connection is peeked at: a first request that opens a live stream
-goes to the fast path (``rawstream.py``); everything else is handed, with the
-bytes already read, to hypercorn's trio ``TCPServer`` running the FastAPI app.
+(notifyd's ``/v1/stream`` and ``/v1/stream/sse``, ntfy's ``/<topics>/ws|json|sse|raw``,
+Gotify's ``/stream`` WebSocket) has its head read by the raw transport
+(``transport.py``: h11, then wsproto for WebSockets) and is served by its door on
+the socket; everything else is handed, with the bytes already read, to hypercorn
+(``hypercorn_adapter.py``) running the FastAPI app.
 The Unix socket gets an ASGI wrapper that marks its requests, so the API treats
 them as the configured ``socket_user``; TCP clients cannot forge that mark.
 
@@ -12,9 +15,6 @@ only — it is logged in one line, answered 500 in the door's own error shape if
 answer has started, and the connection is closed — never the process. A request
 with a large or chunked body is authenticated from its head before any of the
 body is read (:data:`AUTH_FIRST_BYTES`).
-
-This relies on ``hypercorn.trio.tcp_server.TCPServer(app, config, context, state,
-stream)``, pinned in ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -31,23 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
 
 from ..config import Config
 from ..core.errors import NotifydError, PayloadTooLarge
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY, resolve
 from .clientaddr import client_address, with_client_address
-from .compat import ntfy
+from .compat import gotify, ntfy
 from .compat import ntfy_stream as ntfy_streams
 from .compat.ntfy_params import NtfyError
 from .fastpath import PublishFastPath
-from .rawstream import RequestHead, parse_head, serve_raw_stream
+from .hypercorn_adapter import Config as HyperConfig
+from .hypercorn_adapter import HypercornServer, make_config
+from .rawstream import serve_raw_stream
 from .responses import (
+    GOTIFY,
     INTERNAL_MESSAGE,
     NOTIFYD,
     NTFY,
@@ -58,10 +56,10 @@ from .responses import (
     render_notifyd,
     status_error,
 )
+from .transport import HEAD_LIMIT, HeadReader, RequestHead
 
 log = logging.getLogger("notifyd.server")
 
-HEAD_LIMIT = 16 * 1024
 IMPORT_PATH = "/v1/admin/import"
 #: A request may make the daemon read this much of its body before it is
 #: authenticated (a sign-in, a small publish). A larger (or chunked) body is read
@@ -70,6 +68,8 @@ AUTH_FIRST_BYTES = 4 * 1024
 #: the one notifyd route that reads a body without credentials: sign-in, small JSON
 SIGN_IN_PATH = "/v1/session"
 STREAM_PREFIXES = (b"GET /v1/stream ", b"GET /v1/stream?", b"GET /v1/stream/sse")
+#: Gotify's stream: served on the raw transport when the head asks for a WebSocket
+GOTIFY_STREAM_PREFIXES = (b"GET /stream ", b"GET /stream?")
 
 
 def _timeout_response(what: str, seconds: float) -> bytes:
@@ -454,19 +454,13 @@ class Listener:
 
 
 def hypercorn_config(svc: Services) -> HyperConfig:
-    cfg = HyperConfig()
-    cfg.keep_alive_timeout = svc.config.keep_alive_timeout
-    # No read timeout: a stream served through the ASGI fallback never hears from
-    # its client. Heads and bodies are timed by _Guard (header_timeout,
-    # body_timeout); idle keep-alive connections close after keep_alive_timeout.
-    cfg.read_timeout = None
-    cfg.graceful_timeout = svc.config.graceful_timeout
-    cfg.accesslog = None
-    cfg.errorlog = logging.getLogger("notifyd.http")
-    cfg.h11_max_incomplete_size = HEAD_LIMIT
-    cfg.websocket_max_message_size = 64 * 1024
-    cfg.include_server_header = False
-    return cfg
+    return make_config(
+        keep_alive_timeout=svc.config.keep_alive_timeout,
+        graceful_timeout=svc.config.graceful_timeout,
+        head_limit=HEAD_LIMIT,
+        websocket_max_message_size=64 * 1024,
+        errorlog=logging.getLogger("notifyd.http"),
+    )
 
 
 def _socket_app(app: Any) -> Callable[..., Awaitable[None]]:
@@ -606,14 +600,14 @@ class Front:
     def __init__(self, svc: Services, app: Any) -> None:
         self.svc = svc
         self.ntfy_reserved = ntfy.reserved_names(app)
-        self.hconfig = hypercorn_config(svc)
-        self.context = WorkerContext(None)
+        self.hypercorn = HypercornServer(hypercorn_config(svc))
+        #: the FastAPI app (Gotify's stream door authenticates with its services)
+        self.fastapi = app
         # outermost, so the publish fast paths see the real client too
         self.app = with_client_address(
             PublishFastPath(app, svc), lambda: svc.config.trusted_proxies
         )
         self.socket_app = _socket_app(self.app)
-        self.state = ConnectionState({})
 
     async def handle(self, stream: trio.SocketStream, via_socket: bool) -> None:
         """Serve one connection under the guard: whatever its handler raises ends
@@ -643,7 +637,6 @@ class Front:
     async def _route(self, stream: trio.SocketStream, via_socket: bool, conn: _Connection) -> None:
         buf = b""
         head: RequestHead | None = None
-        ntfy_stream = False
         config = self.svc.config
         # The whole head (request line and headers) must arrive within header_timeout;
         # hypercorn's part of it is timed by _Guard. A stream that follows lives as
@@ -656,17 +649,18 @@ class Front:
                     if not data:
                         return
                     buf += data
-                ntfy_stream = ntfy_streams.fast_path_match(buf, self.ntfy_reserved)
-                if ntfy_stream or buf.startswith(STREAM_PREFIXES):
-                    conn.door = NTFY if ntfy_stream else NOTIFYD
+                door = self._stream_door(buf)
+                if door is not None:
+                    conn.door = door
                     conn.what = "stream request"
-                    while b"\r\n\r\n" not in buf and len(buf) < HEAD_LIMIT:
+                    reader = HeadReader()
+                    head = reader.feed(buf)
+                    while head is None:
                         data = await stream.receive_some(HEAD_LIMIT)
                         if not data:
-                            break
+                            return
                         buf += data
-                    if b"\r\n\r\n" in buf:
-                        head = parse_head(buf.split(b"\r\n\r\n", 1)[0])
+                        head = reader.feed(data)
             if timer.cancelled_caught:
                 with trio.move_on_after(2):
                     await stream.send_all(_timeout_response("head", config.header_timeout))
@@ -674,28 +668,45 @@ class Front:
                 return
         except _GONE:
             return
-        except NotifydError as exc:  # a malformed stream head (parse_head)
+        except NotifydError as exc:  # a malformed stream head (HeadReader)
             with trio.move_on_after(5):
                 await stream.send_all(render(conn.door, exc).raw())
             return
-        if head is not None:
+        if head is not None and not (conn.door == GOTIFY and not head.is_websocket()):
             conn.what = f"{head.method} {head.path}"
             watched = conn.watched = _Watched(stream)
-            if ntfy_stream:
+            if conn.door == NTFY:
                 address = client_address(conn.peer, head.headers.items(), config.trusted_proxies)
                 await ntfy_streams.serve_raw(
                     self.svc, self.ntfy_reserved, watched, head, via_socket, address
                 )
+            elif conn.door == GOTIFY:
+                address = client_address(conn.peer, head.headers.items(), config.trusted_proxies)
+                await gotify.serve_raw_stream(
+                    self.svc, self.fastapi, watched, head, via_socket, address
+                )
             else:
                 await serve_raw_stream(self.svc, watched, head, via_socket)
             return
+        # everything else, Gotify's /stream without an Upgrade included: hypercorn
+        conn.door, conn.what = NOTIFYD, "connection"
         guard = conn.guard = _Guard(stream, buf, config, deadline)
         app = _guarded_app(
             self.socket_app if via_socket else self.app, guard, self.svc, self.ntfy_reserved,
             via_socket,
         )  # fmt: skip
-        wrapped = wrap_app(app, self.hconfig.wsgi_max_body_size, "asgi")
-        await TCPServer(wrapped, self.hconfig, self.context, self.state, guard)  # type: ignore[arg-type]
+        await self.hypercorn.serve(app, guard)
+
+    def _stream_door(self, buf: bytes) -> str | None:
+        """The door of a new connection's first request if it opens a stream served on
+        the raw transport (``buf`` holds at least its request line), else None."""
+        if buf.startswith(STREAM_PREFIXES):
+            return NOTIFYD
+        if ntfy_streams.fast_path_match(buf, self.ntfy_reserved):
+            return NTFY
+        if buf.startswith(GOTIFY_STREAM_PREFIXES):
+            return GOTIFY
+        return None
 
     async def serve(
         self,
@@ -719,4 +730,4 @@ class Front:
 
     async def terminate(self) -> None:
         """Ask hypercorn's connections to finish their request and close."""
-        await self.context.terminated.set()
+        await self.hypercorn.terminate()

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 import trio
@@ -42,7 +43,7 @@ from ...core.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from ...core.frames import Frame
+from ...core.frames import Frame, ws_close, ws_frame
 from ...core.models import BODY_MAX, TITLE_MAX, ascii_int
 from ...core.services import Services
 from ...core.store import EventExtras, Token
@@ -50,6 +51,7 @@ from ...core.timeutil import format_ts
 from ..auth import SOCKET_SCOPE_KEY
 from ..responses import JSON, carries_body, render_gotify, status_error
 from ..streams import StreamSession
+from ..transport import RawSink, RequestHead, WebSocketProtocol, read_websocket, websocket_problem
 from . import gotify_map as gm
 
 log = logging.getLogger("notifyd.gotify")
@@ -560,12 +562,99 @@ async def version(request: Request) -> JSON:
 
 
 # -- the stream ----------------------------------------------------------------------------
+#
+# A new connection's WebSocket upgrade to /stream is served on the raw transport by the
+# connection front (serve_raw_stream); the ASGI route below serves one asked for on a
+# reused keep-alive connection, through hypercorn.
+
+
+def _stream_events(frames: list[Frame]) -> list[Any]:
+    """The events among a batch of stream frames (read-state frames and keepalives
+    have no Gotify form and are left out; the client's pings keep it alive)."""
+    return [
+        getattr(f, "event", None) or orjson.loads(f.payload)["event"]
+        for f in frames
+        if f.event_id is not None
+    ]
+
+
+class _RawGotifySink(RawSink):
+    """Writes each event as a Gotify message in its own text frame, straight to the
+    socket (the messages depend on the caller's applications: built per client)."""
+
+    kind = "gotify"
+
+    def __init__(self, stream: trio.abc.Stream, shaper: gm.Shaper) -> None:
+        super().__init__(stream)
+        self.shaper = shaper
+
+    async def send(self, frames: list[Frame]) -> None:
+        messages = await self.shaper.messages(_stream_events(frames))
+        if messages:
+            await self.write(b"".join(ws_frame(orjson.dumps(m)) for m in messages))
+
+    async def finish(self, resync: str | None) -> None:
+        if not self.broken:
+            await self.write(
+                ws_close(4000, "resync: reconnect") if resync
+                else ws_close(1001, "server shutting down")
+            )  # fmt: skip
+
+
+def _head_connection(app: Any, head: RequestHead, via_socket: bool, address: str) -> HTTPConnection:
+    """The raw head as the Starlette connection :func:`authenticate` reads."""
+    scope = {
+        "type": "websocket",
+        "app": app,
+        "path": head.path,
+        "query_string": urlsplit(head.target).query.encode("latin-1"),
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in head.headers.items()],
+        "client": None if via_socket else (address, 0),
+        SOCKET_SCOPE_KEY: via_socket,
+    }
+    return HTTPConnection(scope)
+
+
+async def serve_raw_stream(
+    svc: Services,
+    app: Any,
+    stream: trio.abc.Stream,
+    head: RequestHead,
+    via_socket: bool,
+    address: str,
+) -> None:
+    """Gotify's ``/stream`` on a new connection (the connection front's raw
+    transport): every new message the caller may read, whatever way it arrived."""
+    ws = WebSocketProtocol()
+    try:
+        problem = websocket_problem(head)
+        if problem is not None:
+            raise BadRequest(f"/stream is a WebSocket: {problem[1]}")
+        caller = await authenticate(_head_connection(app, head, via_socket, address), "client")
+        shaper = await _shaper(svc, caller.principal, cache=True)
+        session = StreamSession(svc, caller.principal, None, None)  # 429 past max_streams
+        try:
+            handshake = ws.accept(head)
+        except NotifydError:
+            session.close()
+            raise
+    except NotifydError as exc:
+        with trio.move_on_after(5):
+            await stream.send_all(render_gotify(exc).raw())
+        return
+    sink = _RawGotifySink(stream, shaper)
+    try:
+        await sink.write(handshake)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_websocket, stream, sink, ws, head.rest, nursery.cancel_scope)
+            await session.run(sink)
+            nursery.cancel_scope.cancel(reason="stream ended")
+    finally:
+        session.close()
 
 
 class _GotifySink:
-    """Writes each event as a Gotify message in its own text frame; read-state
-    frames and keepalives have no Gotify form and are left out (the client's
-    WebSocket pings keep the connection alive)."""
+    """:class:`_RawGotifySink` through hypercorn's ASGI WebSocket."""
 
     kind = "gotify"
 
@@ -574,12 +663,7 @@ class _GotifySink:
         self.shaper = shaper
 
     async def send(self, frames: list[Frame]) -> None:
-        events = [
-            getattr(f, "event", None) or orjson.loads(f.payload)["event"]
-            for f in frames
-            if f.event_id is not None
-        ]
-        for msg in await self.shaper.messages(events):
+        for msg in await self.shaper.messages(_stream_events(frames)):
             await self.ws.send_text(orjson.dumps(msg).decode())
 
     async def finish(self, resync: str | None) -> None:
@@ -597,7 +681,7 @@ async def stream_without_upgrade(request: Request) -> JSON:
 
 @router.websocket("/stream")
 async def stream(ws: WebSocket) -> None:
-    """Every new message the caller may read, whatever way it arrived."""
+    """Gotify's stream on a reused keep-alive connection (see above)."""
     svc = _services(ws)
     try:
         caller = await authenticate(ws, "client")

@@ -25,7 +25,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import trio
@@ -39,17 +38,17 @@ from ...core.hub import StreamSlot
 from ...core.prefs import Preferences
 from ...core.services import Services
 from ...core.store import HistoryQuery
-from ..rawstream import (
-    RequestHead,
-    _RawSink,
-    _ws_reader,
-    read_until_eof,
-    valid_websocket_key,
-    websocket_accept,
-)
 from ..responses import render_ntfy
 from ..routes.stream import until_websocket_closes
 from ..streams import StreamSession
+from ..transport import (
+    RawSink,
+    RequestHead,
+    WebSocketProtocol,
+    read_until_eof,
+    read_websocket,
+    websocket_problem,
+)
 from .ntfy_auth import authenticate
 from .ntfy_message import to_message
 from .ntfy_params import (
@@ -310,7 +309,7 @@ def fast_path_match(buf: bytes, reserved: frozenset[str]) -> bool:
     return m is not None and not any(t in reserved for t in m.group(1).decode("ascii").split(","))
 
 
-class _RawHTTP(_RawSink):
+class _RawHTTP(RawSink):
     framed = False
 
     async def send(self, units: list[bytes]) -> None:
@@ -320,7 +319,7 @@ class _RawHTTP(_RawSink):
         pass  # the body ends when the connection closes
 
 
-class _RawWebSocket(_RawSink):
+class _RawWebSocket(RawSink):
     framed = True
 
     async def send(self, units: list[bytes]) -> None:
@@ -341,47 +340,48 @@ async def serve_raw(
 ) -> None:
     """Serve an ntfy stream on a new connection (the connection front's fast path)."""
     topics_str, _, fmt = head.path[1:].rpartition("/")
-    query = dict(parse_qsl(urlsplit(head.target).query))
-    websocket = fmt == "ws"
-    key = head.headers.get("sec-websocket-key")
+    query = dict(head.query_items())
+    ws = WebSocketProtocol() if fmt == "ws" else None
     try:
-        if websocket and ("websocket" not in head.headers.get("upgrade", "").lower() or not key):
-            raise bad(WS_UPGRADE, "invalid request: client not using the websocket protocol")
-        if websocket and not valid_websocket_key(key):
-            raise bad(WS_UPGRADE, "invalid request: Sec-WebSocket-Key must be the base64 of "
-                      "16 bytes (RFC 6455)")  # fmt: skip
+        if ws is not None:
+            problem = websocket_problem(head)
+            if problem is not None:
+                status, message = problem
+                if status == 426:
+                    message = "client not using the websocket protocol"
+                raise bad(WS_UPGRADE, f"invalid request: {message}")
         sub = await open_subscription(
             svc, fmt=fmt, topics_str=topics_str, reserved=reserved,
             via_socket=via_socket, headers=head.headers, query=query, address=address,
         )  # fmt: skip
+        if ws is not None:
+            try:
+                handshake = ws.accept(head)
+            except NotifydError as exc:
+                if sub.slot is not None:
+                    sub.slot.release()
+                raise bad(WS_UPGRADE, f"invalid request: {exc.message}") from None
+        else:
+            handshake = (
+                f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPES[fmt]}\r\n"
+                "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+            ).encode()
     except NtfyError as err:
         with trio.move_on_after(5):
             await stream.send_all(render_ntfy(err).raw())
         return
-    lock = trio.Lock()
-    transport: _RawHTTP | _RawWebSocket
-    if websocket:
-        assert key is not None
-        handshake = (
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {websocket_accept(key)}\r\n\r\n"
-        )
-        transport = _RawWebSocket(stream, lock)
-    else:
-        handshake = (
-            f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPES[fmt]}\r\n"
-            "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
-        )
-        transport = _RawHTTP(stream, lock)
-    await transport.write(handshake.encode())
+    transport = _RawWebSocket(stream) if ws is not None else _RawHTTP(stream)
+    await transport.write(handshake)
     sink = NtfySink(fmt, transport, sub.filters, svc.config.retention_days)
     async with trio.open_nursery() as nursery:
-        if websocket:
-            nursery.start_soon(_ws_reader, stream, transport, nursery.cancel_scope)
+        if ws is not None:
+            nursery.start_soon(
+                read_websocket, stream, transport, ws, head.rest, nursery.cancel_scope
+            )
         else:
             nursery.start_soon(read_until_eof, stream, nursery.cancel_scope, "ntfy client closed")
         await run(svc, sub, sink)
-        if websocket and sub.poll:
+        if ws is not None and sub.poll:
             await transport.write(ws_close(1000, "poll done"))
         nursery.cancel_scope.cancel(reason="ntfy stream ended")
 
@@ -462,7 +462,7 @@ class _ASGIWebSocket:
         await self.ws.close(4000 if resync else 1001)
 
 
-async def serve_websocket(ws: WebSocket, svc: Services, sub: Subscription) -> None:
+async def serve_websocket(ws: WebSocketProtocol, svc: Services, sub: Subscription) -> None:
     await ws.accept()
     transport = _ASGIWebSocket(ws)
     sink = NtfySink("ws", transport, sub.filters, svc.config.retention_days)
