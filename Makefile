@@ -63,12 +63,23 @@ test: $(TSTAMP) $(AXE) chromium
 screenshots: $(TSTAMP) $(AXE) chromium  # the README's pictures of the web page
 	NOTIFYD_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web.py -k screenshots
 
-# Type checking: mypy reads its settings (packages, strict notifyd.core) from pyproject.toml.
-# `ruff format --check` joins once the tree is formatted.
-lint: $(TSTAMP)  # ruff (rules and formatting) and mypy (strict for notifyd/core)
+# Type checking: mypy checks all of notifyd (strict for notifyd.core; settings in
+# pyproject.toml). setuptools installs tui/ as notifyd.tui and plugins/ as notifyd.plugins
+# (package-dir), which mypy cannot map, so lint first builds .cache/typecheck/notifyd: a
+# symlink to every entry of notifyd/ plus tui and plugins, refreshed on every run (entries
+# added to or removed from notifyd/ follow), and runs mypy there. Error paths are relative
+# to that tree:  notifyd/tui/X = tui/X,  notifyd/plugins/X = plugins/X,  notifyd/X = notifyd/X.
+TYPECHECK := .cache/typecheck
+lint: $(TSTAMP)  # ruff (rules and formatting) and mypy
 	$(VENV)/bin/ruff check notifyd tui plugins tests bench
 	$(VENV)/bin/ruff format --check notifyd tui plugins tests bench
-	$(VENV)/bin/mypy
+	rm -rf $(TYPECHECK)/notifyd
+	mkdir -p $(TYPECHECK)/notifyd
+	for entry in notifyd/* tui plugins; do \
+	  case $$entry in notifyd/__pycache__) continue;; esac; \
+	  ln -s "$(CURDIR)/$$entry" $(TYPECHECK)/notifyd/; \
+	done
+	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p notifyd
 
 bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-ece)
 	$(PY) bench/publish.py

@@ -97,5 +97,7 @@ def make_app(svc: Services) -> FastAPI:
             app.openapi_schema = document_errors(FastAPI.openapi(app))
         return app.openapi_schema
 
+    # FastAPI's documented way to customise the schema is to replace app.openapi,
+    # which its stubs declare as a method
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -102,8 +102,8 @@ async def resolve(
     if token is not None:
         return await svc.accounts.authenticate_token(token)
     secret = session_cookie(headers.get("cookie")) if headers is not None else None
-    if secret is not None:
-        check_cookie_request(svc, secret, method, headers)  # type: ignore[arg-type]
+    if secret is not None and headers is not None:
+        check_cookie_request(svc, secret, method, headers)
         return await svc.accounts.authenticate_session(secret)
     raise Unauthorized("authentication required: send 'Authorization: Bearer <token>' or sign in")
 

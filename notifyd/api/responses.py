@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
 
 from ..core.errors import NotifydError, PayloadTooLarge, ValidationFailed
 from .compat import gotify_map
@@ -76,7 +77,11 @@ def door_of(path: str, method: str, reserved: frozenset[str]) -> str:
     if _gotify_names is None:
         from .compat import gotify  # imports this module: looked up on first use
 
-        _gotify_names = frozenset(r.path.lstrip("/").split("/", 1)[0] for r in gotify.router.routes)
+        _gotify_names = frozenset(
+            r.path.lstrip("/").split("/", 1)[0]
+            for r in gotify.router.routes
+            if isinstance(r, Route | WebSocketRoute)  # every route of it: each has a path
+        )
     first = path.lstrip("/").split("/", 1)[0]
     if first in _gotify_names:
         return GOTIFY

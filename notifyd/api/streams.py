@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import orjson
 import trio
@@ -29,12 +29,7 @@ log = logging.getLogger("notifyd.stream")
 
 
 class Sink(Protocol):
-    """Writes frames to one client.
-
-    A sink may also offer ``send_nowait(frames) -> bool`` (write without waiting;
-    False leaves the rest queued in the sink) and ``flush()`` (send what is queued):
-    the live loop then only waits, under the send timeout, when a client's socket
-    is full — most deliveries cost no trip through the scheduler."""
+    """Writes frames to one client. A sink may also be a :class:`DirectSink`."""
 
     kind: str
 
@@ -43,6 +38,19 @@ class Sink(Protocol):
 
     async def finish(self, resync: str | None) -> None:
         """End the stream: with a ``resync`` frame when the client lagged, else a normal close."""
+
+
+@runtime_checkable
+class DirectSink(Sink, Protocol):
+    """A sink that can also write without waiting: the live loop then only waits,
+    under the send timeout, when a client's socket is full — most deliveries cost
+    no trip through the scheduler."""
+
+    def send_nowait(self, frames: list[Frame]) -> bool:
+        """Write frames without waiting; False leaves the rest queued in the sink."""
+
+    async def flush(self) -> None:
+        """Send what :meth:`send_nowait` left queued."""
 
 
 def parse_topics(raw: str | None) -> tuple[str, ...] | None:
@@ -175,10 +183,10 @@ class StreamSession:
         return cursor
 
     async def _live(self, sub: Subscriber, sink: Sink, cursor: int) -> None:
-        send_nowait = getattr(sink, "send_nowait", None)
+        direct = sink if isinstance(sink, DirectSink) else None
         sub.cursor = cursor
         # frames published while this task is idle are written by the hub itself
-        sub.direct = send_nowait
+        sub.direct = None if direct is None else direct.send_nowait
         timeout = self.svc.config.stream_send_timeout
         while True:
             frames = await sub.next_batch()
@@ -186,7 +194,8 @@ class StreamSession:
                 return
             if sub.unflushed:
                 sub.unflushed = False
-                if not await self._wait_send(sub, sink.flush(), timeout):  # type: ignore[attr-defined]
+                # only a direct write (sub.direct) leaves frames unflushed
+                if direct is not None and not await self._wait_send(sub, direct.flush(), timeout):
                     return
             out = []
             cursor = sub.cursor
@@ -199,9 +208,12 @@ class StreamSession:
             sub.cursor = cursor
             if not out:
                 continue
-            if send_nowait is not None and send_nowait(out):
+            if direct is None:
+                sent = sink.send(out)
+            elif direct.send_nowait(out):
                 continue
-            sent = sink.flush() if send_nowait is not None else sink.send(out)  # type: ignore[attr-defined]
+            else:
+                sent = direct.flush()
             if not await self._wait_send(sub, sent, timeout):
                 return
 

@@ -235,7 +235,9 @@ def plugins(as_json: bool) -> None:
     if as_json:
         print_json({"plugins": [asdict(p) for p in infos], "channel_kinds": kinds})
         return
-    rows = [[p.name, p.source, ", ".join(p.hooks), p.error or ""] for p in infos]
+    rows: list[list[object]] = [
+        [p.name, p.source, ", ".join(p.hooks), p.error or ""] for p in infos
+    ]
     print_table((["PLUGIN", "SOURCE", "HOOKS", "ERROR"], rows), "no plugins")
     click.echo("channel kinds: " + (", ".join(sorted(kinds)) or "none"))
 

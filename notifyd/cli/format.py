@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict, Unpack
 
 # notifyd.core.priority imports nothing (notifyd.core.models would pull in pydantic
 # and slow every `notifyd send`)
@@ -22,7 +23,16 @@ SCOPES = ("publish", "subscribe", "account", "admin")
 _DURATION_RE = re.compile(r"^\+?(\d+)\s*(s|sec|m|min|h|d|w)$", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
-_PRIORITY_STYLES = {
+
+class Style(TypedDict, total=False):
+    """The keyword arguments of ``click.style`` that the CLI uses."""
+
+    fg: str
+    bold: bool
+    dim: bool
+
+
+_PRIORITY_STYLES: dict[int, Style] = {
     1: {"dim": True},
     2: {"dim": True},
     4: {"fg": "yellow", "bold": True},
@@ -131,7 +141,7 @@ def priority_label(value: object) -> str:
     return str(value) if value is not None else "default"
 
 
-def priority_style(value: object) -> dict:
+def priority_style(value: object) -> Style:
     if isinstance(value, int):
         return _PRIORITY_STYLES.get(value, {})
     return {}
@@ -250,12 +260,12 @@ def permission_of(entry: dict) -> str:
     return "read" if read else ("write" if write else "none")
 
 
-def _style(text: str, **styles: object) -> str:
+def _style(text: str, **styles: Unpack[Style]) -> str:
     if not styles:
         return text
     import click  # already loaded by the CLI; lazy so tests of plain text never need it
 
-    return click.style(text, **styles)  # type: ignore[arg-type]
+    return click.style(text, **styles)
 
 
 # --- tables -------------------------------------------------------------------

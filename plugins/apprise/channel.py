@@ -242,8 +242,10 @@ def _cap_timeouts(plugin: Any, limit: float) -> None:
     # worker thread lives on after the outbox gave up on it.
     for attr in ("socket_connect_timeout", "socket_read_timeout"):
         current = getattr(plugin, attr, None)
-        ok = isinstance(current, int | float) and current > 0
-        setattr(plugin, attr, min(current, limit) if ok else limit)
+        if isinstance(current, int | float) and current > 0:
+            setattr(plugin, attr, min(current, limit))
+        else:
+            setattr(plugin, attr, limit)
 
 
 class _ContextPool(ThreadPoolExecutor):

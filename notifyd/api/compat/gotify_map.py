@@ -209,7 +209,7 @@ class AppIndex:
 
     def appid(self, event: Event, extras: EventExtras | None) -> int:
         if extras is not None and extras.token_id in self.apps:
-            return extras.token_id  # type: ignore[return-value]
+            return extras.token_id
         return self.by_topic.get(event["topic"], 0)
 
 

@@ -177,11 +177,11 @@ def parse_delay(value: str, tz_name: str, now: float | None = None) -> float:
             local = datetime.fromtimestamp(now, zone)
         else:
             local = datetime.fromtimestamp(now).astimezone()
-        dt = parse_natural(v, local)
-        if dt is None:
+        natural = parse_natural(v, local)
+        if natural is None:
             raise _delay_error("use a Unix time, an RFC 3339 time, a duration (30m, 2 days) "
                                "or e.g. 'tomorrow, 10am'")  # fmt: skip
-        at = dt.timestamp()
+        at = natural.timestamp()
     if not math.isfinite(at) or at > MAX_UNIX:
         raise _delay_error("the time is after the year 9999")
     return at

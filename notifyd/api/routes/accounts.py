@@ -108,8 +108,9 @@ class TokenIn(BaseModel):
 
 @router.post("/tokens", status_code=201, summary="Create a token (its secret is shown only here)")
 async def create_token(request: Request, caller: Caller, body: TokenIn) -> JSON:
+    scopes: list[str] | None = None if body.scopes is None else [*body.scopes]
     secret, token = await services(request).accounts.create_token(
-        caller, body.user or caller.name, body.scopes, body.topics, body.label
+        caller, body.user or caller.name, scopes, body.topics, body.label
     )
     return JSON({"token": secret, **asdict(token)}, status_code=201)
 
