@@ -223,3 +223,43 @@ def test_the_cli_formatting_the_tui_uses_does_not_build_the_command_tree() -> No
     loaded = loaded_after("notifyd.cli.format", full=True)
     assert "click" not in {m.split(".")[0] for m in loaded}
     assert "notifyd.cli.app" not in loaded
+
+
+# -- engines are reached through the factory -------------------------------------------
+
+
+def _modules_outside_the_engines() -> Iterator[tuple[str, Path]]:
+    """(module name, file) of every module of notifyd, the TUI and the bundled
+    plugins, except the SQLite engine's package and the factory that opens it."""
+    trees = {"notifyd": ROOT / "notifyd", "notifyd.tui": ROOT / "tui",
+             "notifyd.plugins": ROOT / "plugins"}  # fmt: skip
+    for package, top in trees.items():
+        for path in sorted(top.rglob("*.py")):
+            parts = list(path.relative_to(top).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            module = ".".join([package, *parts])
+            if module in ENGINE_DOORS or module.startswith("notifyd.core.sqlite"):
+                continue
+            yield module, path
+
+
+#: the modules that may import an engine: the factory
+ENGINE_DOORS = frozenset({"notifyd.core.storage"})
+
+
+def test_nothing_outside_the_engine_imports_it_or_builds_its_store() -> None:
+    """Every store is opened by ``notifyd.core.storage.open_store`` from
+    ``database_url``: the API, CLI, TUI, channels and daemon never name an engine."""
+    modules = list(_modules_outside_the_engines())
+    assert {"notifyd.daemon", "notifyd.deliverer", "notifyd.core.doctor", "notifyd.cli.ops",
+            "notifyd.api.routes.admin", "notifyd.tui.app"} <= {m for m, _ in modules}  # fmt: skip
+    bad = []
+    for module, path in modules:
+        for line, name in imports_of(module, path):
+            if name == "notifyd.core.sqlite" or name.startswith("notifyd.core.sqlite."):
+                bad.append(f"{module} line {line}: imports {name}")
+        for number, text in enumerate(path.read_text().splitlines(), start=1):
+            if "SQLiteStore" in text:
+                bad.append(f"{module} line {number}: names SQLiteStore")
+    assert bad == [], "open stores with notifyd.core.storage.open_store: " + "; ".join(bad)

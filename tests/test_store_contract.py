@@ -1,11 +1,13 @@
 """Store conformance suite: the guarantees of :class:`notifyd.core.store.Store`.
 
-These tests use only the public interface (``Store``'s methods and the types of
-``notifyd/core/store.py``), so that every engine must pass them unchanged. They run
-once per value of the ``engine`` fixture; to add an engine (PostgreSQL), add its name
-to ``ENGINES`` and a branch to ``_new_store`` that returns an unstarted store on a
-fresh, empty database whose clock (the time that stamps ``created_at``) is the
-``clock`` callable given.
+These tests use only the public interface (the roles of ``notifyd/core/store.py``
+and their types), and open every store through the factory
+(:func:`notifyd.core.storage.open_store`), so that every engine must pass them
+unchanged. They run once per value of the ``engine`` fixture; to add an engine
+(PostgreSQL), add its name to ``ENGINES`` and a branch to ``_config`` that gives a
+configuration whose ``database_url`` names a fresh, empty database of that engine.
+The ``clock`` given to the factory is the time that stamps ``created_at`` and new
+outbox rows.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from typing import Any
 import pytest
 import trio
 
-from notifyd.core.acl import Visibility
+from notifyd.core.acl import Grant, Visibility
+from notifyd.core.config import Config
+from notifyd.core.errors import Conflict, NotFound
 from notifyd.core.models import EventIn
-from notifyd.core.sqlite.store import SQLiteStore
-from notifyd.core.store import Event, HistoryQuery, Store
+from notifyd.core.storage import open_store as open_engine_store
+from notifyd.core.store import DueDelivery, Event, HistoryQuery, Outcome, Store
+from notifyd.core.timeutil import format_ts, parse_rfc3339
 
 ENGINES = ["sqlite"]
 
@@ -36,10 +41,16 @@ Clock = Callable[[], float]
 OpenStore = Callable[..., AbstractAsyncContextManager[Store]]
 
 
-def _new_store(engine: str, tmp_path: Path, clock: Clock) -> Store:
+def _config(engine: str, tmp_path: Path) -> Config:
     if engine == "sqlite":
-        return SQLiteStore(tmp_path / "contract.db", clock=clock)
+        return Config(data_dir=str(tmp_path), database_url=f"sqlite://{tmp_path}/contract.db")
     raise AssertionError(f"no store for engine {engine!r}")
+
+
+def _new_store(engine: str, tmp_path: Path, clock: Clock) -> Store:
+    store = open_engine_store(_config(engine, tmp_path), clock=clock)
+    assert store.engine == engine
+    return store
 
 
 @pytest.fixture(params=ENGINES)
@@ -459,3 +470,445 @@ async def test_prune_deletes_the_oldest_events_before_the_cutoff_only(
         again = await store.publish([ev("p", "after")], user.id)
         assert ids(again.events)[0] > new_id
         assert not (await full_history(store, user.id))[0]["read"]
+
+
+# -- 6. outbox: claims and leases ------------------------------------------------------
+
+#: the lease the outbox tests claim with, in seconds
+LEASE = 30.0
+
+
+async def _with_deliveries(store: Store, events: int, channels: int = 1) -> tuple[int, list[int]]:
+    """An admin with ``channels`` channels and ``events`` events published: one outbox
+    row per (event, channel), due now. Returns the admin's id and the rows' ids."""
+    admin = await store.create_user("admin", "admin", None)
+    for n in range(channels):
+        await store.create_channel(admin.id, f"ch{n}", "memory", {})
+    await store.publish([ev("o", f"e{n}") for n in range(events)], admin.id, batch=True)
+    rows = await store.list_deliveries(None, None, 10_000)
+    assert len(rows) == events * channels
+    assert {r["state"] for r in rows} == {"pending"}
+    return admin.id, sorted(r["id"] for r in rows)
+
+
+def delivery_ids(batch: list[DueDelivery]) -> list[int]:
+    return [i for d in batch for i in d.ids]
+
+
+async def delivery(store: Store, delivery_id: int) -> dict[str, Any]:
+    (row,) = [r for r in await store.list_deliveries(None, None, 10_000) if r["id"] == delivery_id]
+    return row
+
+
+def sent(d: DueDelivery, at: float) -> Outcome:
+    return Outcome(d.ids, d.channel_id, at)
+
+
+@pytest.mark.trio
+async def test_concurrent_claimers_never_get_the_same_delivery(open_store: OpenStore) -> None:
+    async with open_store(clock=lambda: T0) as store:
+        _, all_ids = await _with_deliveries(store, events=40, channels=2)
+        got: dict[str, list[DueDelivery]] = {}
+
+        async def claimer(owner: str) -> None:
+            mine = got.setdefault(owner, [])
+            for _ in range(80):  # far more rounds than needed: a broken store ends too
+                batch = await store.claim_deliveries(T0, 3, owner, LEASE)
+                if not batch:
+                    return
+                assert len(batch) <= 3
+                mine += batch
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(6):
+                nursery.start_soon(claimer, f"node-{n % 2}/{n}")
+
+        claimed = [i for batch in got.values() for i in delivery_ids(batch)]
+        assert sorted(claimed) == all_ids  # every row once, no row twice
+        assert all(got.values()), "every claimer got some work"
+        # what was handed out is complete: the channel and the event of each row
+        for d in (d for batch in got.values() for d in batch):
+            assert d.attempt == 1 and d.channel is not None and d.channel.id == d.channel_id
+            assert [e["topic"] for e in d.events] == ["o"]
+        # nothing is due until the leases end, then everything is, once
+        assert await store.claim_deliveries(T0 + LEASE - 1, 100, "late/1", LEASE) == []
+        assert await store.next_due() == pytest.approx(T0 + LEASE, abs=0.01)
+        again = await store.claim_deliveries(T0 + LEASE + 1, 1000, "late/1", LEASE)
+        assert sorted(delivery_ids(again)) == all_ids
+
+
+@pytest.mark.trio
+async def test_an_expired_lease_is_claimable_again_and_its_old_owner_cannot_finish(
+    open_store: OpenStore,
+) -> None:
+    async with open_store(clock=lambda: T0) as store:
+        _, (row,) = await _with_deliveries(store, events=1)
+        assert await store.next_due() == pytest.approx(T0, abs=0.01)
+        (a,) = await store.claim_deliveries(T0, 10, "node-a/1", LEASE)
+        assert a.ids == [row] and a.attempt == 1
+        # under A's lease nobody else gets it
+        assert await store.claim_deliveries(T0 + LEASE - 0.5, 10, "node-b/1", LEASE) == []
+        assert await store.next_due() == pytest.approx(T0 + LEASE, abs=0.01)
+        # A's lease ran out (A is presumed dead): B takes it; A never reported, so
+        # this is still the first attempt
+        (b,) = await store.claim_deliveries(T0 + LEASE + 1, 10, "node-b/1", LEASE)
+        assert b.ids == [row] and b.attempt == 1
+        # A comes back late: its outcome is ignored, B's counts
+        assert await store.finish_deliveries([sent(a, T0 + LEASE + 2)], "node-a/1") == 0
+        assert (await delivery(store, row))["state"] == "pending"
+        failed = Outcome(b.ids, b.channel_id, T0 + 40, error="boom", retry_at=T0 + 100)
+        assert await store.finish_deliveries([failed], "node-b/1") == 1
+        row_now = await delivery(store, row)
+        assert (row_now["state"], row_now["attempts"], row_now["last_error"]) == (
+            "pending",
+            1,
+            "boom",
+        )
+        # finishing releases the claim: the same owner cannot finish it twice
+        assert await store.finish_deliveries([sent(b, T0 + 41)], "node-b/1") == 0
+        assert (await delivery(store, row))["state"] == "pending"
+        # due again at the retry time (not before), as attempt 2
+        assert await store.next_due() == pytest.approx(T0 + 100, abs=0.01)
+        assert await store.claim_deliveries(T0 + 99, 10, "node-a/2", LEASE) == []
+        (c,) = await store.claim_deliveries(T0 + 100, 10, "node-a/2", LEASE)
+        assert c.attempt == 2
+        # an owner whose lease ended but whose rows nobody took still holds them
+        assert await store.finish_deliveries([sent(c, T0 + 500)], "node-a/2") == 1
+        done = await delivery(store, row)
+        assert (done["state"], done["attempts"], done["last_error"]) == ("sent", 2, None)
+        assert done["sent_at"] is not None
+        assert await store.next_due() is None
+        assert await store.claim_deliveries(T0 + 10_000, 10, "node-b/1", LEASE) == []
+
+
+@pytest.mark.trio
+async def test_failures_retry_until_dead_and_a_retry_request_revives(open_store: OpenStore) -> None:
+    async with open_store(clock=lambda: T0) as store:
+        admin_id, rows = await _with_deliveries(store, events=2)
+        batch = await store.claim_deliveries(T0, 10, "n/1", LEASE)
+        assert sorted(delivery_ids(batch)) == rows
+        # a permanent failure (no retry time) is dead at once; another is retried
+        first, second = sorted(batch, key=lambda d: d.ids[0])
+        outcomes = [
+            Outcome(first.ids, first.channel_id, T0 + 1, error="permanent"),
+            Outcome(second.ids, second.channel_id, T0 + 1, error="later", retry_at=T0 + 60),
+        ]
+        assert await store.finish_deliveries(outcomes, "n/1") == 2
+        dead, retried = await delivery(store, rows[0]), await delivery(store, rows[1])
+        assert (dead["state"], dead["attempts"], dead["last_error"]) == ("dead", 1, "permanent")
+        assert (retried["state"], retried["attempts"]) == ("pending", 1)
+        assert parse_rfc3339(retried["next_attempt_at"]) == pytest.approx(T0 + 60, abs=0.01)
+        assert [r["id"] for r in await store.list_deliveries(admin_id, "dead", 10)] == [rows[0]]
+        # a dead row is never claimed; the retried one only from its time on
+        assert await store.claim_deliveries(T0 + 59, 10, "n/1", LEASE) == []
+        (again,) = await store.claim_deliveries(T0 + 60, 10, "n/1", LEASE)
+        assert again.ids == [rows[1]] and again.attempt == 2
+        # asking to retry a row under a live lease leaves it with its owner
+        await store.retry_delivery(rows[1], None, T0 + 61)
+        assert await store.claim_deliveries(T0 + 61, 10, "other/1", LEASE) == []
+        # asking to retry the dead row makes it due now, as its next attempt
+        await store.retry_delivery(rows[0], admin_id, T0 + 61)
+        (revived,) = await store.claim_deliveries(T0 + 61, 10, "other/1", LEASE)
+        assert revived.ids == [rows[0]] and revived.attempt == 2
+        with pytest.raises(NotFound):
+            await store.retry_delivery(rows[-1] + 1000, None, T0 + 61)
+        with pytest.raises(NotFound):
+            await store.retry_delivery(rows[0], admin_id + 1000, T0 + 61)  # not theirs
+        stats = await store.delivery_stats(None)
+        assert sum((stats["by_channel"].get("memory") or {}).get(s) or 0
+                   for s in ("pending", "sent", "dead")) == 2  # fmt: skip
+
+
+@pytest.mark.trio
+async def test_a_removed_channel_or_pruned_event_ends_its_claimed_deliveries(
+    open_store: OpenStore,
+) -> None:
+    async with open_store(clock=lambda: T0) as store:
+        admin_id, rows = await _with_deliveries(store, events=2, channels=2)
+        batch = await store.claim_deliveries(T0, 10, "n/1", LEASE)
+        assert sorted(delivery_ids(batch)) == rows
+        channel = await store.get_channel(admin_id, "ch0")
+        assert channel is not None
+        await store.delete_channel(channel.id)
+        with pytest.raises(NotFound):
+            await store.delete_channel(channel.id)
+        gone = [d for d in batch if d.channel_id == channel.id]
+        kept = [d for d in batch if d.channel_id != channel.id]
+        assert len(gone) == len(kept) == 2
+        # the removed channel's rows are dead; what their sender says changes nothing
+        assert await store.finish_deliveries([sent(d, T0 + 1) for d in gone], "n/1") == 0
+        assert {(await delivery(store, i))["state"] for d in gone for i in d.ids} == {"dead"}
+        # a retry cannot revive a row of a removed channel
+        with pytest.raises(NotFound):
+            await store.retry_delivery(gone[0].ids[0], None, T0 + 2)
+        # pruning the events takes their deliveries along, claimed or not
+        assert await store.prune(FAR_FUTURE, 100) == 2
+        assert await store.list_deliveries(None, None, 100) == []
+        assert await store.finish_deliveries([sent(d, T0 + 3) for d in kept], "n/1") == 0
+        assert await store.next_due() is None
+
+
+@pytest.mark.trio
+async def test_a_node_that_starts_again_releases_the_claims_of_its_earlier_processes(
+    open_store: OpenStore,
+) -> None:
+    async with open_store(clock=lambda: T0) as store:
+        _, rows = await _with_deliveries(store, events=3)
+        (a,) = await store.claim_deliveries(T0, 1, "node-a/old", 3600)
+        (ab,) = await store.claim_deliveries(T0, 1, "node-ab/1", 3600)
+        (b,) = await store.claim_deliveries(T0, 1, "node-b/1", 3600)
+        assert sorted(a.ids + ab.ids + b.ids) == rows
+        assert await store.release_claims("node-c") == 0
+        assert await store.release_claims("node-a") == 1  # not node-ab's
+        (again,) = await store.claim_deliveries(T0 + 1, 10, "node-a/new", 3600)
+        assert again.ids == a.ids and again.attempt == 1
+        # the old process's outcome no longer counts; the new one's does
+        assert await store.finish_deliveries([sent(a, T0 + 2)], "node-a/old") == 0
+        assert await store.finish_deliveries([sent(again, T0 + 2)], "node-a/new") == 1
+        assert await store.claim_deliveries(T0 + 2, 10, "node-a/new", 3600) == []
+
+
+# -- 7. accounts -----------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_users_tokens_by_hash_and_revocation(open_store: OpenStore) -> None:
+    async with open_store() as store:
+        alice = await store.create_user("alice", "user", "hash-a")
+        bob = await store.create_user("bob", "admin", None)
+        with pytest.raises(Conflict):
+            await store.create_user("alice", "admin", None)
+        assert [u.name for u in await store.list_users()] == ["alice", "bob"]
+        found = await store.get_user("alice")
+        assert found is not None and (found.id, found.role, found.has_password) == (
+            alice.id, "user", True,
+        )  # fmt: skip
+        assert (await store.get_user_by_id(bob.id)) == bob and not bob.has_password
+        assert await store.get_user("carol") is None
+        assert await store.password_hash("alice") == (alice.id, "hash-a")
+        assert await store.password_hash("bob") is None
+
+        t1 = await store.create_token(alice.id, "sha-1", "nfy_ab", ("publish",), "alerts/*", "ci")
+        t2 = await store.create_token(
+            alice.id, "sha-2", "nfy_cd", ("subscribe", "account"), None, None
+        )
+        t3 = await store.create_token(bob.id, "sha-3", "nfy_ef", ("admin",), None, "ops")
+        by_hash = await store.token_by_hash("sha-1")
+        assert by_hash is not None
+        assert (by_hash.id, by_hash.user_id, by_hash.user, by_hash.scopes, by_hash.topics) == (
+            t1.id, alice.id, "alice", ("publish",), "alerts/*",
+        )  # fmt: skip
+        assert by_hash.last_used_at is None
+        assert await store.token_by_hash("nfy_ab") is None  # found by hash only
+        assert await store.token_by_hash("sha-404") is None
+        assert sorted(t.id for t in await store.list_tokens(alice.id)) == sorted([t1.id, t2.id])
+        assert sorted(t.id for t in await store.list_tokens()) == sorted([t1.id, t2.id, t3.id])
+        await store.touch_tokens([(t2.id, T0)])
+        touched = await store.token_by_hash("sha-2")
+        assert touched is not None and touched.last_used_at == format_ts(T0)
+
+        # a user can revoke only their own; an admin path (no user) any
+        with pytest.raises(NotFound):
+            await store.revoke_token(t3.id, alice.id)
+        assert await store.token_by_hash("sha-3") is not None
+        assert await store.revoke_token(t1.id, alice.id) == alice.id
+        assert await store.revoke_token(t3.id) == bob.id
+        assert await store.token_by_hash("sha-1") is None
+        with pytest.raises(NotFound):
+            await store.revoke_token(t1.id)
+        assert [t.id for t in await store.list_tokens()] == [t2.id]
+
+
+@pytest.mark.trio
+async def test_sessions_expire_and_a_new_password_ends_the_others(open_store: OpenStore) -> None:
+    async with open_store() as store:
+        alice = await store.create_user("alice", "user", "old")
+        await store.create_session(alice.id, "s-long", "firefox", T0 + 100)
+        await store.create_session(alice.id, "s-short", None, T0 + 10)
+        assert await store.session_user("s-long", T0) == alice.id
+        assert await store.session_user("s-short", T0 + 9) == alice.id
+        assert await store.session_user("s-short", T0 + 11) is None  # expired
+        assert await store.session_user("s-unknown", T0) is None
+        assert await store.prune_sessions(T0 + 11) == 1
+        assert await store.prune_sessions(T0 + 11) == 0
+        assert await store.session_user("s-long", T0 + 11) == alice.id
+        await store.delete_session("s-long")
+        assert await store.session_user("s-long", T0) is None
+
+        await store.create_session(alice.id, "s-here", None, T0 + 100)
+        await store.create_session(alice.id, "s-there", None, T0 + 100)
+        await store.set_password("alice", "new", keep_session="s-here")
+        assert await store.password_hash("alice") == (alice.id, "new")
+        assert await store.session_user("s-here", T0) == alice.id
+        assert await store.session_user("s-there", T0) is None
+        await store.set_password("alice", "newer")
+        assert await store.session_user("s-here", T0) is None
+        with pytest.raises(NotFound):
+            await store.set_password("nobody", "x")
+
+
+@pytest.mark.trio
+async def test_grants_and_removing_a_user(open_store: OpenStore) -> None:
+    async with open_store() as store:
+        admin = await store.create_user("admin", "admin", None)
+        alice = await store.create_user("alice", "user", None)
+        entry = await store.grant("alice", "alerts/*", True, False)
+        assert (entry.user, entry.pattern, entry.read, entry.write) == (
+            "alice",
+            "alerts/*",
+            True,
+            False,
+        )
+        await store.grant("alice", "billing", True, True)
+        changed = await store.grant("alice", "alerts/*", True, True)  # a change, not a second grant
+        assert changed.id == entry.id and changed.write
+        assert await store.grants(alice.id) == (
+            Grant("alerts/*", True, True),
+            Grant("billing", True, True),
+        )
+        assert [a.pattern for a in await store.list_acl("alice")] == ["alerts/*", "billing"]
+        assert await store.list_acl("admin") == []
+        with pytest.raises(NotFound):
+            await store.grant("nobody", "x", True, False)
+        await store.revoke_acl("alice", "billing")
+        with pytest.raises(NotFound):
+            await store.revoke_acl("alice", "billing")
+        assert await store.grants(alice.id) == (Grant("alerts/*", True, True),)
+
+        await store.set_preferences(alice.id, {"rules": [], "mute": ["noise"]})
+        assert await store.get_preferences(alice.id) == {"rules": [], "mute": ["noise"]}
+        assert await store.get_preferences(admin.id) is None
+
+        # removing a user takes everything of theirs; their events stay
+        await store.create_token(alice.id, "sha-a", "nfy_a", ("publish",), None, None)
+        await store.create_session(alice.id, "s-a", None, T0 + DAY)
+        await store.create_channel(alice.id, "phone", "memory", {})
+        published = await store.publish([ev("alerts/x", "by alice")], alice.id)
+        await store.delete_user("alice")
+        assert await store.get_user("alice") is None
+        assert await store.token_by_hash("sha-a") is None
+        assert await store.session_user("s-a", T0) is None
+        assert await store.list_acl() == []
+        assert await store.list_channels() == []
+        assert await store.get_preferences(alice.id) is None
+        kept = await store.get_event(ids(published.events)[0], admin.id)
+        assert kept is not None and kept["title"] == "by alice"
+        with pytest.raises(NotFound):
+            await store.delete_user("alice")
+        with pytest.raises(Conflict):
+            await store.delete_user("admin")  # the last admin
+        assert await store.get_user("admin") is not None
+
+
+# -- 8. inbox: archive state, counts, filtered "read all" -------------------------------
+
+
+@pytest.mark.trio
+async def test_archive_seen_click_and_counts(open_store: OpenStore) -> None:
+    async with open_store() as store:
+        alice = await store.create_user("alice", "user", None)
+        bob = await store.create_user("bob", "user", None)
+        result = await store.publish(
+            [
+                ev("a", "a1", priority=5, category="ops"),
+                ev("a", "a2"),
+                ev("b", "b1", priority=1),
+                ev("b", "b2", category="ops"),
+            ],
+            alice.id,
+            batch=True,
+        )
+        a1, a2, b1, b2 = ids(result.events)
+        assert await store.set_state(alice.id, [a2, b1], "archive", EVERYTHING) == [
+            (a2, "a"),
+            (b1, "b"),
+        ]
+        assert ids(await full_history(store, alice.id)) == [b2, a1]  # archived left out
+        assert ids(await full_history(store, alice.id, archived="only")) == [b1, a2]
+        assert ids(await full_history(store, alice.id, archived="include")) == [b2, b1, a2, a1]
+        assert ids(await full_history(store, bob.id)) == [b2, b1, a2, a1]  # per user
+        assert await store.count(query(alice.id)) == 2
+        assert await store.count(query(alice.id, archived="only")) == 2
+        assert await store.count(query(alice.id, archived="include")) == 4
+        assert await store.count(query(bob.id)) == 4
+        assert await store.count(query(alice.id, archived="include", topic="b")) == 2
+        assert await store.count(query(alice.id, archived="include", category="ops")) == 2
+        assert await store.count(query(alice.id, archived="include", min_priority=4)) == 1
+        got = await store.get_event(a2, alice.id)
+        assert got is not None and got["archived"] and not got["read"]
+        await store.set_state(alice.id, [a2], "unarchive", EVERYTHING)
+        assert ids(await full_history(store, alice.id)) == [b2, a2, a1]
+
+        # seen is not read; a click is read and seen, with the action taken
+        await store.set_state(alice.id, [a1], "seen", EVERYTHING)
+        await store.set_state(alice.id, [b2], "click", EVERYTHING, action="open")
+        seen, clicked = await store.get_event(a1, alice.id), await store.get_event(b2, alice.id)
+        assert seen is not None and (seen["seen"], seen["read"]) == (True, False)
+        assert clicked is not None and (clicked["read"], clicked["seen"]) == (True, True)
+        assert clicked["action"] == "open" and clicked["clicked_at"] is not None
+        assert await store.count(query(alice.id, unread=True)) == 2  # a1, a2
+
+        # "read all" with a filter marks only what matches it
+        done = await store.read_all(query(alice.id, topic="a"))
+        assert done["updated"] == 2
+        assert await store.count(query(alice.id, unread=True, archived="include")) == 1  # b1
+        assert await store.count(query(bob.id, unread=True)) == 4
+        nothing = await store.read_all(query(bob.id, Visibility(everything=False)))
+        assert nothing["updated"] == 0
+        assert await store.count(query(bob.id, unread=True)) == 4
+
+
+# -- 9. scheduled events and time cursors ----------------------------------------------
+
+
+@pytest.mark.trio
+async def test_scheduled_events_are_released_in_time_order_with_new_ids(
+    open_store: OpenStore,
+) -> None:
+    async with open_store(clock=lambda: T0) as store:
+        user = await store.create_user("u", "admin", None)
+        committed: list[str] = []
+        store.add_commit_listener(lambda events: committed.extend(e["title"] for e in events))
+        now_event = await store.publish([ev("s", "now")], user.id)
+        top = await store.last_event_id()
+        later = [("third", 30), ("first", 10), ("second", 20), ("cancelled", 15)]
+        for title, offset in later:
+            key = "k" if title == "cancelled" else None
+            result = await store.publish(
+                [ev("s", title, deliver_at=format_ts(T0 + offset), collapse_key=key)], user.id
+            )
+            assert result.events[0]["id"] is None and result.scheduled
+            assert result.new_events == []
+        # scheduled events are not events yet: no id, no history, the cursor stays
+        assert await store.last_event_id() == top
+        assert ids(await full_history(store, user.id)) == ids(now_event.events)
+        assert await store.cancel_scheduled("s", "k") == 1
+        assert await store.cancel_scheduled("s", "k") == 0
+        assert await store.release_due(T0 + 5) == 0
+        assert await store.release_due(T0 + 12) == 1
+        assert await store.release_due(T0 + 100) == 2
+        assert await store.release_due(T0 + 100) == 0
+        released = (await full_history(store, user.id))[::-1]
+        assert [e["title"] for e in released] == ["now", "first", "second", "third"]
+        assert ids(released) == sorted(ids(released)) and ids(released)[1] > top
+        assert committed == ["now", "first", "second", "third"]
+        assert [e["title"] for e in await replay_all(store, top)] == ["first", "second", "third"]
+
+
+@pytest.mark.trio
+async def test_cursor_at_a_time_replays_from_that_time(open_store: OpenStore) -> None:
+    now = [T0]
+    async with open_store(clock=lambda: now[0]) as store:
+        user = await store.create_user("u", "admin", None)
+        assert await store.cursor_at(format_ts(T0)) == 0
+        early = await store.publish([ev("c", "early")], user.id)
+        now[0] += 60
+        late = await store.publish([ev("c", "late 1"), ev("c", "late 2")], user.id, batch=True)
+        cursor = await store.cursor_at(format_ts(T0 + 30))
+        assert cursor == ids(early.events)[0]
+        assert ids(await replay_all(store, cursor)) == ids(late.events)
+        assert await store.cursor_at(format_ts(T0 + 3600)) == await store.last_event_id()
+        assert ids(await replay_all(store, await store.cursor_at(format_ts(T0 - 1)))) == ids(
+            early.events + late.events
+        )
