@@ -12,6 +12,7 @@ const SHELL = [
   "/static/js/app.js",
   "/static/js/card.js",
   "/static/js/dom.js",
+  "/static/js/filters.js",
   "/static/js/inbox.js",
   "/static/js/markdown.js",
   "/static/js/offline.js",

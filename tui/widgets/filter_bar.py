@@ -4,12 +4,13 @@ It posts :class:`FilterBar.Changed` with a :class:`Filters` value whenever what 
 shows changes (typing is debounced, Enter applies at once). :class:`Filters` also
 knows how to ask the API (:meth:`Filters.params`) and how to test a live event
 against itself (:meth:`Filters.matches`), so that events arriving on the stream
-are only shown when they belong in the list.
+are only shown when they belong in the list. The daemon's answer is the truth:
+``matches`` gives the same answer as ``GET /v1/events`` with ``params()`` (checked by
+tests/test_filter_semantics.py against the daemon, with the web page's function).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -19,6 +20,10 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Checkbox, Input, Select
+
+from notifyd.core.globs import glob_match
+
+from ..search import search_matches
 
 PRIORITY_CHOICES = [("≥ low", 2), ("≥ default", 3), ("≥ high", 4), ("urgent", 5)]
 SEARCH_DELAY = 0.3  # seconds of quiet typing before a search runs
@@ -33,7 +38,7 @@ class Filters:
     category: str = ""
     min_priority: int | None = None
     unread: bool = False
-    archived: Literal["exclude", "only"] = "exclude"
+    archived: Literal["exclude", "only", "include"] = "exclude"
 
     @property
     def active(self) -> bool:
@@ -53,11 +58,9 @@ class Filters:
         return {k: v for k, v in params.items() if v is not None}
 
     def matches(self, event: dict, *, archive: bool = True) -> bool:
-        """Whether ``event`` (with its read state) belongs in a list with these filters.
-
-        The search is approximated the way the web page does it: every word must
-        occur in the title or the body.
-        """
+        """Whether ``event`` (with its read state) belongs in a list with these
+        filters: the same answer as the daemon's (see :mod:`notifyd.tui.search` for
+        the search). ``archive=False`` ignores the archive filter."""
         if self.topic and not topic_matches(self.topic, str(event.get("topic", ""))):
             return False
         if self.category and event.get("category") != self.category:
@@ -66,13 +69,10 @@ class Filters:
             return False
         if self.unread and event.get("read"):
             return False
-        if archive and bool(event.get("archived")) != (self.archived == "only"):
+        archived = self.archived if archive else "include"
+        if archived != "include" and bool(event.get("archived")) != (archived == "only"):
             return False
-        if self.q:
-            text = f"{event.get('title') or ''} {event.get('body') or ''}".lower()
-            if not all(word in text for word in self.q.lower().split()):
-                return False
-        return True
+        return not self.q or search_matches(self.q, event.get("title"), event.get("body"))
 
     def describe(self) -> str:
         """A short line for the status bar: ``topic ci/* · unread · "disk"``."""
@@ -93,11 +93,9 @@ class Filters:
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
-    """The API's topic filter: an exact name, or a glob where ``*`` spans ``/`` too."""
-    if "*" not in pattern:
-        return pattern == topic
-    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
-    return re.fullmatch(regex, topic) is not None
+    """The API's topic filter: an exact name, or a glob where ``*`` spans ``/`` too
+    (the daemon's own matcher, which never backtracks)."""
+    return glob_match(pattern, topic)
 
 
 class FilterBar(Horizontal):

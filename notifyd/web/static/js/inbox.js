@@ -6,13 +6,11 @@ import { announce, showUnreadCount } from "./announce.js";
 import { api, NetworkError } from "./api.js";
 import { eventTitle, renderCard, updateCard } from "./card.js";
 import { $, refreshTimes } from "./dom.js";
+import { matchesFilters } from "./filters.js";
 import * as offline from "./offline.js";
 
 const PAGE = 30;
 const UNREAD_LIMIT = 500;
-
-const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-const globRe = (pattern) => new RegExp(`^${pattern.split("*").map(escapeRe).join(".*")}$`);
 
 const CHANGES = {
   read: { read: true },
@@ -88,18 +86,9 @@ export class Inbox {
     };
   }
 
+  /** Whether an event belongs in the list: the daemon's meaning of the filters (filters.js). */
   matches(ev, f = this.filters()) {
-    if (f.topic && !(f.topic.includes("*") ? globRe(f.topic).test(ev.topic) : f.topic === ev.topic)) return false;
-    if (f.category && f.category !== ev.category) return false;
-    if (f.min_priority && ev.priority < Number(f.min_priority)) return false;
-    if (f.unread && ev.read) return false;
-    if (f.archived === "exclude" && ev.archived) return false;
-    if (f.archived === "only" && !ev.archived) return false;
-    if (f.q) {
-      const text = `${ev.title ?? ""} ${ev.body ?? ""}`.toLowerCase();
-      if (!f.q.toLowerCase().split(/\s+/).every((word) => text.includes(word))) return false;
-    }
-    return true;
+    return matchesFilters(ev, f);
   }
 
   // -- loading ----------------------------------------------------------------
