@@ -135,19 +135,37 @@ class Outbox:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rewrite_unrecorded)
             # what earlier processes of this node had claimed is due now: they are gone
-            released = await store.release_claims(self.node)
-            if released:
-                log.info("%d deliveries in flight before a restart are due again", released)
+            try:
+                released = await store.release_claims(self.node)
+            except NotifydError as exc:  # their leases end by themselves
+                log.warning("could not release the claims of earlier runs: %s", exc)
+            else:
+                if released:
+                    log.info("%d deliveries in flight before a restart are due again", released)
             task_status.started()
+            refused = False
             while True:
                 self._wakeup = trio.Event()
                 free = self.max_in_flight - self._in_flight
                 due = await store.next_due() if free > 0 else None
                 now = self.clock()
                 if due is not None and due <= now:
-                    batch = await store.claim_deliveries(
-                        now, min(free, CLAIM_BATCH), self.owner, self.lease_seconds
-                    )
+                    try:
+                        batch = await store.claim_deliveries(
+                            now, min(free, CLAIM_BATCH), self.owner, self.lease_seconds
+                        )
+                    except NotifydError as exc:
+                        # a claim is a write: while the database refuses writes (disk
+                        # full, locked) nothing new goes out; try again in a while
+                        if not refused:
+                            log.error("could not claim due deliveries (%s); retrying every "
+                                      "%g s", exc, REWRITE_INTERVAL)  # fmt: skip
+                        refused = True
+                        await trio.sleep(REWRITE_INTERVAL)
+                        continue
+                    if refused:
+                        log.warning("claiming due deliveries works again")
+                        refused = False
                     for due_delivery in batch:
                         if not self._sending.isdisjoint(due_delivery.ids):
                             continue  # ours already: its outcome waits to be written
