@@ -1,4 +1,6 @@
-"""A small synchronous client for the notifyd HTTP API, used by the CLI (and the TUI).
+"""A small synchronous client for the notifyd HTTP API, used by the CLI and the TUI
+(whose live feed takes an ``httpx.AsyncClient`` for the same daemon from
+:meth:`Client.async_http`).
 
 It talks to the daemon over its Unix socket, where the caller acts as the socket's
 admin user, or over TCP with a bearer token. Where to connect is resolved in this
@@ -311,7 +313,6 @@ class Client:
         since: int | None = None,
         *,
         on_retry: Callable[[float, str], None] | None = None,
-        on_open: Callable[[httpx.Response], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Iterator[dict]:
         """Yield stream frames (``event`` and ``state``) forever, reconnecting as needed.
@@ -320,9 +321,7 @@ class Client:
         live only, in which case the newest visible id is fetched first so that a
         reconnect can resume without a gap. After a drop or a ``resync`` frame the
         stream is reopened with ``since=<last id>``, backing off from 0.5 s to 10 s;
-        ``on_retry(delay, reason)`` is told each time, and ``on_open(response)`` each
-        time the daemon accepts the stream (a caller in another thread may shut the
-        response's socket down to end a blocked read). Events already yielded are not
+        ``on_retry(delay, reason)`` is told each time. Events already yielded are not
         yielded again. A failure before the first connection, and any 4xx answer, is
         raised as :class:`ClientError`. Stop by closing the generator (or Ctrl-C).
         """
@@ -337,8 +336,6 @@ class Client:
                 for frame in self._sse(topic_list, cursor):
                     if isinstance(frame, _Opened):
                         connected, delay = True, BACKOFF_MIN
-                        if on_open:
-                            on_open(frame.response)
                         continue
                     kind = frame.get("type")
                     if kind == "resync":
@@ -385,7 +382,7 @@ class Client:
                 if resp.status_code >= 400:
                     resp.read()
                     raise self.http_error(resp)
-                yield _Opened(resp)
+                yield _Opened()
                 data: list[str] = []
                 for line in resp.iter_lines():
                     if not line:
@@ -454,10 +451,7 @@ class Client:
 class _Opened:
     """Yielded by ``_sse`` once the daemon has accepted the stream."""
 
-    __slots__ = ("response",)
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
+    __slots__ = ()
 
 
 def _decode_frame(data: str) -> dict | None:

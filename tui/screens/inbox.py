@@ -10,8 +10,9 @@ How the list stays complete without loading everything:
 * Stream frames are applied in small batches: new events go to the top when they
   match the filters, a ``collapse_key`` replaces the older event, ``state`` frames
   (this device's changes and other devices') update or remove rows.
-* After a reconnect the feed resumes with ``since`` (nothing is missed), and the
-  read state of the loaded rows is fetched again, since state frames are not
+* After a reconnect (a drop, a daemon restart, a ``resync``) the feed resumes with
+  ``Last-Event-ID`` (nothing is missed, nothing doubled), and the read state of
+  the loaded rows is fetched again, since state frames are not
   replayed.
 """
 
