@@ -223,21 +223,21 @@ class WebSocketProtocol:
             raise _bad("WebSocket handshake refused: the Host header is not a host name") from None
         return answer
 
-    def receive(self, data: bytes) -> bytes:
+    def receive(self, data: bytes | bytearray) -> bytes:
         """Take bytes the client sent; return the frames to answer (pongs, a close).
         Data messages are dropped (the streams are one-way) but their size counts.
         Once :attr:`closed` is set, write the answer and end the connection."""
         if self.closed:
             return b""
         ws = self._ws
-        ws.receive_data(data)
+        ws.receive_data(bytes(data))
         out = b""
         for event in ws.events():
             if isinstance(event, Ping):
                 out += ws.send(event.response())
             elif isinstance(event, TextMessage | BytesMessage):
-                data = event.data
-                self._message_size += len(data.encode() if isinstance(data, str) else data)
+                payload = event.data
+                self._message_size += len(payload.encode() if isinstance(payload, str) else payload)
                 if self._message_size > MAX_CLIENT_MESSAGE:
                     return out + self._close(CLOSE_MESSAGE_TOO_BIG, "message too big")
                 if event.message_finished:
@@ -331,7 +331,7 @@ async def read_websocket(
     came with the head) through ``ws``, write its answers, and cancel ``done`` when
     the connection is over: the client closed or hung up, or broke the protocol."""
     try:
-        data = first
+        data: bytes | bytearray = first
         while True:
             if data:
                 out = ws.receive(data)

@@ -462,7 +462,7 @@ class _ASGIWebSocket:
         await self.ws.close(4000 if resync else 1001)
 
 
-async def serve_websocket(ws: WebSocketProtocol, svc: Services, sub: Subscription) -> None:
+async def serve_websocket(ws: WebSocket, svc: Services, sub: Subscription) -> None:
     await ws.accept()
     transport = _ASGIWebSocket(ws)
     sink = NtfySink("ws", transport, sub.filters, svc.config.retention_days)
