@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import h11
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -199,10 +199,13 @@ class WebSocketProtocol:
     touches the socket: :meth:`accept` returns the 101 to write, :meth:`receive`
     takes what the client sent and returns what to answer."""
 
-    __slots__ = ("_ws", "_message_size", "closed")
+    __slots__ = ("_handshake", "_ws", "_message_size", "closed")
 
     def __init__(self) -> None:
-        self._ws = WSConnection(ConnectionType.SERVER)
+        self._handshake: WSConnection | None = WSConnection(ConnectionType.SERVER)
+        #: after the handshake: the frame protocol alone (the handshake's h11 state is
+        #: dropped, which matters with thousands of idle streams)
+        self._ws: Connection | None = None
         self._message_size = 0
         #: the connection is over (a close was received or sent)
         self.closed = False
@@ -212,24 +215,27 @@ class WebSocketProtocol:
         by the caller with :func:`websocket_problem`; raises :class:`BadRequest` if
         wsproto refuses the request all the same. Bytes that followed the head
         (``head.rest``) are client frames: pass them to :meth:`receive`."""
+        handshake = self._handshake
+        assert handshake is not None, "accept() is called once"
         try:
-            self._ws.receive_data(head.raw)
-            if not any(isinstance(e, Request) for e in self._ws.events()):
+            handshake.receive_data(head.raw)
+            if not any(isinstance(e, Request) for e in handshake.events()):
                 raise _bad("incomplete WebSocket handshake")
-            answer = self._ws.send(AcceptConnection())
+            answer = handshake.send(AcceptConnection())
         except RemoteProtocolError as exc:
             raise _bad(f"WebSocket handshake refused: {exc}") from None
         except UnicodeError:  # wsproto decodes Host as IDNA
             raise _bad("WebSocket handshake refused: the Host header is not a host name") from None
+        self._ws, self._handshake = handshake.connection, None
         return answer
 
     def receive(self, data: bytes | bytearray) -> bytes:
         """Take bytes the client sent; return the frames to answer (pongs, a close).
         Data messages are dropped (the streams are one-way) but their size counts.
         Once :attr:`closed` is set, write the answer and end the connection."""
-        if self.closed:
-            return b""
         ws = self._ws
+        if self.closed or ws is None:
+            return b""
         ws.receive_data(bytes(data))
         out = b""
         for event in ws.events():
@@ -253,6 +259,7 @@ class WebSocketProtocol:
 
     def _close(self, code: int, reason: str) -> bytes:
         self.closed = True
+        assert self._ws is not None
         return self._ws.send(CloseConnection(code=code, reason=reason[:100]))
 
 
