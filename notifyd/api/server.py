@@ -129,7 +129,7 @@ class _Watched(trio.abc.HalfCloseableStream):
 
     def __init__(self, inner: trio.SocketStream) -> None:
         self.inner = inner
-        self.socket = inner.socket  # _RawSink writes to it directly when it can
+        self.socket = inner.socket  # a RawSink writes to it directly when it can
         self.answered = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -166,8 +166,11 @@ class _Guard(trio.abc.Stream):
     of a pipelined next request that arrived earlier (with the previous request, or
     while it was served) sit in h11's buffer, and the guard cannot tell them from an
     idle connection; an incomplete pipelined head is then only ended by
-    ``keep_alive_timeout``. Closing it needs the request framing that the h11-based
-    transport (issue 14) will own.
+    ``keep_alive_timeout``. The raw transport's h11 framing (``transport.py``) reads
+    only the first head of a new connection; once a connection is handed over,
+    hypercorn's h11 frames its requests, and telling where a request ends from here
+    would take a second h11 parse of every request on this path (or reaching into
+    hypercorn's protocol objects).
     """
 
     def __init__(self, inner: trio.SocketStream, prefix: bytes, config: Config,
