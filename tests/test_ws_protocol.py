@@ -13,6 +13,7 @@ the pong with the ping's payload on a connection that stays open.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import struct
 from collections.abc import Iterator
@@ -335,3 +336,83 @@ async def test_messages_within_the_limit_are_taken(world: World, door: str) -> N
         with trio.fail_after(10):
             while not any(b"after the edge cases" in p for op, p in client.frames if op == TEXT):
                 assert await client._more(), "closed instead of delivering"
+
+
+# -- heads the transport refuses before any handshake ---------------------------------
+
+#: what a valid request's head becomes (lines after the request line; "{key}" is a key)
+HEAD_REFUSALS = {
+    "duplicate Sec-WebSocket-Key": "Sec-WebSocket-Key: {key}\r\n",
+    "duplicate Authorization": "Authorization: Bearer nfy_a\r\nAuthorization: Bearer nfy_b\r\n",
+    "duplicate Host": "Host: other\r\n",
+    "duplicate Origin": "Origin: https://a.example\r\nOrigin: https://b.example\r\n",
+    "duplicate Cookie": "Cookie: a=1\r\nCookie: b=2\r\n",
+    "obs-fold": "X-Folded: a\r\n b\r\n",
+    "control byte in a value": "X-Ctl: a\x01b\r\n",
+    "DEL in a value": "X-Ctl: a\x7fb\r\n",
+    "NUL in a value": "X-Ctl: \x00\r\n",
+    "space before the colon": "X-A : b\r\n",
+    "key of 15 bytes": "replace-key:" + base64.b64encode(b"x" * 15).decode(),
+    "key not base64": "replace-key:" + "!" * 24,
+    "version 8": "replace-version:8",
+    "no version": "replace-version:",
+    "HTTP/2.0": "replace-line:HTTP/2.0",
+    "HTTP/0.9": "replace-line:HTTP/0.9",
+    "bare LF": "bare-lf",
+}
+
+
+def _shape(door: str, doc: dict, status: int) -> None:
+    if door.startswith("v1"):
+        assert set(doc) == {"error"} and {"code", "message"} <= set(doc["error"]), doc
+    elif door.startswith("ntfy"):
+        assert doc["http"] == status and isinstance(doc["code"], int) and doc["error"], doc
+    else:
+        assert doc["errorCode"] == status and doc["error"] and "errorDescription" in doc, doc
+
+
+@pytest.mark.parametrize("door", list(DOORS))
+@pytest.mark.parametrize("case", list(HEAD_REFUSALS))
+async def test_a_hostile_head_is_refused_in_the_doors_shape(
+    world: World, door: str, case: str
+) -> None:
+    path, unix, creds = DOORS[door]
+    key = base64.b64encode(os.urandom(16)).decode()
+    version, line_version, extra = "13", "HTTP/1.1", HEAD_REFUSALS[case]
+    if extra.startswith("replace-key:"):
+        key, extra = extra.split(":", 1)[1], ""
+    elif extra.startswith("replace-version:"):
+        version, extra = extra.split(":", 1)[1], ""
+    elif extra.startswith("replace-line:"):
+        line_version, extra = extra.split(":", 1)[1], ""
+    lines = [f"GET {path} {line_version}", "Host: notifyd", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}"]  # fmt: skip
+    if version:
+        lines.append(f"Sec-WebSocket-Version: {version}")
+    if creds == "bearer":
+        lines.append(f"Authorization: Bearer {world.token}")
+    elif creds == "gotify":
+        lines.append(f"X-Gotify-Key: {world.client}")
+    head = "\r\n".join(lines) + "\r\n" + extra.format(key=key) + "\r\n"
+    if extra == "bare-lf":
+        head = head.replace("bare-lf\r\n", "").replace("\r\n", "\n")
+    if unix:
+        stream: trio.abc.Stream = await trio.open_unix_socket(str(world.d.socket))
+    else:
+        stream = await trio.open_tcp_stream("127.0.0.1", world.d.port)
+    async with stream:
+        await stream.send_all(head.encode("latin-1"))
+        if extra == "bare-lf":  # the front waits for a CRLF line: hang up to end the head
+            await stream.send_eof()
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    if extra == "bare-lf" and not data:
+        return  # closed without an answer: refused all the same
+    assert data.startswith(b"HTTP/1.1 4"), data[:200]
+    status = int(data[9:12])
+    assert status in (400, 426), data[:200]
+    answer, body = data.split(b"\r\n\r\n", 1)
+    assert b"\r\ncontent-type: application/json" in answer.lower(), answer
+    _shape(door, json.loads(body), status)

@@ -73,9 +73,8 @@ CONTENT_TYPES = {
 }
 MAX_TOPICS = 64
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_STREAM_LINE = re.compile(
-    rb"^GET /([A-Za-z0-9_.,\-]+)/(json|sse|raw|ws)(?:\?\S*)? HTTP/1\.[01]\r\n"
-)
+#: the version is left to the transport, which refuses all but HTTP/1.x in ntfy's shape
+_STREAM_LINE = re.compile(rb"^GET /([A-Za-z0-9_.,\-]+)/(json|sse|raw|ws)(?:\?\S*)? HTTP/")
 
 
 def random_id() -> str:
