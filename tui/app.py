@@ -41,6 +41,8 @@ from .screens.users import UsersScreen
 
 T = TypeVar("T")
 
+LIVE_STOP_TIMEOUT = 5.0  # seconds the app waits on exit for the live feed to close
+
 
 @dataclass
 class TuiConfig:
@@ -107,14 +109,15 @@ class NotifydApp(App[None]):
             self.live_worker = self.run_worker(self.live.run(since), name="live feed", group="live")
 
     async def stop_live(self) -> None:
-        """Cancel the live feed and wait until it has closed its connection."""
+        """Cancel the live feed and wait (at most ``LIVE_STOP_TIMEOUT`` s, so that
+        exiting never hangs) until it has closed its connection."""
         worker = self.live_worker
         if worker is None or worker.is_finished:
             return
         worker.cancel()
         try:
-            await worker.wait()
-        except (WorkerCancelled, WorkerFailed):
+            await asyncio.wait_for(worker.wait(), LIVE_STOP_TIMEOUT)
+        except (WorkerCancelled, WorkerFailed, TimeoutError):
             pass
 
     def on_live_feed_frame(self, message: LiveFeed.Frame) -> None:
