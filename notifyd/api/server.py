@@ -597,6 +597,21 @@ class _Connection:
         return self.watched is None or not self.watched.answered
 
 
+async def _read_head(stream: trio.SocketStream, buf: bytes) -> tuple[RequestHead | None, bytes]:
+    """The head of a stream request that begins with ``buf`` (read with h11; raises
+    :class:`BadRequest`), and every byte read; None if the client hung up first. The
+    parser is dropped on return: an idle stream does not keep it."""
+    reader = HeadReader()
+    head = reader.feed(buf)
+    while head is None:
+        data = await stream.receive_some(HEAD_LIMIT)
+        if not data:
+            return None, buf
+        buf += data
+        head = reader.feed(data)
+    return head, buf
+
+
 class Front:
     """Accepts connections and routes each to the stream fast path or hypercorn."""
 
@@ -656,14 +671,9 @@ class Front:
                 if door is not None:
                     conn.door = door
                     conn.what = "stream request"
-                    reader = HeadReader()
-                    head = reader.feed(buf)
-                    while head is None:
-                        data = await stream.receive_some(HEAD_LIMIT)
-                        if not data:
-                            return
-                        buf += data
-                        head = reader.feed(data)
+                    head, buf = await _read_head(stream, buf)
+                    if head is None:
+                        return
             if timer.cancelled_caught:
                 with trio.move_on_after(2):
                     await stream.send_all(_timeout_response("head", config.header_timeout))
@@ -676,6 +686,7 @@ class Front:
                 await stream.send_all(render(conn.door, exc).raw())
             return
         if head is not None and not (conn.door == GOTIFY and not head.is_websocket()):
+            buf = b""  # a stream lives long: keep nothing of its head but RequestHead
             conn.what = f"{head.method} {head.path}"
             watched = conn.watched = _Watched(stream)
             if conn.door == NTFY:
