@@ -75,7 +75,7 @@ lint: $(TSTAMP)  # ruff (rules and formatting) and mypy
 	$(VENV)/bin/ruff format --check notifyd tui plugins tests bench
 	rm -rf $(TYPECHECK)/notifyd
 	mkdir -p $(TYPECHECK)/notifyd
-	for entry in notifyd/* tui plugins; do \
+	set -e; for entry in notifyd/* tui plugins; do \
 	  case $$entry in notifyd/__pycache__) continue;; esac; \
 	  ln -s "$(CURDIR)/$$entry" $(TYPECHECK)/notifyd/; \
 	done
