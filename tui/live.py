@@ -123,6 +123,7 @@ class LiveFeed:
         #: how the feed waits between attempts (tests hold a reconnection with it)
         self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
         self._seen: dict[int, None] = {}  # insertion-ordered set of posted event ids
+        self._opened_at: float | None = None  # when the current connection was accepted
 
     async def run(self, since: int | None) -> None:
         """Follow the stream after event ``since`` (None: from the newest event now)
@@ -130,11 +131,11 @@ class LiveFeed:
         self._set_status(ConnectionStatus("connecting", cursor=since))
         async with self.client.async_http() as http:
             while True:
-                opened: list[float] = []
+                self._opened_at = None
                 try:
                     if self.status.cursor is None:
                         self._set_status(replace(self.status, cursor=await self._newest(http)))
-                    await self._follow(http, opened)
+                    await self._follow(http)
                     reason = "the stream ended"
                 except _Resync as exc:
                     reason = f"the daemon asked to resync ({exc})"
@@ -145,7 +146,8 @@ class LiveFeed:
                         )
                         return
                     reason = str(exc)
-                if opened and time.monotonic() - opened[0] >= HEALTHY_AFTER:
+                opened_at = self._opened_at
+                if opened_at is not None and time.monotonic() - opened_at >= HEALTHY_AFTER:
                     self.backoff.reset()
                 delay = self.backoff.next()
                 self._set_status(
@@ -178,16 +180,15 @@ class LiveFeed:
                 "something that is not JSON: is that really notifyd?",
             ) from exc
 
-    async def _follow(self, http: httpx.AsyncClient, opened: list[float]) -> None:
+    async def _follow(self, http: httpx.AsyncClient) -> None:
         """One connection: post its frames until it ends (returns) or fails (raises)."""
         headers = {"Accept": "text/event-stream"}
         cursor = self.status.cursor
         if cursor is not None:
             headers["Last-Event-ID"] = str(cursor)
         params = {"topics": ",".join(self.topics)} if self.topics else None
-        timeout = httpx.Timeout(
-            self.client.timeout, read=None
-        )  # keepalives come at the daemon's pace
+        # no read timeout: keepalives come at the daemon's pace
+        timeout = httpx.Timeout(self.client.timeout, read=None)
         try:
             async with http.stream(
                 "GET", "/v1/stream/sse", params=params, headers=headers, timeout=timeout
@@ -195,7 +196,7 @@ class LiveFeed:
                 if resp.status_code >= 400:
                     await resp.aread()
                     raise self.client.http_error(resp)
-                opened.append(time.monotonic())
+                self._opened_at = time.monotonic()
                 status = self.status
                 self._set_status(
                     ConnectionStatus(
