@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from conftest import Daemon, wait_for
 from test_tui_inbox import SIZE, api_get, indicator, publish, ready, run, table, until
 from textual.pilot import Pilot
@@ -78,6 +79,48 @@ def test_a_resync_reconnects_and_replays_what_was_dropped_once(
         assert app.connection.connects == 2
         assert sorted(received) == ids  # each once, none lost
         assert table(app).ordered_ids() == [*reversed(ids), first["id"]]
+
+    run(app, scenario)
+
+
+# --- back-off across connections ------------------------------------------------------
+
+
+@pytest.mark.parametrize("healthy_after", [0.0, 3600.0])
+def test_the_backoff_starts_over_after_a_healthy_connection(
+    daemon: Daemon, healthy_after: float
+) -> None:
+    """Two drops in a row: after a connection that counts as healthy the first delay
+    is the minimum again; after one that does not, it keeps growing."""
+    app = make_app(socket_path=str(daemon.socket), browser=False)
+    app.live.healthy_after = healthy_after
+    app.live.backoff = Backoff(rand=lambda: 0.0)  # no jitter: the delays are exact
+    statuses: list[ConnectionStatus] = []
+
+    async def scenario(pilot: Pilot) -> None:
+        statuses.append(app.connection)  # connected
+        app.screen.watch(app, "connection", lambda s: statuses.append(s), init=False)
+        for connects in (2, 3):
+            await asyncio.to_thread(daemon.restart)
+            await until(
+                pilot,
+                lambda n=connects: (
+                    app.connection.state == "connected" and app.connection.connects == n
+                ),
+                f"connection {connects}",
+            )
+        # the first delay after each drop (a connected state, then reconnecting)
+        after_drop = [
+            b.retry_in
+            for a, b in zip(statuses, statuses[1:], strict=False)
+            if a.state == "connected" and b.state == "reconnecting"
+        ]
+        assert len(after_drop) == 2, statuses
+        assert after_drop[0] == BACKOFF_MIN
+        if healthy_after == 0:
+            assert after_drop[1] == BACKOFF_MIN
+        else:
+            assert after_drop[1] is not None and after_drop[1] > BACKOFF_MIN
 
     run(app, scenario)
 

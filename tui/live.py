@@ -120,6 +120,8 @@ class LiveFeed:
         self.topics = topics
         self.status = ConnectionStatus()
         self.backoff = Backoff()
+        #: seconds a connection must stay up to count as healthy (resets the back-off)
+        self.healthy_after = HEALTHY_AFTER
         #: how the feed waits between attempts (tests hold a reconnection with it)
         self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
         self._seen: dict[int, None] = {}  # insertion-ordered set of posted event ids
@@ -147,7 +149,7 @@ class LiveFeed:
                         return
                     reason = str(exc)
                 opened_at = self._opened_at
-                if opened_at is not None and time.monotonic() - opened_at >= HEALTHY_AFTER:
+                if opened_at is not None and time.monotonic() - opened_at >= self.healthy_after:
                     self.backoff.reset()
                 delay = self.backoff.next()
                 self._set_status(
