@@ -176,10 +176,14 @@ def test_random_text_and_queries_get_the_daemons_answer_everywhere(
     truth = [sorted(str(i) for i in server_ids(d, f)) for f in filters]
     assert sum(1 for t in truth if t) >= FUZZ_QUERIES // 10  # the queries find things
     tui = [sorted(ev["name"] for ev in events if tui_matches(f, ev)) for f in filters]
+    check("TUI", queries, tui, truth)
     web = [sorted(names) for names in web_answers(d, events, filters)]
-    for name, answers in (("TUI", tui), ("web page", web)):
-        wrong = [
-            (q, sorted(set(a) ^ set(t))) for q, a, t in zip(queries, answers, truth, strict=True)
-            if a != t
-        ]  # fmt: skip
-        assert not wrong, f"the {name} differs from the daemon: {wrong[:5]}"
+    check("web page", queries, web, truth)
+
+
+def check(name: str, queries: list[str], answers: list[list[str]], truth: list[list[str]]) -> None:
+    wrong = [
+        (q, sorted(set(a) ^ set(t))) for q, a, t in zip(queries, answers, truth, strict=True)
+        if a != t
+    ]  # fmt: skip
+    assert not wrong, f"the {name} differs from the daemon: {wrong[:5]}"
