@@ -912,3 +912,27 @@ async def test_cursor_at_a_time_replays_from_that_time(open_store: OpenStore) ->
         assert ids(await replay_all(store, await store.cursor_at(format_ts(T0 - 1)))) == ids(
             early.events + late.events
         )
+
+
+@pytest.mark.trio
+async def test_held_rows_sharing_a_digest_key_are_claimed_as_one(open_store: OpenStore) -> None:
+    async with open_store(clock=lambda: T0) as store:
+        admin = await store.create_user("admin", "admin", None)
+        await store.create_channel(admin.id, "digest", "memory", {})
+        await store.create_channel(admin.id, "direct", "memory", {})
+        await store.set_preferences(admin.id, {"digests": {"digest": 600}})
+        published = await store.publish([ev("d", f"e{n}") for n in range(3)], admin.id, batch=True)
+        # the direct channel's rows are due now, one claim each; the digest's are held
+        now = await store.claim_deliveries(T0, 10, "n/1", LEASE)
+        direct = await store.get_channel(admin.id, "direct")
+        assert direct is not None
+        assert [d.channel_id for d in now] == [direct.id] * 3
+        assert sorted(e["id"] for d in now for e in d.events) == ids(published.events)
+        assert await store.finish_deliveries([sent(d, T0) for d in now], "n/1") == 3
+        held_until = await store.next_due()
+        assert held_until is not None and T0 < held_until <= T0 + 600
+        assert await store.claim_deliveries(held_until - 1, 10, "n/1", LEASE) == []
+        (digest,) = await store.claim_deliveries(held_until, 10, "n/1", LEASE)
+        assert len(digest.ids) == 3 and digest.attempt == 1
+        assert ids(digest.events) == ids(published.events)  # in event order
+        assert await store.finish_deliveries([sent(digest, held_until)], "n/1") == 3
