@@ -8,6 +8,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from notifyd.core.acl import Visibility
 from notifyd.core.config import ConfigError, load_config
 from notifyd.core.housekeeping import prune_once
 from notifyd.core.models import validate_events
+from notifyd.core.outbox import Outbox
 from notifyd.core.services import Services
 from notifyd.core.sqlite import schema
 from notifyd.core.sqlite.schema import migrate
@@ -276,3 +280,94 @@ async def test_backup_and_offline_checks_go_through_the_engine(tmp_path: Path) -
     assert not verify_backup(dest).ok
     assert not verify_backup(tmp_path / "nothing-here").ok
     assert not verify_backup(dest, "postgresql").ok  # not an engine this version reads
+
+
+# -- the outbox on claims (two senders on one database, a restarted node) ----------------
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait for ``predicate()`` (checked every 20 ms), at most 60 s."""
+    with trio.fail_after(60):
+        while not await predicate():
+            await trio.sleep(0.02)
+
+
+def _memory_outbox(svc: Services, node: str) -> Outbox:
+    from memory_plugin import MemoryChannel
+
+    return Outbox(svc, {"memory": MemoryChannel(svc)}, node=node)
+
+
+@pytest.mark.trio
+async def test_two_outboxes_on_one_database_never_send_a_delivery_twice(tmp_path: Path) -> None:
+    from memory_plugin import MemoryChannel
+
+    config = Config(data_dir=str(tmp_path))
+    store = open_store(config)
+    await store.start()
+    try:
+        svc = Services.build(config, store)
+        admin = await store.create_user("admin", "admin", None)
+        for n in range(4):
+            await store.create_channel(admin.id, f"m{n}", "memory", {"latency": 0.002})
+        MemoryChannel.sent.clear()
+        outboxes = [_memory_outbox(svc, "node-a"), _memory_outbox(svc, "node-b")]
+        assert outboxes[0].owner != outboxes[1].owner
+
+        async def all_sent() -> bool:
+            rows = await store.list_deliveries(None, "sent", 1000)
+            return len(rows) == 400
+
+        async with trio.open_nursery() as nursery:
+            for outbox in outboxes:
+                store.add_commit_listener(outbox.wake)
+                await nursery.start(outbox.run)
+            for n in range(5):
+                events = [
+                    validate_events({"topic": "t", "title": f"{n}.{i}"})[0][0] for i in range(20)
+                ]
+                await store.publish(events, admin.id, batch=True)
+            await _until(all_sent, "400 deliveries recorded as sent")
+            nursery.cancel_scope.cancel()
+        sends = Counter((r["channel"], r["event_ids"][0]) for r in MemoryChannel.sent)
+        assert len(sends) == 400
+        assert [k for k, n in sends.items() if n > 1] == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.trio
+async def test_an_outbox_starting_again_sends_what_its_node_had_claimed_at_once(
+    tmp_path: Path,
+) -> None:
+    from memory_plugin import MemoryChannel
+
+    config = Config(data_dir=str(tmp_path))
+    store = open_store(config)
+    await store.start()
+    try:
+        svc = Services.build(config, store)
+        admin = await store.create_user("admin", "admin", None)
+        await store.create_channel(admin.id, "m", "memory", {})
+        await store.publish(_events("claimed by a process that died"), admin.id)
+        # an earlier process of this node claimed it for an hour, then died
+        (lost,) = await store.claim_deliveries(time.time(), 10, "node-x/dead", 3600)
+        other = await store.publish(_events("claimed on another node"), admin.id)
+        (elsewhere,) = await store.claim_deliveries(time.time(), 10, "node-y/1", 3600)
+        MemoryChannel.sent.clear()
+
+        async def lost_one_sent() -> bool:
+            rows = await store.list_deliveries(None, "sent", 10)
+            return [r["id"] for r in rows] == lost.ids
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_memory_outbox(svc, "node-x").run)
+            await _until(lost_one_sent, "the delivery the dead process had claimed")
+            nursery.cancel_scope.cancel()
+        assert [r["event_ids"] for r in MemoryChannel.sent] == [[e["id"] for e in lost.events]]
+        # another node's claim is that node's business until its lease ends
+        row = [r for r in await store.list_deliveries(None, None, 10) if r["id"] in elsewhere.ids]
+        assert [r["state"] for r in row] == ["pending"]
+        assert other.events[0]["id"] not in [e for r in MemoryChannel.sent for e in r["event_ids"]]
+    finally:
+        await store.close()
