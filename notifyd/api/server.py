@@ -56,7 +56,7 @@ from .responses import (
     render_notifyd,
     status_error,
 )
-from .transport import HEAD_LIMIT, HeadReader, RequestHead
+from .transport import HEAD_LIMIT, MAX_CLIENT_MESSAGE, HeadReader, RequestHead
 
 log = logging.getLogger("notifyd.server")
 
@@ -461,7 +461,7 @@ def hypercorn_config(svc: Services) -> HyperConfig:
         keep_alive_timeout=svc.config.keep_alive_timeout,
         graceful_timeout=svc.config.graceful_timeout,
         head_limit=HEAD_LIMIT,
-        websocket_max_message_size=64 * 1024,
+        websocket_max_message_size=MAX_CLIENT_MESSAGE,  # the ASGI fallbacks: the same limit
         errorlog=logging.getLogger("notifyd.http"),
     )
 
