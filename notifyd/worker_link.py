@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from .core.errors import NotifydError, StoreGone, StoreUnavailable
-from .core.store import Claim, DueDelivery, Outcome, Store
+from .core.store import Claim, DueDelivery, OutboxStore, Outcome, Store
 
 log = logging.getLogger("notifyd.deliverer")
 
@@ -91,7 +91,7 @@ class _Sender:
 class WorkerLink:
     """Serves one worker's requests on the daemon's store and pokes it after commits."""
 
-    def __init__(self, store: Store, stream: trio.SocketStream) -> None:
+    def __init__(self, store: OutboxStore, stream: trio.SocketStream) -> None:
         self.store = store
         self.stream = stream
         self._sender = _Sender(stream, on_flush=self._flushed)
