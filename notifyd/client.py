@@ -462,7 +462,7 @@ def _decode_frame(data: str) -> dict | None:
     return frame if isinstance(frame, dict) else None
 
 
-def _seg(value: str) -> str:
+def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
 
 

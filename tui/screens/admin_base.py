@@ -10,6 +10,7 @@ command palette entries, so that everything a key does can also be found by name
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from rich.cells import cell_len
@@ -42,7 +43,7 @@ class ScreenCommands(Provider):
     def _entries(self) -> Iterator[tuple[str, Callable[[], Any], str]]:
         screen = self.screen
         for title, action, help_text in self.ENTRIES:
-            yield title, lambda action=action: screen.run_action(action), help_text
+            yield title, partial(screen.run_action, action), help_text
 
     async def discover(self) -> Hits:
         for title, command, help_text in self._entries():

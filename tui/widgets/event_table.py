@@ -294,7 +294,7 @@ class EventTable(DataTable[Text]):
 
     def _fit_title(self) -> None:
         """Give the title column the width the other columns leave."""
-        if "title" not in self.columns:  # type: ignore[operator]
+        if "title" not in self.columns:
             return
         others = sum(
             column.get_render_width(self) for key, column in self.columns.items() if key != "title"
