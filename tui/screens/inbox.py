@@ -265,6 +265,8 @@ class InboxScreen(Screen):
     def _apply_frames(self) -> None:
         self._frame_timer = None
         frames, self._pending_frames = self._pending_frames, []
+        if not self.query(EventTable) or not self.query("#inbox-status"):
+            return  # frames for a screen being torn down (see _show_status)
         new: dict[int, dict] = {}
         for frame in frames:
             kind = frame.get("type")
