@@ -199,12 +199,13 @@ class WebSocketProtocol:
     touches the socket: :meth:`accept` returns the 101 to write, :meth:`receive`
     takes what the client sent and returns what to answer."""
 
-    __slots__ = ("_handshake", "_ws", "_message_size", "closed")
+    __slots__ = ("_accepted", "_ws", "_message_size", "closed")
 
     def __init__(self) -> None:
-        self._handshake: WSConnection | None = WSConnection(ConnectionType.SERVER)
-        #: after the handshake: the frame protocol alone (the handshake's h11 state is
-        #: dropped, which matters with thousands of idle streams)
+        self._accepted = False
+        #: the frame protocol, made when the client first sends something after the
+        #: handshake: an idle subscriber (the common case, by the thousand) costs no
+        #: wsproto state at all
         self._ws: Connection | None = None
         self._message_size = 0
         #: the connection is over (a close was received or sent)
@@ -215,8 +216,8 @@ class WebSocketProtocol:
         by the caller with :func:`websocket_problem`; raises :class:`BadRequest` if
         wsproto refuses the request all the same. Bytes that followed the head
         (``head.rest``) are client frames: pass them to :meth:`receive`."""
-        handshake = self._handshake
-        assert handshake is not None, "accept() is called once"
+        assert not self._accepted, "accept() is called once"
+        handshake = WSConnection(ConnectionType.SERVER)
         try:
             handshake.receive_data(head.raw)
             if not any(isinstance(e, Request) for e in handshake.events()):
@@ -226,16 +227,20 @@ class WebSocketProtocol:
             raise _bad(f"WebSocket handshake refused: {exc}") from None
         except UnicodeError:  # wsproto decodes Host as IDNA
             raise _bad("WebSocket handshake refused: the Host header is not a host name") from None
-        self._ws, self._handshake = handshake.connection, None
+        # the handshake's state (h11's too) is dropped here; no extension was
+        # accepted, so a fresh server-side frame protocol is what it would hand over
+        self._accepted = True
         return answer
 
     def receive(self, data: bytes | bytearray) -> bytes:
         """Take bytes the client sent; return the frames to answer (pongs, a close).
         Data messages are dropped (the streams are one-way) but their size counts.
         Once :attr:`closed` is set, write the answer and end the connection."""
-        ws = self._ws
-        if self.closed or ws is None:
+        if self.closed or not self._accepted:
             return b""
+        ws = self._ws
+        if ws is None:
+            ws = self._ws = Connection(ConnectionType.SERVER)
         ws.receive_data(bytes(data))
         out = b""
         for event in ws.events():
