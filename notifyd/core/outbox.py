@@ -103,6 +103,8 @@ class Outbox:
         self._recorded = trio.Event()  # set when the batch being collected is written
         self.max_in_flight = max(CLAIM_BATCH, sum(ch.concurrency for ch in channels.values()))
         self.lease_seconds = self._lease()
+        #: the fewest free places worth a claim while sends are in flight
+        self._claim_min = max(1, self.max_in_flight // 4)
         # The send-time half of private_destinations: every send runs inside
         # destinations.outbound(), which needs the process-wide guard.
         destinations.install()
@@ -147,7 +149,9 @@ class Outbox:
             while True:
                 self._wakeup = trio.Event()
                 free = self.max_in_flight - self._in_flight
-                due = await store.next_due() if free > 0 else None
+                # a claim is a write: take work in batches, not one row per finished send
+                ready = free >= self._claim_min or self._in_flight == 0
+                due = await store.next_due() if ready else None
                 now = self.clock()
                 if due is not None and due <= now:
                     try:
