@@ -240,8 +240,8 @@ def export(
     path = Path(file)
     if not to_stdout:
         _check_target(path, force)
-    sink = (
-        contextlib.nullcontext((click.get_binary_stream("stdout"), None))
+    sink: contextlib.AbstractContextManager[tuple[IO[bytes], Path | None]] = (
+        contextlib.nullcontext((sys.stdout.buffer, None))
         if to_stdout
         else _atomic_file(path, force)
     )
@@ -325,7 +325,7 @@ def import_cmd(client: Any, as_json: bool, file: str, create_users: bool, dry_ru
     """
     from_stdin = file == "-"
     if from_stdin:
-        source: IO[bytes] = click.get_binary_stream("stdin")
+        source: IO[bytes] = sys.stdin.buffer
         total = None
     else:
         source = open(file, "rb")  # noqa: SIM115 - closed below

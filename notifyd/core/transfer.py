@@ -34,7 +34,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -85,7 +85,9 @@ def event_record(event: Event) -> dict[str, Any]:
     return {"type": "event", **event}
 
 
-async def export_lines(store: Store, topic: str | None, since: int | None) -> AsyncIterator[bytes]:
+async def export_lines(
+    store: Store, topic: str | None, since: int | None
+) -> AsyncGenerator[bytes, None]:
     """The export as chunks of JSON Lines (one chunk per page of events), read from
     one snapshot of the store. Memory stays constant whatever the size."""
     export = await store.open_export(topic, since)

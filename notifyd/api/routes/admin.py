@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
 import trio
@@ -54,7 +55,7 @@ async def backup(request: Request, caller: Admin) -> StreamingResponse:
             except FileNotFoundError:
                 pass
 
-    async def body() -> object:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             while data := await trio.to_thread.run_sync(f.read, CHUNK):
                 yield data
@@ -63,7 +64,7 @@ async def backup(request: Request, caller: Admin) -> StreamingResponse:
 
     stamp = format_ts(time.time()).replace(":", "").replace("-", "")[:15]
     return StreamingResponse(
-        body(),  # type: ignore[arg-type]
+        body(),
         media_type=info.media_type,
         headers={
             "Content-Length": str(info.bytes),
@@ -125,7 +126,7 @@ async def export(
     # open the snapshot now, so that a failure is an error response, not a cut stream
     first = await lines.__anext__()
 
-    async def body() -> object:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield first
             async for chunk in lines:
@@ -135,7 +136,7 @@ async def export(
                 await lines.aclose()
 
     return StreamingResponse(
-        body(),  # type: ignore[arg-type]
+        body(),
         media_type="application/x-ndjson",
         headers={"Cache-Control": "no-store"},
     )
