@@ -90,7 +90,7 @@ def tokens(text: str) -> tuple[str, ...]:
 def parse(q: str) -> tuple[tuple[tuple[str, ...], ...], bool] | None:
     """The phrases (token tuples) every match must contain, and whether the last
     one ends with a prefix; None when the query can match nothing."""
-    words = WORD.findall(q)[:MAX_WORDS]
+    words = WORD.findall(unicodedata.normalize("NFC", q))[:MAX_WORDS]
     phrases = [tokens(w) for w in words]
     prefix = bool(phrases and phrases[-1])
     kept = tuple(p for p in phrases if p)

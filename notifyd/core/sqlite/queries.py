@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 import orjson
@@ -80,8 +81,10 @@ _WORD = re.compile(r"[\w\-]+", re.UNICODE)
 
 def fts_query(text: str) -> str | None:
     """Turn what a person typed into a safe FTS5 query: every word must occur,
-    the last one as a prefix (search-as-you-type)."""
-    words = [w.replace('"', "") for w in _WORD.findall(text)][:16]
+    the last one as a prefix (search-as-you-type). The text is composed (NFC)
+    first, so that an accent typed as a separate mark (as some keyboards and
+    macOS file names send it) does not split its word."""
+    words = [w.replace('"', "") for w in _WORD.findall(unicodedata.normalize("NFC", text))][:16]
     if not words:
         return None
     quoted = [f'"{w}"' for w in words]

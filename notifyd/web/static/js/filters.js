@@ -50,7 +50,7 @@ export function tokens(text) {
 
 /** The phrases every match must contain and whether the last ends with a prefix; null: matches nothing. */
 function parse(q) {
-  const words = (q.match(WORD) ?? []).slice(0, MAX_WORDS);
+  const words = (q.normalize("NFC").match(WORD) ?? []).slice(0, MAX_WORDS);
   const phrases = words.map(tokens);
   const prefix = phrases.length > 0 && phrases[phrases.length - 1].length > 0;
   const kept = phrases.filter((p) => p.length > 0);
