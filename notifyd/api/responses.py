@@ -7,8 +7,9 @@ request-body size limit (:class:`BodyTooLarge`, :func:`check_body_size`).
 Every door raises domain errors (:class:`~notifyd.core.errors.NotifydError`,
 ntfy's :class:`~notifyd.api.compat.ntfy_params.NtfyError`) and answers them with
 its dialect's renderer: the FastAPI exception handlers below, the publish fast
-paths (``fastpath.py``, ``compat/ntfy_publish.py``), the raw-socket stream doors
-(``rawstream.py``, ``compat/ntfy_stream.py``), ntfy's and Gotify's routes and the
+paths (``fastpath.py``, ``compat/ntfy_publish.py``), the raw-transport stream
+doors (``rawstream.py``, ``compat/ntfy_stream.py``, Gotify's ``/stream``), ntfy's
+and Gotify's routes and the
 connection guard (``server.py``)."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The live stream protocol, independent of how bytes reach the client.
 
 A :class:`StreamSession` replays what a client missed and then follows the hub;
-a *sink* writes frames to one client. The fast path (``rawstream.py``) writes the
-shared, pre-framed bytes straight to the socket; the ASGI fallback
+a *sink* writes frames to one client. The raw transport's doors (``rawstream.py``
+and ntfy's and Gotify's streams, all on ``transport.RawSink``) write the shared,
+pre-framed bytes straight to the socket; the ASGI fallback
 (``routes/stream.py``) serves the same protocol through hypercorn for the rare
 client that asks for a stream on a reused keep-alive connection.
 """
