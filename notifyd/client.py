@@ -156,17 +156,23 @@ class Client:
             )
         except httpx.TransportError as exc:
             raise self.transport_error(exc) from exc
+        if resp.status_code == 204 or (resp.status_code < 400 and not resp.content):
+            return None
+        return self.answer(resp, f"{method} {path}")
+
+    def answer(self, resp: httpx.Response, what: str) -> Any:
+        """The decoded JSON body of a response to ``what`` (e.g. ``GET /v1/events``),
+        which may come from the sync or the async client; an error status or a body
+        that is not JSON raises :class:`ClientError`."""
         if resp.status_code >= 400:
             raise self.http_error(resp)
-        if resp.status_code == 204 or not resp.content:
-            return None
         try:
             return resp.json()
         except ValueError as exc:
             raise ClientError(
                 resp.status_code,
                 "protocol",
-                f"{self.target} answered {method} {path} with something that is not JSON: "
+                f"{self.target} answered {what} with something that is not JSON: "
                 "is that really notifyd?",
             ) from exc
 

@@ -170,17 +170,7 @@ class LiveFeed:
             resp = await http.get(path, params=params)
         except httpx.TransportError as exc:
             raise self.client.transport_error(exc) from exc
-        if resp.status_code >= 400:
-            raise self.client.http_error(resp)
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise ClientError(
-                resp.status_code,
-                "protocol",
-                f"{self.client.target} answered {path} with "
-                "something that is not JSON: is that really notifyd?",
-            ) from exc
+        return self.client.answer(resp, f"GET {path}")
 
     async def _follow(self, http: httpx.AsyncClient) -> None:
         """One connection: post its frames until it ends (returns) or fails (raises)."""

@@ -26,6 +26,7 @@ from .transport import (
     WebSocketProtocol,
     read_until_eof,
     read_websocket,
+    refuse,
     websocket_problem,
 )
 
@@ -102,8 +103,7 @@ async def serve_raw_stream(
                 session.close()
                 raise
     except NotifydError as exc:
-        with trio.move_on_after(5):
-            await stream.send_all(render_notifyd(exc).raw())
+        await refuse(stream, render_notifyd(exc).raw())
         return
 
     try:

@@ -56,7 +56,7 @@ from .responses import (
     render_notifyd,
     status_error,
 )
-from .transport import HEAD_LIMIT, MAX_CLIENT_MESSAGE, HeadReader, RequestHead
+from .transport import HEAD_LIMIT, MAX_CLIENT_MESSAGE, HeadReader, RequestHead, refuse
 
 log = logging.getLogger("notifyd.server")
 
@@ -682,8 +682,7 @@ class Front:
         except _GONE:
             return
         except NotifydError as exc:  # a malformed stream head (HeadReader)
-            with trio.move_on_after(5):
-                await stream.send_all(render(conn.door, exc).raw())
+            await refuse(stream, render(conn.door, exc).raw())
             return
         if head is not None and not (conn.door == GOTIFY and not head.is_websocket()):
             buf = b""  # a stream lives long: keep nothing of its head but RequestHead

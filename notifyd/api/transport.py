@@ -329,6 +329,13 @@ class RawSink:
         await self.write(b"")
 
 
+async def refuse(stream: trio.abc.Stream, answer: bytes) -> None:
+    """Write a refusal (an error answer rendered in the door's shape) to a stream
+    that will be closed next; a client that does not read it gets 5 s at most."""
+    with trio.move_on_after(5):
+        await stream.send_all(answer)
+
+
 # -- reading from the client ----------------------------------------------------------
 
 

@@ -51,7 +51,14 @@ from ...core.timeutil import format_ts
 from ..auth import SOCKET_SCOPE_KEY
 from ..responses import JSON, carries_body, render_gotify, status_error
 from ..streams import StreamSession
-from ..transport import RawSink, RequestHead, WebSocketProtocol, read_websocket, websocket_problem
+from ..transport import (
+    RawSink,
+    RequestHead,
+    WebSocketProtocol,
+    read_websocket,
+    refuse,
+    websocket_problem,
+)
 from . import gotify_map as gm
 
 log = logging.getLogger("notifyd.gotify")
@@ -639,8 +646,7 @@ async def serve_raw_stream(
             session.close()
             raise
     except NotifydError as exc:
-        with trio.move_on_after(5):
-            await stream.send_all(render_gotify(exc).raw())
+        await refuse(stream, render_gotify(exc).raw())
         return
     sink = _RawGotifySink(stream, shaper)
     try:

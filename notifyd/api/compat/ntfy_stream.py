@@ -47,6 +47,7 @@ from ..transport import (
     WebSocketProtocol,
     read_until_eof,
     read_websocket,
+    refuse,
     websocket_problem,
 )
 from .ntfy_auth import authenticate
@@ -366,8 +367,7 @@ async def serve_raw(
                 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
             ).encode()
     except NtfyError as err:
-        with trio.move_on_after(5):
-            await stream.send_all(render_ntfy(err).raw())
+        await refuse(stream, render_ntfy(err).raw())
         return
     transport = _RawWebSocket(stream) if ws is not None else _RawHTTP(stream)
     await transport.write(handshake)
