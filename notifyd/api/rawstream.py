@@ -129,10 +129,11 @@ async def _serve_session(
             b"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n: connected\n\n"
         )
         sink = SSESink(stream)
+    first = head.detach()
     await sink.write(handshake)
     async with trio.open_nursery() as nursery:
         if ws is not None:
-            nursery.start_soon(read_websocket, stream, sink, ws, head.rest, nursery.cancel_scope)
+            nursery.start_soon(read_websocket, stream, sink, ws, first, nursery.cancel_scope)
         else:
             nursery.start_soon(read_until_eof, stream, nursery.cancel_scope, "sse client closed")
         await session.run(sink)

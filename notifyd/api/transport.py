@@ -99,6 +99,13 @@ class RequestHead:
     def query_items(self) -> list[tuple[str, str]]:
         return parse_qsl(urlsplit(self.target).query)
 
+    def detach(self) -> bytes:
+        """The bytes that followed the head, handed over once the stream starts;
+        the head keeps only its method, target and headers from then on (it lives
+        as long as the stream, and there may be tens of thousands)."""
+        rest, self.rest, self.raw, self._query = self.rest, b"", b"", None
+        return rest
+
     def is_websocket(self) -> bool:
         """Whether the client asks for a WebSocket (``Upgrade: websocket``)."""
         return "websocket" in self.headers.get("upgrade", "").lower()

@@ -649,10 +649,11 @@ async def serve_raw_stream(
         await refuse(stream, render_gotify(exc).raw())
         return
     sink = _RawGotifySink(stream, shaper)
+    first = head.detach()
     try:
         await sink.write(handshake)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_websocket, stream, sink, ws, head.rest, nursery.cancel_scope)
+            nursery.start_soon(read_websocket, stream, sink, ws, first, nursery.cancel_scope)
             await session.run(sink)
             nursery.cancel_scope.cancel(reason="stream ended")
     finally:

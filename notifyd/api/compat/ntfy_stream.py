@@ -369,14 +369,13 @@ async def serve_raw(
     except NtfyError as err:
         await refuse(stream, render_ntfy(err).raw())
         return
+    first = head.detach()
     transport = _RawWebSocket(stream) if ws is not None else _RawHTTP(stream)
     await transport.write(handshake)
     sink = NtfySink(fmt, transport, sub.filters, svc.config.retention_days)
     async with trio.open_nursery() as nursery:
         if ws is not None:
-            nursery.start_soon(
-                read_websocket, stream, transport, ws, head.rest, nursery.cancel_scope
-            )
+            nursery.start_soon(read_websocket, stream, transport, ws, first, nursery.cancel_scope)
         else:
             nursery.start_soon(read_until_eof, stream, nursery.cancel_scope, "ntfy client closed")
         await run(svc, sub, sink)
