@@ -1,0 +1,720 @@
+"""The event role (:class:`~notifyd.core.store.EventStore`) on PostgreSQL.
+
+Ids in commit order, across every node
+--------------------------------------
+
+Event ids are the stream cursor of the whole cluster: a reader that has seen id
+N and later reads ``events_after(N, …)`` must never miss an event, on any node.
+A sequence (``BIGSERIAL``) does not give that: ``nextval`` is handed out when a
+transaction asks, not when it commits, so transaction A can take id 7, B take id
+8 and commit first; a reader then sees 8, moves its cursor to 8, and never sees
+7 when A commits.
+
+Here ids come from one row, ``event_sequencer(last_id)``. Every transaction that
+gives ids (a publish batch, a release of scheduled events) starts with
+``SELECT last_id … FOR UPDATE`` on that row, inserts its events with the ids
+``last_id + 1 …``, sets ``last_id`` to the highest, and commits; the row lock is
+held until the commit (or rollback). The argument:
+
+1. Take an event X (transaction T_X) and an event Y < X (transaction T_Y), both
+   committed. If T_Y = T_X they become visible together. Otherwise T_Y locked the
+   row *before* T_X did: had it locked after T_X committed, it would have read
+   ``last_id >= X`` and given ids above X; and it cannot have locked while T_X
+   held the lock. So T_X's ``FOR UPDATE`` waited for T_Y to end, i.e. to commit
+   (Y exists). In READ COMMITTED a waiter re-reads the row's newest committed
+   version, so T_X reads T_Y's ``last_id`` and continues above it.
+2. PostgreSQL marks a transaction committed for every new snapshot
+   (``ProcArrayEndTransaction``) before it releases its locks. So when T_X got
+   the lock, T_Y was already visible to every snapshot taken from then on, and
+   any snapshot that sees T_X (which commits later still) also sees T_Y.
+3. Hence a reader that sees id X sees every committed id below X: ids increase
+   in commit order, and ``since=X`` skips nothing that commits later. A
+   rolled-back transaction's ids were never visible and are given again.
+4. ``last_event_id`` reads the committed ``last_id``: every id up to it is
+   visible to any later statement, so ``events_after(cursor, last_event_id())``
+   never stops short of an id and then jumps past it. Pruning never touches the
+   row, so the cursor never goes down.
+
+The cost is one row lock per *transaction*, not per event: concurrent publishes
+on a node are merged into one transaction (group commit, as the SQLite writer
+does) that takes the lock once for all its events; nodes queue on the row, each
+holding it for one batch's inserts and commit. The idempotency lookups run under
+the lock too, which makes "one key, one publish" hold across nodes without a
+unique-violation retry.
+
+Blocking psycopg calls run in worker threads (``trio.to_thread.run_sync``) under
+a :class:`trio.CapacityLimiter` as large as the connection pool, each connection
+with a ``statement_timeout`` so that a stuck query cannot pin a thread forever.
+
+Not here yet (later sessions): the outbox rows a publish writes (OutboxStore),
+full-text search (``q=``), LISTEN/NOTIFY for commit listeners on other nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg.types.json import Json, Jsonb
+from psycopg_pool import ConnectionPool
+
+from ..acl import Visibility
+from ..errors import StoreUnavailable
+from ..metrics import EVENTS_PUBLISHED, PRUNED
+from ..models import EventIn
+from ..prefs import Preferences
+from ..store import (
+    CommitListener,
+    Event,
+    EventExtras,
+    EventStore,
+    HistoryQuery,
+    PublishResult,
+)
+from ..timeutil import format_ts, now_rfc3339
+from .schema import migrate
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+EVENT_COLUMNS = (
+    "id", "topic", "title", "body", "format", "priority", "category", "tags", "click",
+    "icon", "image", "actions", "sensitive", "collapse_key", "deliver_at", "expires_at",
+    "created_at",
+)  # fmt: skip
+N_EVENT = len(EVENT_COLUMNS)
+SELECT_EVENT = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
+SELECT_STATE = "r.read, r.seen_at, r.archived_at, r.clicked_at, r.action"
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, publisher_id) "
+    f"VALUES ({', '.join(['%s'] * (N_EVENT + 1))})"
+)
+_LOCK_SEQUENCER = "SELECT last_id FROM event_sequencer WHERE id = 1 FOR UPDATE"
+_FROM = "FROM events e LEFT JOIN receipts r ON r.user_id = %s AND r.event_id = e.id"
+
+
+# -- rows and events -------------------------------------------------------------------
+
+
+def event_from_row(row: tuple[Any, ...]) -> Event:
+    ev = dict(zip(EVENT_COLUMNS, row[:N_EVENT], strict=True))
+    ev["tags"] = ev["tags"] or []
+    ev["actions"] = ev["actions"] or []
+    return ev
+
+
+def event_with_state(row: tuple[Any, ...], watermark: int) -> Event:
+    ev = event_from_row(row)
+    read, seen_at, archived_at, clicked_at, action = row[N_EVENT : N_EVENT + 5]
+    is_read = ev["id"] <= watermark if read is None else bool(read)
+    ev["read"] = is_read
+    ev["seen"] = is_read or seen_at is not None
+    ev["archived"] = archived_at is not None
+    ev["clicked_at"] = clicked_at
+    ev["action"] = action
+    return ev
+
+
+def _event(ev: EventIn, event_id: int | None, created_at: str) -> Event:
+    return {
+        "id": event_id,
+        "topic": ev.topic,
+        "title": ev.title,
+        "body": ev.body,
+        "format": ev.format,
+        "priority": ev.priority,
+        "category": ev.category,
+        "tags": ev.tags,
+        "click": ev.click,
+        "icon": ev.icon,
+        "image": ev.image,
+        "actions": [a.model_dump(exclude_none=True) for a in ev.actions],
+        "sensitive": ev.sensitive,
+        "collapse_key": ev.collapse_key,
+        "deliver_at": ev.deliver_at,
+        "expires_at": ev.expires_at,
+        "created_at": created_at,
+    }
+
+
+def _row(d: Event, publisher_id: int) -> tuple[Any, ...]:
+    return (
+        d["id"], d["topic"], d["title"], d["body"], d["format"], d["priority"], d["category"],
+        Jsonb(d["tags"]) if d["tags"] else None, d["click"], d["icon"], d["image"],
+        Json(d["actions"]) if d["actions"] else None, d["sensitive"], d["collapse_key"],
+        d["deliver_at"], d["expires_at"], d["created_at"], publisher_id,
+    )  # fmt: skip
+
+
+def lock_sequencer(conn: Conn) -> int:
+    """Lock the sequencer row until the caller's transaction ends; the newest id given."""
+    row = conn.execute(_LOCK_SEQUENCER).fetchone()
+    assert row is not None, "event_sequencer has no row: the schema is not migrated"
+    last: int = row[0]
+    return last
+
+
+def insert_events(
+    conn: Conn, items: list[tuple[EventIn, int]], last_id: int, created_at: str
+) -> list[Event]:
+    """Insert events with the ids after ``last_id`` (the caller holds the sequencer
+    lock), apply collapse keys, store extras, and move the sequencer."""
+    if not items:
+        return []
+    events = [_event(ev, last_id + n, created_at) for n, (ev, _) in enumerate(items, start=1)]
+    with conn.cursor() as cur:
+        cur.executemany(
+            _INSERT_EVENT,
+            [_row(d, publisher) for d, (_, publisher) in zip(events, items, strict=True)],
+        )
+        extras = [
+            (d["id"], ev._token_id, None if ev._extras is None else Json(ev._extras))
+            for (ev, _), d in zip(items, events, strict=True)
+            if ev._token_id is not None or ev._extras is not None
+        ]
+        if extras:
+            cur.executemany(
+                "INSERT INTO event_extras (event_id, token_id, extras) VALUES (%s, %s, %s)", extras
+            )
+        collapsing = [
+            (d["id"], d["topic"], d["collapse_key"], d["id"])
+            for d in events
+            if d["collapse_key"] is not None
+        ]
+        if collapsing:
+            cur.executemany(
+                "UPDATE events SET superseded_by = %s WHERE topic = %s AND collapse_key = %s "
+                "AND superseded_by IS NULL AND id < %s",
+                collapsing,
+            )
+    conn.execute("UPDATE event_sequencer SET last_id = %s WHERE id = 1", (events[-1]["id"],))
+    return events
+
+
+def _cancel_scheduled(conn: Conn, topic: str, collapse_key: str) -> int:
+    return conn.execute(
+        "DELETE FROM scheduled WHERE topic = %s AND collapse_key = %s", (topic, collapse_key)
+    ).rowcount
+
+
+@dataclass(eq=False)
+class PublishRequest:
+    events: list[EventIn]
+    publisher_id: int
+    key: str | None
+    batch: bool
+    now: float
+    done: trio.Event = field(default_factory=trio.Event)
+    result: PublishResult | None = None
+    error: BaseException | None = None
+
+
+#: called in the worker thread inside a publish transaction, after its events are
+#: written and before it commits (a seam for tests that hold a transaction open)
+BeforeCommit = Callable[[list[Event]], None]
+
+
+def publish_many(
+    conn: Conn, requests: list[PublishRequest], before_commit: BeforeCommit | None = None
+) -> list[PublishResult]:
+    """Store the events of several publish requests in one transaction that holds
+    the sequencer from its first statement to its commit."""
+    now_ts = max(r.now for r in requests)
+    now = format_ts(now_ts)
+    out: list[PublishResult] = []
+    with conn.transaction():
+        last_id = lock_sequencer(conn)
+        # per request: its result when it is a replay, else its slots:
+        # ("e", index into immediate) | ("s", scheduled event)
+        plans: list[PublishResult | list[tuple[str, Any]]] = []
+        immediate: list[tuple[EventIn, int]] = []
+        keys: dict[tuple[int, str], int] = {}  # keys first used in this batch
+        for n, req in enumerate(requests):
+            if req.key is not None:
+                earlier = keys.get((req.publisher_id, req.key))
+                if earlier is not None:
+                    plans.append([("same", earlier)])
+                    continue
+                hit = conn.execute(
+                    "SELECT event_ids, batch FROM idempotency WHERE user_id = %s AND key = %s",
+                    (req.publisher_id, req.key),
+                ).fetchone()
+                if hit is not None:
+                    plans.append(PublishResult(events=hit[0], replayed=True, batch=hit[1]))
+                    continue
+                keys[(req.publisher_id, req.key)] = n
+            slots: list[tuple[str, Any]] = []
+            for ev in req.events:
+                if ev.collapse_key is not None:
+                    _cancel_scheduled(conn, ev.topic, ev.collapse_key)
+                if ev.deliver_at is not None and ev.deliver_at > now:
+                    row = conn.execute(
+                        "INSERT INTO scheduled (deliver_at, publisher_id, topic, collapse_key, "
+                        "payload, created_at) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                        (
+                            ev.deliver_at,
+                            req.publisher_id,
+                            ev.topic,
+                            ev.collapse_key,
+                            Jsonb(ev.model_dump(mode="json")),
+                            now,
+                        ),  # fmt: skip
+                    ).fetchone()
+                    assert row is not None
+                    d = _event(ev, None, now)
+                    d.update(scheduled_id=row[0], status="scheduled")
+                    slots.append(("s", d))
+                else:
+                    slots.append(("e", len(immediate)))
+                    immediate.append((ev, req.publisher_id))
+            plans.append(slots)
+        stored = insert_events(conn, immediate, last_id, now)
+        for req, plan in zip(requests, plans, strict=True):
+            if isinstance(plan, PublishResult):
+                out.append(plan)
+                continue
+            if plan and plan[0][0] == "same":
+                first = out[plan[0][1]]
+                out.append(PublishResult(events=first.events, replayed=True, batch=first.batch))
+                continue
+            items = [stored[v] if kind == "e" else v for kind, v in plan]
+            if req.key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency (user_id, key, event_ids, batch, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (req.publisher_id, req.key, Json(items), req.batch, now),
+                )
+            out.append(
+                PublishResult(
+                    events=items,
+                    batch=req.batch,
+                    scheduled=[v for kind, v in plan if kind == "s"],
+                    new_events=[stored[v] for kind, v in plan if kind == "e"],
+                )
+            )
+        if before_commit is not None:
+            before_commit(stored)
+    return out
+
+
+# -- filters ---------------------------------------------------------------------------
+
+
+def like_pattern(pattern: str) -> str:
+    """A topic glob (``*`` = any run of characters, nothing else special) as a
+    LIKE pattern with ``\\`` as its escape character."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+def topic_match(column: str, pattern: str, params: list[Any]) -> str:
+    if "*" in pattern:
+        params.append(like_pattern(pattern))
+        return f"{column} LIKE %s ESCAPE '\\'"
+    params.append(pattern)
+    return f"{column} = %s"
+
+
+def visibility_sql(vis: Visibility, params: list[Any], column: str = "e.topic") -> str:
+    """A WHERE fragment limiting ``column`` to what ``vis`` allows ('' = no limit)."""
+    parts: list[str] = []
+    if not vis.everything:
+        alts = [topic_match(column, pattern, params) for pattern in vis.any_of]
+        parts.append("(" + " OR ".join(alts) + ")" if alts else "FALSE")
+    if vis.also_matching is not None:
+        parts.append(topic_match(column, vis.also_matching, params))
+    return " AND ".join(parts)
+
+
+def topics_sql(topics: tuple[str, ...], params: list[Any], column: str = "e.topic") -> str:
+    return "(" + " OR ".join(topic_match(column, t, params) for t in topics) + ")"
+
+
+def _unread_sql() -> str:
+    # read NULL: the watermark decides; an explicit mark wins
+    return "(CASE WHEN r.read IS NULL THEN e.id > %s ELSE NOT r.read END)"
+
+
+def mute_sql(prefs: Preferences | None, params: list[Any]) -> str:
+    """A WHERE fragment dropping what the user's first matching rule mutes ('' = none)."""
+    if prefs is None or not any(r.mute for r in prefs.rules):
+        return ""
+    cases = []
+    for rule in prefs.rules:
+        cond = [topic_match("e.topic", rule.topic, params), "e.priority >= %s"]
+        params.append(rule.min_priority)
+        if rule.category is not None:
+            cond.append("e.category = %s")
+            params.append(rule.category)
+        cases.append(f"WHEN {' AND '.join(cond)} THEN {'TRUE' if rule.mute else 'FALSE'}")
+    return f"NOT (CASE {' '.join(cases)} ELSE FALSE END)"
+
+
+def history_where(
+    q: HistoryQuery, now: str, watermark: int, prefs: Preferences | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of a history query over ``events e LEFT JOIN receipts r``."""
+    if q.q:
+        raise NotImplementedError("full-text search (q=) is not implemented on PostgreSQL yet")
+    params: list[Any] = [now]
+    where = ["e.superseded_by IS NULL", "(e.expires_at IS NULL OR e.expires_at > %s)"]
+    muted = mute_sql(prefs, params)
+    if muted:
+        where.append(muted)
+    vis = visibility_sql(q.visibility, params)
+    if vis:
+        where.append(vis)
+    if q.topic is not None:
+        where.append(topic_match("e.topic", q.topic, params))
+    if q.category is not None:
+        where.append("e.category = %s")
+        params.append(q.category)
+    if q.min_priority is not None:
+        where.append("e.priority >= %s")
+        params.append(q.min_priority)
+    if q.since is not None:
+        where.append("e.id > %s")
+        params.append(q.since)
+    if q.before is not None:
+        where.append("e.id < %s")
+        params.append(q.before)
+    if q.unread is not None:
+        where.append(_unread_sql() if q.unread else "NOT " + _unread_sql())
+        params.append(watermark)
+    if q.archived == "exclude":
+        where.append("r.archived_at IS NULL")
+    elif q.archived == "only":
+        where.append("r.archived_at IS NOT NULL")
+    return " AND ".join(where), params
+
+
+def _watermark(conn: Conn, user_id: int) -> int:
+    row = conn.execute(
+        "SELECT read_upto FROM inbox_marks WHERE user_id = %s", (user_id,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _preferences(conn: Conn, user_id: int) -> Preferences | None:
+    row = conn.execute("SELECT doc FROM preferences WHERE user_id = %s", (user_id,)).fetchone()
+    if row is None:
+        return None
+    try:
+        return Preferences.from_json(row[0])
+    except ValueError:
+        return None  # validated when stored; a bad document must not hide the inbox
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+class PostgresEventStore(EventStore):
+    """The event role on one PostgreSQL database; any number of instances (nodes)
+    may share it. ``count`` (of the inbox role) is here too: history needs it."""
+
+    engine = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        statement_timeout: float = 30.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.url = url
+        self.clock = clock or time.time
+        self.statement_timeout = statement_timeout
+        #: see :data:`BeforeCommit`; None in production
+        self.before_commit: BeforeCommit | None = None
+        self._pool_size = pool_size
+        self._pool: ConnectionPool[Conn] | None = None
+        self._limiter = trio.CapacityLimiter(pool_size)
+        self._listeners: list[CommitListener] = []
+        self._pending: list[PublishRequest] = []
+        #: held by the transaction giving ids on this node: one batch at a time,
+        #: so that this node's commit listeners hear its events in id order
+        self._commit_lock = trio.Lock()
+
+    # -- life cycle --
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        ms = max(1, int(self.statement_timeout * 1000))
+        return {"autocommit": True, "options": f"-c statement_timeout={ms}"}
+
+    async def start(self) -> None:
+        def open_() -> ConnectionPool[Conn]:
+            with psycopg.connect(self.url, **self._connect_kwargs()) as conn:
+                migrate(conn)
+            pool: ConnectionPool[Conn] = ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs=self._connect_kwargs(),
+                open=False,
+                timeout=self.statement_timeout,
+            )
+            pool.open(wait=True, timeout=self.statement_timeout)
+            return pool
+
+        self._pool = await self._thread(open_)
+
+    async def close(self) -> None:
+        # in-flight commits finish first: they hold the lock
+        async with self._commit_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await trio.to_thread.run_sync(pool.close)
+
+    async def _thread(self, fn: Callable[[], T]) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+        except psycopg.OperationalError as exc:  # connection lost, statement timeout
+            raise StoreUnavailable(f"PostgreSQL: {exc}", retry_after=1.0) from exc
+
+    async def _run(self, fn: Callable[[Conn], T]) -> T:
+        pool = self._pool
+        assert pool is not None, "store not started"
+
+        def call() -> T:
+            with pool.connection() as conn:
+                return fn(conn)
+
+        return await self._thread(call)
+
+    # -- commit listeners --
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, events: list[Event]) -> None:
+        if not events:
+            return
+        EVENTS_PUBLISHED.inc(len(events))
+        for listener in self._listeners:
+            listener(events)
+
+    # -- publishing --
+
+    async def publish(
+        self,
+        events: list[EventIn],
+        publisher_id: int,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> PublishResult:
+        request = PublishRequest(events, publisher_id, idempotency_key, batch, self.clock())
+        self._pending.append(request)
+        # Group commit: whoever gets the lock commits every request waiting then
+        # (trio's lock is fair, so the requests queued behind a commit in flight
+        # go together in the next one); the others find theirs done.
+        try:
+            await self._commit_lock.acquire()
+        except BaseException:  # cancelled while queued: not published
+            self._pending = [r for r in self._pending if r is not request]
+            raise
+        try:
+            if not request.done.is_set():
+                group, self._pending = self._pending, []
+                hook = self.before_commit
+                try:
+                    results = await self._run(lambda conn: publish_many(conn, group, hook))
+                except BaseException as exc:
+                    for req in group:
+                        req.error = exc
+                        req.done.set()
+                    raise
+                for req, result in zip(group, results, strict=True):
+                    req.result = result
+                    req.done.set()
+                self._emit([e for r in results for e in r.new_events])
+        finally:
+            self._commit_lock.release()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    async def release_due(self, now: float, limit: int = 500) -> int:
+        due_at = format_ts(now)
+        created_at = format_ts(self.clock())
+
+        def fn(conn: Conn) -> list[Event]:
+            with conn.transaction():
+                # the sequencer first: releases (on any node) are serialised with
+                # each other, so each scheduled event is released once, in order
+                last_id = lock_sequencer(conn)
+                rows = conn.execute(
+                    "SELECT id, publisher_id, payload FROM scheduled WHERE deliver_at <= %s "
+                    "ORDER BY deliver_at, id LIMIT %s FOR UPDATE",
+                    (due_at, limit),
+                ).fetchall()
+                if not rows:
+                    return []
+                conn.execute("DELETE FROM scheduled WHERE id = ANY(%s)", ([r[0] for r in rows],))
+                items = [(EventIn.model_validate(r[2]), int(r[1])) for r in rows]
+                return insert_events(conn, items, last_id, created_at)
+
+        async with self._commit_lock:
+            released = await self._run(fn)
+            self._emit(released)
+        return len(released)
+
+    async def cancel_scheduled(self, topic: str, collapse_key: str) -> int:
+        def fn(conn: Conn) -> int:
+            with conn.transaction():
+                return _cancel_scheduled(conn, topic, collapse_key)
+
+        return await self._run(fn)
+
+    # -- reading --
+
+    async def get_event(self, event_id: int, user_id: int) -> Event | None:
+        def fn(conn: Conn) -> Event | None:
+            row = conn.execute(
+                f"SELECT {SELECT_EVENT}, {SELECT_STATE} {_FROM} WHERE e.id = %s",
+                (user_id, event_id),
+            ).fetchone()
+            return None if row is None else event_with_state(row, _watermark(conn, user_id))
+
+        return await self._run(fn)
+
+    async def history(self, query: HistoryQuery) -> list[Event]:
+        if query.visibility.empty:
+            return []
+
+        def fn(conn: Conn) -> list[Event]:
+            w = _watermark(conn, query.user_id)
+            where, params = history_where(
+                query, now_rfc3339(), w, _preferences(conn, query.user_id)
+            )
+            rows = conn.execute(
+                f"SELECT {SELECT_EVENT}, {SELECT_STATE} {_FROM} WHERE {where} "
+                "ORDER BY e.id DESC LIMIT %s",
+                [query.user_id, *params, query.limit],
+            ).fetchall()
+            return [event_with_state(row, w) for row in rows]
+
+        return await self._run(fn)
+
+    async def count(self, query: HistoryQuery) -> int:
+        if query.visibility.empty:
+            return 0
+
+        def fn(conn: Conn) -> int:
+            w = _watermark(conn, query.user_id)
+            where, params = history_where(
+                query, now_rfc3339(), w, _preferences(conn, query.user_id)
+            )
+            row = conn.execute(
+                f"SELECT count(*) {_FROM} WHERE {where}", [query.user_id, *params]
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(fn)
+
+    async def events_after(
+        self,
+        cursor: int,
+        upto: int,
+        visibility: Visibility,
+        topics: tuple[str, ...] | None,
+        limit: int,
+    ) -> list[Event]:
+        if visibility.empty:
+            return []
+        params: list[Any] = [cursor, upto, now_rfc3339()]
+        where = ["e.id > %s", "e.id <= %s", "(e.expires_at IS NULL OR e.expires_at > %s)"]
+        vis = visibility_sql(visibility, params)
+        if vis:
+            where.append(vis)
+        if topics:
+            where.append(topics_sql(topics, params))
+        sql = (
+            f"SELECT {SELECT_EVENT} FROM events e WHERE {' AND '.join(where)} "
+            "ORDER BY e.id LIMIT %s"
+        )
+        return await self._run(
+            lambda conn: [event_from_row(r) for r in conn.execute(sql, [*params, limit])]
+        )
+
+    async def last_event_id(self) -> int:
+        return await self._run(_last_id)
+
+    async def cursor_at(self, created_at: str) -> int:
+        def fn(conn: Conn) -> int:
+            # the last id first: an event committed after it is not "before" anyone
+            last = _last_id(conn)
+            row = conn.execute(
+                "SELECT id FROM events WHERE created_at >= %s AND id <= %s "
+                "ORDER BY created_at, id LIMIT 1",
+                (created_at, last),
+            ).fetchone()
+            return last if row is None else int(row[0]) - 1
+
+        return await self._run(fn)
+
+    async def event_extras(self, event_ids: list[int]) -> dict[int, EventExtras]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+
+        def fn(conn: Conn) -> dict[int, EventExtras]:
+            rows = conn.execute(
+                "SELECT event_id, token_id, extras FROM event_extras WHERE event_id = ANY(%s)",
+                (ids,),
+            )
+            return {int(r[0]): EventExtras(r[1], r[2]) for r in rows}
+
+        return await self._run(fn)
+
+    # -- housekeeping --
+
+    async def _delete_events(self, where: str, order: str, value: str, limit: int) -> int:
+        def fn(conn: Conn) -> int:
+            with conn.transaction():
+                ids = [
+                    int(r[0])
+                    for r in conn.execute(
+                        f"DELETE FROM events WHERE id IN (SELECT id FROM events WHERE {where} "
+                        f"ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id",
+                        (value, limit),
+                    )
+                ]
+                if ids:
+                    for table in ("receipts", "event_extras"):
+                        conn.execute(f"DELETE FROM {table} WHERE event_id = ANY(%s)", (ids,))
+                return len(ids)
+
+        n = await self._run(fn)
+        PRUNED.inc(n)
+        return n
+
+    async def prune(self, created_before: str, limit: int) -> int:
+        return await self._delete_events("created_at < %s", "created_at, id", created_before, limit)
+
+    async def drop_expired(self, now: str, limit: int) -> int:
+        return await self._delete_events(
+            "expires_at IS NOT NULL AND expires_at <= %s", "expires_at, id", now, limit
+        )
+
+    async def forget_idempotency_keys(self, created_before: str) -> int:
+        def fn(conn: Conn) -> int:
+            return conn.execute(
+                "DELETE FROM idempotency WHERE created_at < %s", (created_before,)
+            ).rowcount
+
+        return await self._run(fn)
+
+
+def _last_id(conn: Conn) -> int:
+    row = conn.execute("SELECT last_id FROM event_sequencer WHERE id = 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+__all__ = ["PostgresEventStore"]

@@ -1,0 +1,158 @@
+"""PostgreSQL schema migrations, applied once however many nodes start at once.
+
+:func:`migrate` runs in one transaction that first takes a transaction-level
+advisory lock (``pg_advisory_xact_lock(MIGRATION_LOCK)``): a second node starting
+at the same moment waits there, then finds the version table already up to date
+and applies nothing. PostgreSQL DDL is transactional, so a migration that fails
+leaves nothing behind. ``notifyd_schema`` holds the version (how many of
+:data:`MIGRATIONS` have run). Never edit a migration that has shipped: add one.
+
+The logical tables are those of the SQLite engine (``core/sqlite/schema.py``), as
+far as the event role needs them so far: ``events``, ``scheduled``,
+``idempotency``, ``event_extras``, the per-user state the history joins
+(``receipts``, ``inbox_marks``, ``preferences`` for mutes), and
+``event_sequencer``: the one row whose lock orders ids by commit (see
+:mod:`notifyd.core.postgres.events`). Times are RFC 3339 strings as in SQLite
+(``timeutil.format_ts``: fixed width, UTC, so they compare as text), so that both
+engines answer the same filters with the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+#: the advisory lock key of migrations (any constant; "notifyd" in ASCII)
+MIGRATION_LOCK = 0x6E6F74696679_64
+
+_M001_EVENTS = [
+    """
+    CREATE TABLE events (
+        id BIGINT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        title TEXT NOT NULL DEFAULT '',
+        body TEXT NOT NULL DEFAULT '',
+        format TEXT NOT NULL DEFAULT 'text',
+        priority INTEGER NOT NULL DEFAULT 3,
+        category TEXT NOT NULL DEFAULT 'general',
+        tags JSONB,
+        click TEXT,
+        icon TEXT,
+        image TEXT,
+        actions JSON,
+        sensitive BOOLEAN NOT NULL DEFAULT FALSE,
+        collapse_key TEXT,
+        deliver_at TEXT,
+        expires_at TEXT,
+        created_at TEXT NOT NULL,
+        superseded_by BIGINT,
+        publisher_id BIGINT
+    )
+    """,
+    "CREATE INDEX idx_events_topic ON events (topic, id)",
+    "CREATE INDEX idx_events_category ON events (category, id)",
+    "CREATE INDEX idx_events_created ON events (created_at)",
+    "CREATE INDEX idx_events_collapse ON events (topic, collapse_key) "
+    "WHERE collapse_key IS NOT NULL AND superseded_by IS NULL",
+    "CREATE INDEX idx_events_expires ON events (expires_at) WHERE expires_at IS NOT NULL",
+    # The sequencer: one row, locked by every transaction that gives event ids and
+    # held until it commits. last_id is the newest id given (never lowered).
+    """
+    CREATE TABLE event_sequencer (
+        id SMALLINT PRIMARY KEY CHECK (id = 1),
+        last_id BIGINT NOT NULL
+    )
+    """,
+    "INSERT INTO event_sequencer (id, last_id) VALUES (1, 0)",
+    # Scheduled events are not events yet: no event id; theirs only names them.
+    """
+    CREATE TABLE scheduled (
+        id BIGSERIAL PRIMARY KEY,
+        deliver_at TEXT NOT NULL,
+        publisher_id BIGINT NOT NULL,
+        topic TEXT NOT NULL,
+        collapse_key TEXT,
+        payload JSONB NOT NULL,
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_scheduled_due ON scheduled (deliver_at, id)",
+    "CREATE INDEX idx_scheduled_collapse ON scheduled (topic, collapse_key) "
+    "WHERE collapse_key IS NOT NULL",
+    """
+    CREATE TABLE idempotency (
+        user_id BIGINT NOT NULL,
+        key TEXT NOT NULL,
+        event_ids JSON NOT NULL,
+        batch BOOLEAN NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, key)
+    )
+    """,
+    "CREATE INDEX idx_idempotency_created ON idempotency (created_at)",
+    """
+    CREATE TABLE event_extras (
+        event_id BIGINT PRIMARY KEY,
+        token_id BIGINT,
+        extras JSON
+    )
+    """,
+    # Per-user state: read NULL = no explicit mark, the inbox_marks watermark decides.
+    """
+    CREATE TABLE receipts (
+        user_id BIGINT NOT NULL,
+        event_id BIGINT NOT NULL,
+        read BOOLEAN,
+        seen_at TEXT,
+        read_at TEXT,
+        archived_at TEXT,
+        clicked_at TEXT,
+        action TEXT,
+        PRIMARY KEY (user_id, event_id)
+    )
+    """,
+    "CREATE INDEX idx_receipts_event ON receipts (event_id)",
+    "CREATE TABLE inbox_marks (user_id BIGINT PRIMARY KEY, read_upto BIGINT NOT NULL)",
+    "CREATE TABLE preferences (user_id BIGINT PRIMARY KEY, doc JSONB NOT NULL, updated_at TEXT NOT NULL)",
+]
+
+#: each migration: the statements it runs, in order
+MIGRATIONS: list[list[str]] = [_M001_EVENTS]
+
+
+def _version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT version FROM notifyd_schema").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Bring the database up to date (blocking); returns the schema version.
+
+    Safe when several nodes call it at once: all but one wait on the advisory
+    lock, then find nothing left to do."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS notifyd_schema ("
+            "one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version INTEGER NOT NULL)"
+        )
+        version = _version(conn)
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        if version < len(MIGRATIONS):
+            conn.execute(
+                "INSERT INTO notifyd_schema (one, version) VALUES (TRUE, %s) "
+                "ON CONFLICT (one) DO UPDATE SET version = excluded.version",
+                (len(MIGRATIONS),),
+            )
+    return len(MIGRATIONS)
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The version a database is at; None when notifyd never migrated it."""
+    row = conn.execute("SELECT to_regclass('notifyd_schema')").fetchone()
+    if row is None or row[0] is None:
+        return None
+    return _version(conn)
