@@ -7,6 +7,7 @@ subprocess. Waiting is always on a condition with a deadline, never a bare sleep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pg import PgServer, PgUnavailable, pg_server_session
 
 
 def free_port() -> int:
@@ -54,6 +56,10 @@ class Daemon:
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "notifyd"])
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    #: ``--database-url`` (e.g. the ``pg_database`` fixture's URL); "" = SQLite in data_dir
+    database_url: str = ""
+    #: ``--node-name``; "" = the daemon's default (host name and pid)
+    node_name: str = ""
 
     @property
     def url(self) -> str:
@@ -77,9 +83,15 @@ class Daemon:
                 env.pop(var, None)
         self.log_path = self.data_dir / "daemon.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
+        cluster_args = []
+        if self.database_url:
+            cluster_args += ["--database-url", self.database_url]
+        if self.node_name:
+            cluster_args += ["--node-name", self.node_name]
         self.proc = subprocess.Popen(
             [*self.command, "serve", "--data-dir", str(self.data_dir),
-             "--listen", f"127.0.0.1:{self.port}", "--socket", str(self.socket), *self.extra_args],
+             "--listen", f"127.0.0.1:{self.port}", "--socket", str(self.socket), *cluster_args,
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         log.close()
@@ -187,3 +199,46 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     for d in started:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
+
+
+# --- PostgreSQL (cluster mode) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the session: NOTIFYD_TEST_DATABASE_URL, else a private
+    throwaway cluster (tests/pg.py). Never skipped: without a server, the tests that use
+    it fail with the reason."""
+    with contextlib.ExitStack() as stack:
+        reason = ""
+        try:
+            server = stack.enter_context(pg_server_session())
+        except PgUnavailable as exc:
+            reason = str(exc)
+        if reason:
+            pytest.fail(reason, pytrace=False)
+        yield server
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a fresh database of this test's own, dropped (WITH FORCE) afterwards."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def make_pg_node(pg_database: str, make_daemon: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    """Daemons (cluster nodes) on this test's PostgreSQL database, node-0, node-1, ...:
+    ``make_pg_node().start()``. Each has its own data dir (socket, VAPID keys)."""
+    count = 0
+
+    def make(**kw: Any) -> Daemon:
+        nonlocal count
+        kw.setdefault("database_url", pg_database)
+        kw.setdefault("node_name", f"node-{count}")
+        count += 1
+        return make_daemon(**kw)
+
+    return make

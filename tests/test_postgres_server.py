@@ -1,0 +1,128 @@
+"""The PostgreSQL test infrastructure (tests/pg.py): a real server, a fresh database per
+test, a private throwaway cluster when NOTIFYD_TEST_DATABASE_URL is unset, and a clear
+failure, never a skip, when no server can be had."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import free_port
+from pg import ENV, PgServer, PgUnavailable, connect, database_of, pg_server_session
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the databases the two tests below got, to compare
+SEEN: list[str] = []
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_each_test_gets_a_fresh_working_database(
+    pg_server: PgServer, pg_database: str, run: int
+) -> None:
+    with connect(pg_database) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (database_of(pg_database),)
+        # empty: nothing left by the other run, whichever ran first
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+        assert tables == (0,)
+        conn.execute("CREATE TABLE events (id bigint PRIMARY KEY, title text NOT NULL)")
+        conn.execute("INSERT INTO events VALUES (1, 'hello'), (2, 'wörld')")
+        assert conn.execute("SELECT title FROM events ORDER BY id").fetchall() == [
+            ("hello",),
+            ("wörld",),
+        ]
+        assert conn.execute("SHOW server_encoding").fetchone() == ("UTF8",)
+    # the other run (if it ran first) had another database, dropped after it
+    for earlier in SEEN:
+        assert earlier != pg_database
+        assert not pg_server.database_exists(earlier), earlier
+    SEEN.append(pg_database)
+
+
+def test_the_database_is_dropped_after_the_test(pg_server: PgServer) -> None:
+    # the fixture's own steps, driven by hand: create, use with a connection still open, drop
+    url = pg_server.create_database()
+    assert pg_server.database_exists(url)
+    conn = connect(url)
+    try:
+        conn.execute("CREATE TABLE t (x int)")
+        pg_server.drop_database(url)  # WITH (FORCE): an open connection does not stop it
+    finally:
+        conn.close()
+    assert not pg_server.database_exists(url)
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
+        connect(url).close()
+
+
+@pytest.mark.slow
+def test_a_private_cluster_really_starts_and_is_removed() -> None:
+    """What the session does when NOTIFYD_TEST_DATABASE_URL is unset, done here directly
+    (as root, initdb and the server run as an unprivileged user)."""
+    with pg_server_session(environ={}) as server:
+        cluster = server.cluster
+        assert cluster is not None
+        assert cluster.base.is_dir()
+        with server.admin() as conn:
+            data_dir = conn.execute("SHOW data_directory").fetchone()
+            assert data_dir == (str(cluster.data),)
+            port = conn.execute("SHOW port").fetchone()
+            assert port == (str(cluster.port),)
+            sockets = conn.execute("SHOW unix_socket_directories").fetchone()
+            assert sockets == (str(cluster.base),)
+        # never root: initdb and postgres refuse it
+        assert cluster.data.stat().st_uid == cluster.run_as.uid != 0
+        assert (cluster.base / f".s.PGSQL.{cluster.port}").exists()
+        url = server.create_database()
+        with connect(url) as conn:
+            conn.execute("CREATE TABLE t (x int)")
+            conn.execute("INSERT INTO t VALUES (42)")
+            assert conn.execute("SELECT x FROM t").fetchone() == (42,)
+        # stop and start again at the same address (what failover tests need)
+        cluster.stop()
+        with pytest.raises(psycopg.OperationalError):
+            connect(url).close()
+        cluster.start()
+        with connect(url) as conn:
+            assert conn.execute("SELECT x FROM t").fetchone() == (42,)
+        base = cluster.base
+    assert not base.exists(), "the cluster's directory is deleted at the end"
+    with pytest.raises(psycopg.OperationalError):
+        connect(url, connect_timeout=2).close()
+
+
+def test_no_server_and_no_binaries_is_a_clear_error(tmp_path: Path) -> None:
+    # no URL, no /usr/lib/postgresql here, nothing on PATH: the reason and the remedies
+    empty = {"PATH": str(tmp_path)}
+    with (
+        pytest.raises(
+            PgUnavailable, match=rf"{ENV} is unset and no PostgreSQL server binaries"
+        ) as caught,
+        pg_server_session(empty, globs=[str(tmp_path / "*" / "bin")]),
+    ):
+        pass
+    assert "postgresql package" in str(caught.value)
+
+
+def test_an_unreachable_server_fails_the_tests_with_the_reason(tmp_path: Path) -> None:
+    """A test that needs PostgreSQL, run with the URL pointing at a closed port: the run
+    fails (not skipped), and the message names the variable and the reason."""
+    port = free_port()  # bound and released: nothing listens there
+    url = f"postgresql://postgres:s3cret-pw@127.0.0.1:{port}/postgres"
+    env = {**os.environ, ENV: url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_postgres_server.py::test_the_database_is_dropped_after_the_test"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "skipped" not in out, out
+    assert "1 error" in out, out
+    assert f"{ENV}=postgresql://postgres:****@127.0.0.1:{port}/postgres cannot be used" in out
+    assert "Connection refused" in out or "connection failed" in out, out
+    assert "s3cret-pw" not in out
