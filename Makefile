@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench soak fuzz upgrade clean chromium screenshots
+.PHONY: run test lint bench soak fuzz upgrade clean chromium postgresql screenshots
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("notifyd needs Python >= 3.11") if sys.version_info < (3, 11) else None'
@@ -57,7 +57,21 @@ chromium:
 	  else echo "note: /usr/bin/chromium is missing and we are not root: the browser tests will be skipped"; fi; \
 	fi
 
-test: $(TSTAMP) $(AXE) chromium
+# What the PostgreSQL tests need: a server's programs (initdb, pg_ctl). Unless
+# NOTIFYD_TEST_DATABASE_URL names a server, the suite starts a private throwaway cluster
+# of its own (tests/pg.py); this only installs Debian's package when we are root. The
+# system's own cluster is left as the package leaves it: the tests never use it.
+postgresql:
+	@if [ -z "$$NOTIFYD_TEST_DATABASE_URL" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    && ! command -v initdb >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's postgresql for the PostgreSQL tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null \
+	    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }; \
+	  else echo "note: no initdb and we are not root: the PostgreSQL tests will fail unless NOTIFYD_TEST_DATABASE_URL names a server"; fi; \
+	fi
+
+test: $(TSTAMP) $(AXE) chromium postgresql
 	$(PY) -m pytest -q
 
 screenshots: $(TSTAMP) $(AXE) chromium  # the README's pictures of the web page
