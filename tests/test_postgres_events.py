@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from notifyd.core.acl import Visibility
+from notifyd.core.errors import StoreUnavailable
 from notifyd.core.models import EventIn
 from notifyd.core.postgres.events import PostgresEventStore
 from notifyd.core.postgres.schema import MIGRATIONS, migrate, schema_version
@@ -287,6 +288,45 @@ async def test_cursor_at_a_time_replays_from_that_time(node: Callable[..., Any])
         assert ids(await replay_all(store, await store.cursor_at(format_ts(T0 - 1)))) == ids(
             early.events + late.events
         )
+
+
+@pytest.mark.trio
+async def test_created_at_never_decreases_as_ids_grow_whatever_the_clocks(
+    node: Callable[..., Any],
+) -> None:
+    async with node(clock=lambda: T0 + 100) as ahead, node(clock=lambda: T0) as behind:
+        first = (await ahead.publish([ev("c", "ahead")], PUBLISHER)).events[0]
+        second = (await behind.publish([ev("c", "behind")], PUBLISHER)).events[0]
+        assert second["id"] > first["id"]
+        assert second["created_at"] == first["created_at"] == format_ts(T0 + 100)
+        stored = await replay_all(behind, 0)
+        assert [e["created_at"] for e in stored] == [format_ts(T0 + 100)] * 2
+        # a time cursor before both replays both
+        assert ids(await replay_all(behind, await behind.cursor_at(format_ts(T0 + 50)))) == ids(
+            [first, second]
+        )
+
+
+@pytest.mark.trio
+async def test_a_stuck_statement_ends_with_store_unavailable_and_stores_nothing(
+    pg_url: str, node: Callable[..., Any]
+) -> None:
+    async with node() as store:
+        quick = PostgresEventStore(pg_url, statement_timeout=0.2)
+        await quick.start()
+        try:
+            with psycopg.connect(pg_url) as holder:
+                # another session holds the sequencer (as a publish that hangs would)
+                holder.execute("SELECT last_id FROM event_sequencer WHERE id = 1 FOR UPDATE")
+                with pytest.raises(StoreUnavailable):
+                    await quick.publish([ev("t", "stuck")], PUBLISHER)
+                holder.rollback()
+            assert await store.last_event_id() == 0
+            result = await quick.publish([ev("t", "after")], PUBLISHER)
+            assert ids(result.events) == [1]
+            assert [e["title"] for e in await full_history(store)] == ["after"]
+        finally:
+            await quick.close()
 
 
 # -- idempotency keys --------------------------------------------------------------------

@@ -92,7 +92,7 @@ _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, publisher_id) "
     f"VALUES ({', '.join(['%s'] * (N_EVENT + 1))})"
 )
-_LOCK_SEQUENCER = "SELECT last_id FROM event_sequencer WHERE id = 1 FOR UPDATE"
+_LOCK_SEQUENCER = "SELECT last_id, last_created_at FROM event_sequencer WHERE id = 1 FOR UPDATE"
 _FROM = "FROM events e LEFT JOIN receipts r ON r.user_id = %s AND r.event_id = e.id"
 
 
@@ -149,19 +149,25 @@ def _row(d: Event, publisher_id: int) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def lock_sequencer(conn: Conn) -> int:
-    """Lock the sequencer row until the caller's transaction ends; the newest id given."""
+def lock_sequencer(conn: Conn) -> tuple[int, str]:
+    """Lock the sequencer row until the caller's transaction ends; the newest id
+    given and the newest ``created_at`` stamped."""
     row = conn.execute(_LOCK_SEQUENCER).fetchone()
     assert row is not None, "event_sequencer has no row: the schema is not migrated"
-    last: int = row[0]
-    return last
+    return int(row[0]), str(row[1])
 
 
 def insert_events(
-    conn: Conn, items: list[tuple[EventIn, int]], last_id: int, created_at: str
+    conn: Conn, items: list[tuple[EventIn, int]], sequencer: tuple[int, str], created_at: str
 ) -> list[Event]:
-    """Insert events with the ids after ``last_id`` (the caller holds the sequencer
-    lock), apply collapse keys, store extras, and move the sequencer."""
+    """Insert events with the ids after the sequencer's (the caller holds its
+    lock), apply collapse keys, store extras, and move the sequencer.
+
+    ``created_at`` is raised to the newest stamp already given when a node's clock
+    is behind another's, so that ``created_at`` never decreases as ids grow (what
+    :meth:`~PostgresEventStore.cursor_at` and pruning in time order rely on)."""
+    last_id, last_created_at = sequencer
+    created_at = max(created_at, last_created_at)
     if not items:
         return []
     events = [_event(ev, last_id + n, created_at) for n, (ev, _) in enumerate(items, start=1)]
@@ -190,7 +196,10 @@ def insert_events(
                 "AND superseded_by IS NULL AND id < %s",
                 collapsing,
             )
-    conn.execute("UPDATE event_sequencer SET last_id = %s WHERE id = 1", (events[-1]["id"],))
+    conn.execute(
+        "UPDATE event_sequencer SET last_id = %s, last_created_at = %s WHERE id = 1",
+        (events[-1]["id"], created_at),
+    )
     return events
 
 
@@ -226,7 +235,7 @@ def publish_many(
     now = format_ts(now_ts)
     out: list[PublishResult] = []
     with conn.transaction():
-        last_id = lock_sequencer(conn)
+        sequencer = lock_sequencer(conn)
         # per request: its result when it is a replay, else its slots:
         # ("e", index into immediate) | ("s", scheduled event)
         plans: list[PublishResult | list[tuple[str, Any]]] = []
@@ -271,7 +280,7 @@ def publish_many(
                     slots.append(("e", len(immediate)))
                     immediate.append((ev, req.publisher_id))
             plans.append(slots)
-        stored = insert_events(conn, immediate, last_id, now)
+        stored = insert_events(conn, immediate, sequencer, now)
         for req, plan in zip(requests, plans, strict=True):
             if isinstance(plan, PublishResult):
                 out.append(plan)
@@ -548,7 +557,7 @@ class PostgresEventStore(EventStore):
             with conn.transaction():
                 # the sequencer first: releases (on any node) are serialised with
                 # each other, so each scheduled event is released once, in order
-                last_id = lock_sequencer(conn)
+                sequencer = lock_sequencer(conn)
                 rows = conn.execute(
                     "SELECT id, publisher_id, payload FROM scheduled WHERE deliver_at <= %s "
                     "ORDER BY deliver_at, id LIMIT %s FOR UPDATE",
@@ -558,7 +567,7 @@ class PostgresEventStore(EventStore):
                     return []
                 conn.execute("DELETE FROM scheduled WHERE id = ANY(%s)", ([r[0] for r in rows],))
                 items = [(EventIn.model_validate(r[2]), int(r[1])) for r in rows]
-                return insert_events(conn, items, last_id, created_at)
+                return insert_events(conn, items, sequencer, created_at)
 
         async with self._commit_lock:
             released = await self._run(fn)

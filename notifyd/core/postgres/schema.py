@@ -57,14 +57,17 @@ _M001_EVENTS = [
     "WHERE collapse_key IS NOT NULL AND superseded_by IS NULL",
     "CREATE INDEX idx_events_expires ON events (expires_at) WHERE expires_at IS NOT NULL",
     # The sequencer: one row, locked by every transaction that gives event ids and
-    # held until it commits. last_id is the newest id given (never lowered).
+    # held until it commits. last_id is the newest id given (never lowered);
+    # last_created_at the newest created_at stamped (so that it never decreases
+    # as ids grow, whatever the skew between the nodes' clocks).
     """
     CREATE TABLE event_sequencer (
         id SMALLINT PRIMARY KEY CHECK (id = 1),
-        last_id BIGINT NOT NULL
+        last_id BIGINT NOT NULL,
+        last_created_at TEXT NOT NULL
     )
     """,
-    "INSERT INTO event_sequencer (id, last_id) VALUES (1, 0)",
+    "INSERT INTO event_sequencer (id, last_id, last_created_at) VALUES (1, 0, '')",
     # Scheduled events are not events yet: no event id; theirs only names them.
     """
     CREATE TABLE scheduled (
