@@ -1,5 +1,8 @@
 """Structured logs to stderr: ``level=info logger=notifyd.x msg="..." key=value``.
 
+With a node name (``node_name``, cluster mode) each line also carries ``node=NAME``
+after the level, so that the logs of several nodes can be merged and told apart.
+
 Under systemd (``JOURNAL_STREAM`` set) lines carry a syslog priority prefix and no
 timestamp, since journald records both.
 """
@@ -27,9 +30,10 @@ def _quote(value: str) -> str:
 
 
 class LogfmtFormatter(logging.Formatter):
-    def __init__(self, journald: bool) -> None:
+    def __init__(self, journald: bool, node: str = "") -> None:
         super().__init__()
         self.journald = journald
+        self.node = node
 
     def format(self, record: logging.LogRecord) -> str:
         parts = []
@@ -37,6 +41,8 @@ class LogfmtFormatter(logging.Formatter):
             ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             parts.append(f"ts={ts}.{int(record.msecs):03d}Z")
         parts.append(f"level={record.levelname.lower()}")
+        if self.node:
+            parts.append(f"node={_quote(self.node)}")
         parts.append(f"logger={record.name}")
         parts.append(f"msg={_quote(record.getMessage())}")
         for key, value in getattr(record, "fields", {}).items():
@@ -55,9 +61,10 @@ def set_level(level: str) -> None:
     logging.getLogger("notifyd").setLevel(level.upper())
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, node: str = "") -> None:
+    """Log to stderr at ``level``; ``node``: the node name every line carries ("" = none)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter(journald="JOURNAL_STREAM" in os.environ))
+    handler.setFormatter(LogfmtFormatter(journald="JOURNAL_STREAM" in os.environ, node=node))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -94,3 +94,120 @@ def test_config_show_prints_effective_values_with_sources_and_masks_secrets(
     bad = subprocess.run(run, env=env, capture_output=True, text=True)
     assert bad.returncode != 0
     assert "n.toml:2: unknown key 'bogus'" in bad.stderr
+
+
+# --- cluster settings: database_password_file, node_name (issue 15) --------------------
+
+
+def test_node_name_defaults_to_host_and_pid_and_is_validated(tmp_path: Path) -> None:
+    cfg = load_config(environ={})
+    host, _, pid = cfg.node_name.rpartition("-")
+    assert pid == str(os.getpid()) and host
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", cfg.node_name)
+    assert load_config(environ={"NOTIFYD_NODE_NAME": ""}).node_name == cfg.node_name
+    assert load_config(environ={"NOTIFYD_NODE_NAME": "eu-1.b_2"}).node_name == "eu-1.b_2"
+    assert load_config(overrides={"node_name": "a" * 64}, environ={}).node_name == "a" * 64
+    path = tmp_path / "n.toml"
+    path.write_text('node_name = "web-2"\n')
+    assert load_config(path, environ={}).node_name == "web-2"
+    for bad in ("a" * 65, "two words", "ä", "a/b", "x\n"):
+        with pytest.raises(ConfigError, match=r"node_name = .*: must be 1-64 letters"):
+            load_config(overrides={"node_name": bad}, environ={})
+
+
+def test_database_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret pw \n")
+    cfg = load_config(environ={"NOTIFYD_DATABASE_PASSWORD_FILE": str(secret)})
+    assert cfg.database_password_file == str(secret)
+    assert cfg.database_password() == "s3cret pw "  # only the trailing newline goes
+    secret.write_text("rotated")  # read at each use
+    assert cfg.database_password() == "rotated"
+    assert load_config(environ={}).database_password() is None
+
+    def refused(file: Path, url: str = "") -> str:
+        env = {"NOTIFYD_DATABASE_PASSWORD_FILE": str(file), "NOTIFYD_DATABASE_URL": url}
+        with pytest.raises(ConfigError) as caught:
+            load_config(environ=env)
+        return str(caught.value)
+
+    message = refused(tmp_path / "missing")
+    assert f"database_password_file: cannot read {tmp_path / 'missing'}" in message
+    assert "No such file" in message
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert f"{empty} is empty" in refused(empty)
+    if os.geteuid() != 0:  # root reads any file
+        secret.chmod(0)
+        assert "Permission denied" in refused(secret)
+        secret.chmod(0o600)
+    # one place for the password: the URL may not carry one as well
+    secret.write_text("from-the-file\n")
+    for url in ("postgresql://app:in-the-url@db/notifyd", "postgresql://db/n?password=in-the-url"):
+        message = refused(secret, url)
+        assert "database_url carries a password and database_password_file is set" in message
+        assert "in-the-url" not in message and "from-the-file" not in message
+
+
+def test_cluster_settings_flags_env_and_config_show(tmp_path: Path) -> None:
+    """serve's --database-url, --database-password-file and --node-name reach the
+    configuration; NOTIFYD_* variables the same; the password is never printed."""
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2-db\n")
+    url = "postgresql://app:hunter2-url@127.0.0.1:1/notifyd"
+    serve = [sys.executable, "-m", "notifyd", "serve", "--data-dir", str(tmp_path / "d")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")}
+    # a password in the URL given as a flag: the refusal never repeats it
+    proc = subprocess.run([*serve, "--database-url", url], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode != 0
+    assert "the PostgreSQL engine arrives with cluster mode" in proc.stderr
+    assert "hunter2" not in proc.stdout + proc.stderr
+    # the file flag is read (missing file: a config error naming the key)
+    proc = subprocess.run([*serve, "--database-password-file", str(tmp_path / "nope")], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode != 0
+    assert f"database_password_file: cannot read {tmp_path / 'nope'}" in proc.stderr
+    # both: refused before anything else, without either password
+    proc = subprocess.run([*serve, "--database-url", url, "--database-password-file",
+                           str(secret)], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "database_url carries a password and database_password_file is set" in proc.stderr
+    assert "hunter2" not in proc.stdout + proc.stderr
+    proc = subprocess.run([*serve, "--node-name", "bad name"], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "node_name = 'bad name': must be 1-64" in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+    show = [sys.executable, "-m", "notifyd", "config", "show", "--json"]
+    env_set = {**env, "NOTIFYD_DATABASE_PASSWORD_FILE": str(secret), "NOTIFYD_NODE_NAME": "n-7",
+               "NOTIFYD_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}  # fmt: skip
+    out = subprocess.run(show, env=env_set, capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    assert data["node_name"] == "n-7"
+    assert data["database_url"] == f"sqlite:///{tmp_path}/x.db"
+    assert data["database_password_file"] in (str(secret), "****")
+    assert "hunter2" not in out
+
+
+def test_redact_url() -> None:
+    from notifyd.core.config import redact_url, url_has_password
+
+    assert redact_url("postgresql://app:p%40ss@db:5432/n") == "postgresql://app:****@db:5432/n"
+    assert redact_url("postgresql://db/n?sslmode=require&password=x1") == (
+        "postgresql://db/n?sslmode=require&password=****"
+    )
+    assert redact_url("postgresql://app@db/n") == "postgresql://app@db/n"
+    assert url_has_password("postgresql://app:x@db/n")
+    assert not url_has_password("postgresql://app@db/n")
+    assert not url_has_password("")
+
+
+def test_log_lines_carry_the_node_name() -> None:
+    import logging
+
+    from notifyd.logs import LogfmtFormatter
+
+    record = logging.LogRecord("notifyd.x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+    line = LogfmtFormatter(journald=True, node="web-2").format(record)
+    assert line == '<6>level=info node=web-2 logger=notifyd.x msg="hello you"'
+    assert "node=" not in LogfmtFormatter(journald=True).format(record)

@@ -668,6 +668,29 @@ def test_system_endpoints_and_unknown_routes(daemon: Daemon) -> None:
         assert_error(c.delete("/v1/events"), 405, "method_not_allowed")
 
 
+def test_healthz_and_metrics_name_the_node_and_its_engine(make_daemon: Any) -> None:
+    """node_name (issue 15): /healthz says which node answered and on which engine, and
+    /metrics carries the same as notifyd_node_info; by default host name and pid."""
+    import socket
+
+    named = make_daemon(node_name="eu-1.node_a").start()
+    default = make_daemon().start()
+    with named.admin() as c:
+        health = c.get("/healthz").json()
+        assert health["node"] == "eu-1.node_a" and health["engine"] == "sqlite"
+        text = c.get("/metrics").text
+        series = re.findall(r"^notifyd_node_info\{(.*)\} (\S+)$", text, re.M)
+        assert len(series) == 1, text
+        labels, value = series[0]
+        assert 'node="eu-1.node_a"' in labels and 'engine="sqlite"' in labels
+        assert float(value) == 1
+    assert default.proc is not None
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())
+    expected = f"{host[: 63 - len(str(default.proc.pid))]}-{default.proc.pid}"
+    assert httpx.get(default.url + "/healthz").json()["node"] == expected
+    assert f'node="{expected}"' in httpx.get(default.url + "/metrics").text
+
+
 def test_events_persist_across_restart(daemon: Daemon) -> None:
     with daemon.admin() as c:
         a = publish(c, "keep", title="first", tags=["x"])

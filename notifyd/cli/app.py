@@ -101,6 +101,19 @@ def main() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where the database lives.")
 @click.option("--listen", multiple=True, metavar="HOST:PORT", help="HTTP address; repeatable.")
 @click.option("--socket", "socket_path", metavar="PATH", help="Unix socket to listen on.")
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="Database: empty = SQLite in the data dir, sqlite:///PATH, postgresql://… "
+    "(keep a password out of it: --database-password-file).",
+)
+@click.option(
+    "--database-password-file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="File holding the database password.",
+)
+@click.option("--node-name", metavar="NAME", help="This node's name in logs, /healthz, /metrics.")
 def serve(config_path: str | None, **flags: Any) -> None:
     """Run the daemon in the foreground.
 
@@ -120,6 +133,9 @@ def serve(config_path: str | None, **flags: Any) -> None:
         overrides["listen"] = list(flags["listen"])
     if flags["socket_path"] is not None:
         overrides["socket"] = flags["socket_path"]
+    for key in ("database_url", "database_password_file", "node_name"):
+        if flags[key] is not None:
+            overrides[key] = flags[key]
     try:
         from notifyd.config import ConfigError, load_config
         from notifyd.daemon import run

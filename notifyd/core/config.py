@@ -14,14 +14,28 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 
 class ConfigError(Exception):
     pass
+
+
+#: what ``node_name`` may be: it appears in logs, /healthz, /metrics labels
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def default_node_name() -> str:
+    """``<host name>-<pid>``, cut to 64 characters, characters outside ``NODE_NAME``
+    replaced by ``-``: unique among the nodes of a cluster while host names are."""
+    pid = str(os.getpid())
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "node"
+    return f"{host[: 63 - len(pid)]}-{pid}"
 
 
 @dataclass
@@ -33,6 +47,10 @@ class Config:
     data_dir: str = "var"
     #: "" = SQLite in data_dir; sqlite:///ABSOLUTE/PATH; postgresql://… (cluster mode)
     database_url: str = ""
+    #: a file holding the database password (used instead of one in database_url)
+    database_password_file: str = ""
+    #: this node's name in logs, /healthz and /metrics; "" = default_node_name()
+    node_name: str = field(default_factory=default_node_name)
     base_url: str = ""
     log_level: str = "info"
     synchronous: str = "full"
@@ -76,6 +94,34 @@ class Config:
             return Path(self.database_url[len(SQLITE_URL) - 1 :])
         return self.data_path / "notifyd.db"
 
+    def database_password(self) -> str | None:
+        """The password in ``database_password_file`` (read now, so that a rotated file
+        counts at the next connection), without its trailing newline; ``None`` when the
+        key is empty (then a password, if any, is in ``database_url``).
+
+        Raises:
+            ConfigError: the file cannot be read or is empty. The message names the
+                file, never its content.
+        """
+        if not self.database_password_file:
+            return None
+        path = Path(self.database_password_file)
+        try:
+            password = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"database_password_file: cannot read {path}: {exc.strerror or exc}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"database_password_file: {path} is not UTF-8 text") from None
+        for ending in ("\r\n", "\n"):
+            if password.endswith(ending):
+                password = password[: -len(ending)]
+                break
+        if not password:
+            raise ConfigError(f"database_password_file: {path} is empty")
+        return password
+
     @property
     def destination_policy(self) -> str:
         """Who may make the daemon connect to loopback/private/reserved addresses:
@@ -93,6 +139,21 @@ class Config:
 
 
 SQLITE_URL = "sqlite:///"
+
+
+def url_has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (``user:password@`` or ``?password=``)."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.password) or "password" in parse_qs(parts.query)
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may appear in logs and messages: a password replaced by ``****``."""
+    url = re.sub(r"(?<=://)([^/@:\s]*):[^/@\s]*@", r"\1:****@", url)
+    return re.sub(r"(?i)([?&]password=)[^&\s]*", r"\1****", url)
 
 
 def database_engine(url: str) -> str:
@@ -176,6 +237,17 @@ def _validate(cfg: Config) -> None:
             raise bad("listen", f"{addr!r} is not HOST:PORT")
     if cfg.log_level.lower() not in LOG_LEVELS:
         raise bad("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if not cfg.node_name:
+        cfg.node_name = default_node_name()
+    if not NODE_NAME.fullmatch(cfg.node_name):
+        raise bad("node_name", "must be 1-64 letters, digits, '.', '_' or '-'")
+    if cfg.database_password_file:
+        if url_has_password(cfg.database_url):
+            raise ConfigError(
+                "database_url carries a password and database_password_file is set: "
+                "keep the password in one place (the file; take it out of the URL)"
+            )
+        cfg.database_password()  # readable and not empty, or a ConfigError
     database_engine(cfg.database_url)
     if cfg.synchronous.lower() not in ("full", "normal", "extra"):
         raise bad("synchronous", "must be full, normal or extra")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+NODE_INFO = Gauge(
+    "notifyd_node_info",
+    "This node (node_name) and its database engine; always 1",
+    ["node", "engine"],
+)
 EVENTS_PUBLISHED = Counter("notifyd_events_published_total", "Events committed and published")
 STREAM_CLIENTS = Gauge("notifyd_stream_clients", "Connected stream clients", ["kind"])
 STREAM_RESYNCS = Counter("notifyd_stream_resyncs_total", "Stream clients dropped for lagging")
