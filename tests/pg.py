@@ -40,10 +40,23 @@ ENV = "NOTIFYD_TEST_DATABASE_URL"
 #: the unprivileged user created to run a private cluster as root when there is no
 #: ``postgres`` user (a PostgreSQL not installed from Debian's package)
 TEST_USER = "notifyd-pgtest"
-#: per-test databases are named notifyd_t_<pid>_<random>; the session's template
-#: notifyd_tpl_<pid>_<random>
+#: per-test databases are named notifyd_t_<owner>_<random>, the session's template
+#: notifyd_tpl_<owner>_<random>; <owner> is this process: <pid namespace>x<pid>
 DB_PREFIX = "notifyd_t_"
 TEMPLATE_PREFIX = "notifyd_tpl_"
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _owner() -> str:
+    return f"{_pid_namespace()}x{os.getpid()}"
+
+
 CONNECT_TIMEOUT = 5
 
 
@@ -313,7 +326,7 @@ class PgServer:
             with self.admin() as conn:
                 conn.execute("SELECT 1")
                 self._drop_leftovers(conn)
-                self.template = f"{TEMPLATE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}"
+                self.template = f"{TEMPLATE_PREFIX}{_owner()}_{uuid.uuid4().hex[:8]}"
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
                         sql.Identifier(self.template)
@@ -327,16 +340,19 @@ class PgServer:
         return self
 
     def _drop_leftovers(self, conn: psycopg.Connection[Any]) -> None:
-        """Databases of earlier runs on this machine that died before dropping them."""
+        """Databases of earlier runs on this machine that died before dropping them:
+        named by a process of our pid namespace that no longer exists, and unused."""
         host = urlsplit(self.url).hostname
-        if host not in (None, "", "127.0.0.1", "localhost", "::1"):
-            return  # a server others may use: their pids are not ours to judge
+        namespace = _pid_namespace()
+        if host not in (None, "", "127.0.0.1", "localhost", "::1") or not namespace:
+            return  # a server others may use: their processes are not ours to judge
         rows = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'notifyd\\_t%'"
+            "SELECT datname FROM pg_database WHERE datname LIKE 'notifyd\\_t%' AND NOT EXISTS "
+            "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = pg_database.datname)"
         ).fetchall()
         for (name,) in rows:
-            found = re.fullmatch(rf"(?:{DB_PREFIX}|{TEMPLATE_PREFIX})(\d+)_[0-9a-f]+", name)
-            if found and not Path(f"/proc/{found[1]}").exists():
+            found = re.fullmatch(rf"(?:{DB_PREFIX}|{TEMPLATE_PREFIX})(\d+)x(\d+)_[0-9a-f]+", name)
+            if found and int(found[1]) == namespace and not Path(f"/proc/{found[2]}").exists():
                 with contextlib.suppress(psycopg.Error):
                     self._drop(conn, name)
 
@@ -348,7 +364,7 @@ class PgServer:
 
     def create_database(self) -> str:
         """A fresh empty database; returns its URL."""
-        name = f"{DB_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        name = f"{DB_PREFIX}{_owner()}_{uuid.uuid4().hex[:12]}"
         with self.admin() as conn:
             conn.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(

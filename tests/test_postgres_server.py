@@ -126,3 +126,24 @@ def test_an_unreachable_server_fails_the_tests_with_the_reason(tmp_path: Path) -
     assert f"{ENV}=postgresql://postgres:****@127.0.0.1:{port}/postgres cannot be used" in out
     assert "Connection refused" in out or "connection failed" in out, out
     assert "s3cret-pw" not in out
+
+
+def test_databases_left_by_a_dead_run_are_dropped(pg_server: PgServer) -> None:
+    """A run killed before its teardown leaves its databases; the next session on this
+    machine drops them (those of live processes, or in use, stay)."""
+    import pg
+
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a live pid
+    namespace = pg._pid_namespace()
+    left = f"{pg.DB_PREFIX}{namespace}x{dead_pid}_deadbeef"
+    mine = f"{pg.DB_PREFIX}{namespace}x{os.getpid()}_0123abcd"
+    with pg_server.admin() as conn:
+        for name in (left, mine):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        PgServer(pg_server.url).setup().close()  # what a new session does first
+        assert not pg_server.database_exists(left)
+        assert pg_server.database_exists(mine)
+    finally:
+        pg_server.drop_database(left)
+        pg_server.drop_database(mine)
