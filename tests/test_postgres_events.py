@@ -16,11 +16,14 @@ a skip. (A stopgap until the shared ``pg_database`` fixture lands.)
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,10 +33,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from notifyd.core.acl import Visibility
+from notifyd.core.config import Config
 from notifyd.core.errors import StoreUnavailable
 from notifyd.core.models import EventIn
 from notifyd.core.postgres.events import PostgresEventStore
 from notifyd.core.postgres.schema import MIGRATIONS, migrate, schema_version
+from notifyd.core.storage import open_store
 from notifyd.core.store import Event, EventStore, HistoryQuery, PublishResult
 from notifyd.core.timeutil import format_ts
 
@@ -476,6 +481,86 @@ async def test_extras_are_kept_beside_the_event(node: Callable[..., Any]) -> Non
         assert extras[g_id].token_id == 7 and extras[g_id].extras == gotify._extras
         assert await store.prune(FAR_FUTURE, 10) == 2
         assert await store.event_extras([g_id]) == {}
+
+
+# -- full-text search and the shared filter vectors ------------------------------------
+
+VECTORS = json.loads((Path(__file__).parent / "data" / "filter_vectors.json").read_text())
+
+
+@pytest.mark.trio
+async def test_the_filter_vectors_get_the_same_answers(
+    pg_url: str, node: Callable[..., Any]
+) -> None:
+    """tests/data/filter_vectors.json (search, topics, priority, category, read and
+    archived state): the answers the SQLite daemon gives, case by case."""
+    async with node() as store:
+        names: dict[int, str] = {}
+        for e in VECTORS["events"]:
+            fields = {k: v for k, v in e.items() if k not in ("name", "read", "archived")}
+            (stored,) = (await store.publish([EventIn(**fields)], PUBLISHER)).events
+            names[stored["id"]] = e["name"]
+        # read and archived state: written as the inbox role will (not built yet)
+        by_name = {name: i for i, name in names.items()}
+        with psycopg.connect(pg_url) as conn:
+            for e in VECTORS["events"]:
+                if e.get("read") or e.get("archived"):
+                    conn.execute(
+                        "INSERT INTO receipts (user_id, event_id, read, archived_at) "
+                        "VALUES (%s, %s, %s, %s)",
+                        (PUBLISHER, by_name[e["name"]], bool(e.get("read")) or None,
+                         "2026-01-01T00:00:00.000Z" if e.get("archived") else None),
+                    )  # fmt: skip
+        wrong = []
+        for case in VECTORS["cases"]:
+            got = sorted(names[e["id"]] for e in await full_history(store, **case["filter"]))
+            if got != sorted(case["match"]):
+                wrong.append((case["filter"], case["note"], got))
+            assert await store.count(query(**case["filter"])) == len(got)
+        assert wrong == []
+
+
+#: what random text is made of: ASCII, Latin accents (precomposed and combining),
+#: special case folding, Greek, Cyrillic, CJK, Devanagari, punctuation
+ALPHABET = [
+    *"abcdeABCDE019 _-.,!'\"*#/",
+    *"éÉèçñüÜßøæǖắİıςΣσſµй",
+    "e\u0301", "\u0301", "\u0305", "\u0903",
+    *"日本語αβγάΑΒहि",
+]  # fmt: skip
+
+
+@pytest.mark.trio
+async def test_random_text_and_queries_find_what_sqlite_finds(
+    node: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A seeded differential against the SQLite engine (FTS5 is the truth)."""
+    rnd = random.Random(1512)
+
+    def text(longest: int) -> str:
+        return "".join(rnd.choice(ALPHABET) for _ in range(rnd.randint(0, longest)))
+
+    batch = [ev("fuzz", "t" + text(14), body=text(20)) for _ in range(150)]
+    queries = [text(8).strip() or "x" for _ in range(200)]
+    sqlite = open_store(Config(data_dir=str(tmp_path), database_url=f"sqlite://{tmp_path}/t.db"))
+    await sqlite.start()
+    try:
+        async with node() as store:
+            ours = await store.publish(batch, PUBLISHER, batch=True)
+            truth = await sqlite.publish(batch, PUBLISHER, batch=True)
+            assert ids(ours.events) == ids(truth.events)
+            found = 0
+            wrong = []
+            for q in queries:
+                want = ids(await full_history(sqlite, q=q))
+                got = ids(await full_history(store, q=q))
+                found += bool(want)
+                if got != want:
+                    wrong.append((q, sorted(set(got) ^ set(want))))
+            assert wrong == []
+            assert found >= len(queries) // 10  # the queries do find things
+    finally:
+        await sqlite.close()
 
 
 # -- scheduled events --------------------------------------------------------------------

@@ -46,8 +46,10 @@ Blocking psycopg calls run in worker threads (``trio.to_thread.run_sync``) under
 a :class:`trio.CapacityLimiter` as large as the connection pool, each connection
 with a ``statement_timeout`` so that a stuck query cannot pin a thread forever.
 
+Full-text search (``q=``): :mod:`notifyd.core.postgres.search`.
+
 Not here yet (later sessions): the outbox rows a publish writes (OutboxStore),
-full-text search (``q=``), LISTEN/NOTIFY for commit listeners on other nodes.
+LISTEN/NOTIFY for commit listeners on other nodes.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ from ..store import (
     PublishResult,
 )
 from ..timeutil import format_ts, now_rfc3339
+from . import search
 from .schema import migrate
 
 T = TypeVar("T")
@@ -89,8 +92,8 @@ N_EVENT = len(EVENT_COLUMNS)
 SELECT_EVENT = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
 SELECT_STATE = "r.read, r.seen_at, r.archived_at, r.clicked_at, r.action"
 _INSERT_EVENT = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, publisher_id) "
-    f"VALUES ({', '.join(['%s'] * (N_EVENT + 1))})"
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, publisher_id, search) "
+    f"VALUES ({', '.join(['%s'] * (N_EVENT + 1))}, %s::tsvector)"
 )
 _LOCK_SEQUENCER = "SELECT last_id, last_created_at FROM event_sequencer WHERE id = 1 FOR UPDATE"
 _FROM = "FROM events e LEFT JOIN receipts r ON r.user_id = %s AND r.event_id = e.id"
@@ -146,6 +149,7 @@ def _row(d: Event, publisher_id: int) -> tuple[Any, ...]:
         Jsonb(d["tags"]) if d["tags"] else None, d["click"], d["icon"], d["image"],
         Json(d["actions"]) if d["actions"] else None, d["sensitive"], d["collapse_key"],
         d["deliver_at"], d["expires_at"], d["created_at"], publisher_id,
+        search.document(d["title"], d["body"]),
     )  # fmt: skip
 
 
@@ -366,8 +370,6 @@ def history_where(
     q: HistoryQuery, now: str, watermark: int, prefs: Preferences | None
 ) -> tuple[str, list[Any]]:
     """The WHERE clause of a history query over ``events e LEFT JOIN receipts r``."""
-    if q.q:
-        raise NotImplementedError("full-text search (q=) is not implemented on PostgreSQL yet")
     params: list[Any] = [now]
     where = ["e.superseded_by IS NULL", "(e.expires_at IS NULL OR e.expires_at > %s)"]
     muted = mute_sql(prefs, params)
@@ -397,6 +399,13 @@ def history_where(
         where.append("r.archived_at IS NULL")
     elif q.archived == "only":
         where.append("r.archived_at IS NOT NULL")
+    if q.q:
+        words = search.query(q.q)
+        if words is None:
+            where.append("FALSE")  # nothing to search for: nothing matches
+        else:
+            where.append("e.search @@ %s::tsquery")
+            params.append(words)
     return " AND ".join(where), params
 
 

@@ -47,7 +47,8 @@ _M001_EVENTS = [
         expires_at TEXT,
         created_at TEXT NOT NULL,
         superseded_by BIGINT,
-        publisher_id BIGINT
+        publisher_id BIGINT,
+        search TSVECTOR NOT NULL DEFAULT ''
     )
     """,
     "CREATE INDEX idx_events_topic ON events (topic, id)",
@@ -56,6 +57,8 @@ _M001_EVENTS = [
     "CREATE INDEX idx_events_collapse ON events (topic, collapse_key) "
     "WHERE collapse_key IS NOT NULL AND superseded_by IS NULL",
     "CREATE INDEX idx_events_expires ON events (expires_at) WHERE expires_at IS NOT NULL",
+    # full-text search: the tokens of title and body, made by postgres/search.py
+    "CREATE INDEX idx_events_search ON events USING GIN (search)",
     # The sequencer: one row, locked by every transaction that gives event ids and
     # held until it commits. last_id is the newest id given (never lowered);
     # last_created_at the newest created_at stamped (so that it never decreases
