@@ -44,6 +44,8 @@ TEST_USER = "notifyd-pgtest"
 #: notifyd_tpl_<owner>_<random>; <owner> is this process: <pid namespace>x<pid>
 DB_PREFIX = "notifyd_t_"
 TEMPLATE_PREFIX = "notifyd_tpl_"
+#: private clusters live in <tmp>/notifyd-pg-<random>, with the owner in a file there
+CLUSTER_PREFIX = "notifyd-pg-"
 
 
 def _pid_namespace() -> int:
@@ -215,9 +217,11 @@ class PgCluster:
                 f"{ENV}=postgresql://USER@HOST:PORT/DB"
             )
         run_as = RunAs.choose()
-        base = Path(tempfile.mkdtemp(prefix="notifyd-pg-"))
+        cls.remove_leftovers(bin_dir, run_as)
+        base = Path(tempfile.mkdtemp(prefix=CLUSTER_PREFIX))
         cluster = cls(base=base, bin_dir=bin_dir, run_as=run_as)
         try:
+            (base / "owner").write_text(_owner())
             if run_as.switches:
                 os.chown(base, run_as.uid, run_as.gid)
             cluster._initdb()
@@ -225,6 +229,22 @@ class PgCluster:
             shutil.rmtree(base, ignore_errors=True)
             raise
         return cluster
+
+    @classmethod
+    def remove_leftovers(cls, bin_dir: Path, run_as: RunAs) -> list[Path]:
+        """Stop and delete the clusters of earlier sessions that were killed before
+        their teardown (their owner, a process of our pid namespace, is gone)."""
+        removed = []
+        for base in Path(tempfile.gettempdir()).glob(CLUSTER_PREFIX + "*"):
+            try:
+                namespace, _, pid = (base / "owner").read_text().partition("x")
+            except OSError:
+                continue
+            if int(namespace or 0) != _pid_namespace() or Path(f"/proc/{pid}").exists():
+                continue
+            cls(base=base, bin_dir=bin_dir, run_as=run_as).destroy()
+            removed.append(base)
+        return removed
 
     def _initdb(self) -> None:
         common = [str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import free_port
-from pg import ENV, PgServer, PgUnavailable, connect, database_of, pg_server_session
+from pg import ENV, PgCluster, PgServer, PgUnavailable, connect, database_of, pg_server_session
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the databases the two tests below got, to compare
@@ -83,7 +83,9 @@ def test_a_private_cluster_really_starts_and_is_removed() -> None:
             conn.execute("INSERT INTO t VALUES (42)")
             assert conn.execute("SELECT x FROM t").fetchone() == (42,)
         # stop and start again at the same address (what failover tests need)
+        assert cluster.running()
         cluster.stop()
+        assert not cluster.running()
         with pytest.raises(psycopg.OperationalError):
             connect(url).close()
         cluster.start()
@@ -147,3 +149,23 @@ def test_databases_left_by_a_dead_run_are_dropped(pg_server: PgServer) -> None:
     finally:
         pg_server.drop_database(left)
         pg_server.drop_database(mine)
+
+
+@pytest.mark.slow
+def test_a_cluster_left_running_by_a_killed_session_is_removed() -> None:
+    import pg
+
+    left = PgCluster.create().start()
+    try:
+        dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a live pid
+        (left.base / "owner").write_text(f"{pg._pid_namespace()}x{dead_pid}")
+        mine = PgCluster.create()  # what the next session does first
+        try:
+            assert not left.base.exists()
+            with pytest.raises(psycopg.OperationalError):
+                connect(left.url, connect_timeout=2).close()
+            assert mine.base.exists()
+        finally:
+            mine.destroy()
+    finally:
+        left.destroy()
