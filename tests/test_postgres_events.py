@@ -36,7 +36,7 @@ from notifyd.core.acl import Visibility
 from notifyd.core.config import Config
 from notifyd.core.errors import StoreUnavailable
 from notifyd.core.models import EventIn
-from notifyd.core.postgres.events import PostgresEventStore
+from notifyd.core.postgres.events import EVENTS_CHANNEL, PostgresEventStore
 from notifyd.core.postgres.schema import MIGRATIONS, migrate, schema_version
 from notifyd.core.storage import open_store
 from notifyd.core.store import Event, EventStore, HistoryQuery, PublishResult
@@ -332,6 +332,34 @@ async def test_a_stuck_statement_ends_with_store_unavailable_and_stores_nothing(
             assert [e["title"] for e in await full_history(store)] == ["after"]
         finally:
             await quick.close()
+
+
+@pytest.mark.trio
+async def test_each_commit_that_stores_events_notifies_its_newest_id_once(
+    pg_url: str, node: Callable[..., Any]
+) -> None:
+    async with node(clock=lambda: T0) as store:
+        with psycopg.connect(pg_url, autocommit=True) as listener:
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_CHANNEL)))
+            one = await store.publish([ev("n", "one")], PUBLISHER)
+            many = await store.publish([ev("n", f"b{k}") for k in range(5)], PUBLISHER, batch=True)
+            await store.publish([ev("n", "later", deliver_at=format_ts(T0 + 5))], PUBLISHER)
+            again = await store.publish([ev("n", "again")], PUBLISHER)
+            assert await store.release_due(T0 + 10) == 1
+            last = await store.last_event_id()
+            # a marker sent after them all: everything before it has arrived
+            listener.execute("SELECT pg_notify(%s, 'end')", (EVENTS_CHANNEL,))
+            payloads = []
+            for note in listener.notifies(timeout=PATIENCE):
+                if note.payload == "end":
+                    break
+                payloads.append(int(note.payload))
+        assert payloads == [
+            ids(one.events)[0],
+            ids(many.events)[-1],
+            ids(again.events)[0],
+            last,
+        ]  # nothing for the scheduled publish, which stored no event
 
 
 # -- idempotency keys --------------------------------------------------------------------

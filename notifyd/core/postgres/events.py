@@ -48,8 +48,11 @@ with a ``statement_timeout`` so that a stuck query cannot pin a thread forever.
 
 Full-text search (``q=``): :mod:`notifyd.core.postgres.search`.
 
-Not here yet (later sessions): the outbox rows a publish writes (OutboxStore),
-LISTEN/NOTIFY for commit listeners on other nodes.
+Each transaction that stores events sends one ``NOTIFY`` on :data:`EVENTS_CHANNEL`
+with its newest id (delivered at commit, in commit order): the wake-up of live
+fan-out across nodes. Not here yet (later sessions): the listening side (a node
+LISTENs and reads new events by cursor for its commit listeners, and polls too),
+and the outbox rows a publish writes (OutboxStore).
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ _INSERT_EVENT = (
     f"VALUES ({', '.join(['%s'] * (N_EVENT + 1))}, %s::tsvector)"
 )
 _LOCK_SEQUENCER = "SELECT last_id, last_created_at FROM event_sequencer WHERE id = 1 FOR UPDATE"
+#: the LISTEN/NOTIFY channel on which every transaction that stores events sends
+#: its newest id at commit: a wake-up for the other nodes, which then read the new
+#: events by cursor (a lost notification delays them, never loses an event)
+EVENTS_CHANNEL = "notifyd_events"
 _FROM = "FROM events e LEFT JOIN receipts r ON r.user_id = %s AND r.event_id = e.id"
 
 
@@ -204,6 +211,8 @@ def insert_events(
         "UPDATE event_sequencer SET last_id = %s, last_created_at = %s WHERE id = 1",
         (events[-1]["id"], created_at),
     )
+    # one wake-up per transaction, delivered at its commit, in commit order
+    conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(events[-1]["id"])))
     return events
 
 
