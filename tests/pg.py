@@ -128,11 +128,13 @@ class RunAs:
     home: str
 
     @classmethod
-    def choose(cls) -> RunAs:
+    def choose(cls, names: Sequence[str] = ("postgres", TEST_USER)) -> RunAs:
+        """Ourselves; as root, the first of ``names`` that exists, else a new system
+        user ``TEST_USER`` (useradd)."""
         if os.geteuid() != 0:
             me = pwd.getpwuid(os.geteuid())
             return cls(me.pw_uid, me.pw_gid, me.pw_name, me.pw_dir)
-        for name in ("postgres", TEST_USER):
+        for name in names:
             with contextlib.suppress(KeyError):
                 entry = pwd.getpwnam(name)
                 return cls(entry.pw_uid, entry.pw_gid, entry.pw_name, entry.pw_dir)
@@ -204,10 +206,11 @@ class PgCluster:
     @classmethod
     def create(
         cls, bin_dir: Path | None = None, *, globs: Sequence[str] = DEBIAN_BINS,
-        path: str | None = None,
+        path: str | None = None, run_as: RunAs | None = None,
     ) -> PgCluster:  # fmt: skip
         """initdb a new cluster (not started). ``bin_dir`` is where initdb and pg_ctl
-        are; by default :func:`find_pg_bin` looks for them (``globs``, then ``path``)."""
+        are; by default :func:`find_pg_bin` looks for them (``globs``, then ``path``).
+        ``run_as``: who runs the server (default :meth:`RunAs.choose`)."""
         bin_dir = bin_dir or find_pg_bin(globs, path)
         if bin_dir is None:
             raise PgUnavailable(
@@ -216,7 +219,7 @@ class PgCluster:
                 "Debian's postgresql package (make test does, as root) or set "
                 f"{ENV}=postgresql://USER@HOST:PORT/DB"
             )
-        run_as = RunAs.choose()
+        run_as = run_as or RunAs.choose()
         cls.remove_leftovers(bin_dir, run_as)
         base = Path(tempfile.mkdtemp(prefix=CLUSTER_PREFIX))
         cluster = cls(base=base, bin_dir=bin_dir, run_as=run_as)

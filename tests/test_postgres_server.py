@@ -169,3 +169,41 @@ def test_a_cluster_left_running_by_a_killed_session_is_removed() -> None:
             mine.destroy()
     finally:
         left.destroy()
+
+
+@pytest.mark.slow
+def test_as_root_without_a_postgres_user_a_dedicated_user_runs_the_cluster() -> None:
+    """A PostgreSQL not from Debian's package has no ``postgres`` user: as root, the
+    cluster then runs as a system user created for it (as ourselves when not root)."""
+    import pwd
+
+    import pg
+
+    existed = _user_exists(pg.TEST_USER)
+    run_as = pg.RunAs.choose(names=[pg.TEST_USER])
+    try:
+        if os.geteuid() == 0:
+            assert run_as.name == pg.TEST_USER and run_as.uid != 0
+            assert pwd.getpwnam(pg.TEST_USER).pw_shell.endswith("nologin")
+        else:
+            assert run_as.uid == os.geteuid()
+        cluster = PgCluster.create(run_as=run_as).start()
+        try:
+            assert cluster.data.stat().st_uid == run_as.uid
+            with connect(cluster.url) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        finally:
+            cluster.destroy()
+    finally:
+        if os.geteuid() == 0 and not existed:
+            subprocess.run(["userdel", pg.TEST_USER], check=False, capture_output=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
