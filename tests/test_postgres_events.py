@@ -362,6 +362,46 @@ async def test_each_commit_that_stores_events_notifies_its_newest_id_once(
         ]  # nothing for the scheduled publish, which stored no event
 
 
+@pytest.mark.trio
+async def test_a_node_frozen_inside_a_publish_releases_the_sequencer_after_its_timeout(
+    pg_url: str, node: Callable[..., Any]
+) -> None:
+    async with node() as other:
+        frozen = PostgresEventStore(pg_url, statement_timeout=0.3)
+        await frozen.start()
+        other_done = threading.Event()
+        entered = threading.Event()
+
+        def freeze(events: list[Event]) -> None:
+            # inside the transaction, holding the sequencer, running no statement:
+            # thaw only once the other node has published past it
+            entered.set()
+            assert other_done.wait(PATIENCE)
+
+        frozen.before_commit = freeze
+        failures: list[BaseException] = []
+
+        async def publish_frozen() -> None:
+            try:
+                await frozen.publish([ev("z", "frozen")], PUBLISHER)
+            except StoreUnavailable as exc:
+                failures.append(exc)
+
+        try:
+            with trio.fail_after(PATIENCE):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(publish_frozen)
+                    assert await trio.to_thread.run_sync(entered.wait, PATIENCE)
+                    result = await other.publish([ev("z", "other")], PUBLISHER)
+                    other_done.set()
+        finally:
+            other_done.set()
+            await frozen.close()
+        assert len(failures) == 1  # never acknowledged
+        assert ids(result.events) == [1]
+        assert [e["title"] for e in await replay_all(other, 0)] == ["other"]
+
+
 # -- idempotency keys --------------------------------------------------------------------
 
 

@@ -44,7 +44,10 @@ unique-violation retry.
 
 Blocking psycopg calls run in worker threads (``trio.to_thread.run_sync``) under
 a :class:`trio.CapacityLimiter` as large as the connection pool, each connection
-with a ``statement_timeout`` so that a stuck query cannot pin a thread forever.
+with a ``statement_timeout`` so that a stuck query cannot pin a thread forever,
+and an ``idle_in_transaction_session_timeout`` as long, so that a node frozen in
+the middle of a publish releases the sequencer (its publish fails, unacknowledged,
+and the client's retry with its idempotency key is safe).
 
 Full-text search (``q=``): :mod:`notifyd.core.postgres.search`.
 
@@ -99,6 +102,10 @@ _INSERT_EVENT = (
     f"VALUES ({', '.join(['%s'] * (N_EVENT + 1))}, %s::tsvector)"
 )
 _LOCK_SEQUENCER = "SELECT last_id, last_created_at FROM event_sequencer WHERE id = 1 FOR UPDATE"
+#: errors after which the statement may succeed on a new try: connection lost or
+#: ended by the server (shutdown, a failover, an idle transaction's timeout), a
+#: statement timeout
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
 #: the LISTEN/NOTIFY channel on which every transaction that stores events sends
 #: its newest id at commit: a wake-up for the other nodes, which then read the new
 #: events by cursor (a lost notification delays them, never loses an event)
@@ -471,8 +478,20 @@ class PostgresEventStore(EventStore):
     # -- life cycle --
 
     def _connect_kwargs(self) -> dict[str, Any]:
+        # A statement may run (or wait for a lock) statement_timeout at most; a
+        # transaction left open and idle as long (its node froze between two
+        # statements while holding the sequencer) is ended by the server, so that
+        # one stuck node cannot stall every publisher of the cluster. TCP
+        # keepalives notice a peer that vanished without closing its connection.
         ms = max(1, int(self.statement_timeout * 1000))
-        return {"autocommit": True, "options": f"-c statement_timeout={ms}"}
+        return {
+            "autocommit": True,
+            "options": f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
 
     async def start(self) -> None:
         def open_() -> ConnectionPool[Conn]:
@@ -501,7 +520,7 @@ class PostgresEventStore(EventStore):
     async def _thread(self, fn: Callable[[], T]) -> T:
         try:
             return await trio.to_thread.run_sync(fn, limiter=self._limiter)
-        except psycopg.OperationalError as exc:  # connection lost, statement timeout
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}", retry_after=1.0) from exc
 
     async def _run(self, fn: Callable[[Conn], T]) -> T:
