@@ -121,8 +121,8 @@ async def replay_all(
         cursor = page[-1]["id"]
 
 
-async def full_history(store: EventStore, **kw: Any) -> list[Event]:
-    return await store.history(query(limit=10_000, **kw))
+async def full_history(store: EventStore, user_id: int = PUBLISHER, **kw: Any) -> list[Event]:
+    return await store.history(query(user_id, limit=10_000, **kw))
 
 
 # -- schema ----------------------------------------------------------------------------
@@ -586,6 +586,49 @@ async def test_the_filter_vectors_get_the_same_answers(
                 wrong.append((case["filter"], case["note"], got))
             assert await store.count(query(**case["filter"])) == len(got)
         assert wrong == []
+
+
+MUTE_RULES = [
+    [{"topic": "noise/*", "mute": True}],
+    [{"topic": "alerts/*", "min_priority": 5}, {"topic": "alerts/*", "mute": True}],
+    [{"topic": "*", "category": "ci", "mute": True}],
+    [{"topic": "a_*", "mute": True}],
+    [{"topic": "*", "min_priority": 4, "channels": ["x"]}],
+]
+
+
+@pytest.mark.trio
+async def test_a_users_mutes_hide_events_as_on_sqlite(
+    pg_url: str, node: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The first rule matching an event decides; a muting one hides it from
+    history and counts (the user's preferences: written as the account role will)."""
+    batch = [
+        ev(topic, f"{topic} {priority} {category}", priority=priority, category=category)
+        for topic in ("noise/a", "alerts/db", "a_b", "axb", "ci/main")
+        for priority in (2, 5)
+        for category in ("general", "ci")
+    ]
+    sqlite = open_store(Config(data_dir=str(tmp_path), database_url=f"sqlite://{tmp_path}/m.db"))
+    await sqlite.start()
+    try:
+        async with node() as store:
+            await store.publish(batch, PUBLISHER, batch=True)
+            await sqlite.publish(batch, PUBLISHER, batch=True)
+            for user, rules in enumerate(MUTE_RULES, start=10):
+                doc = {"rules": rules}
+                await sqlite.set_preferences(user, doc)
+                with psycopg.connect(pg_url) as conn:
+                    conn.execute(
+                        "INSERT INTO preferences (user_id, doc, updated_at) VALUES (%s, %s, '')",
+                        (user, json.dumps(doc)),
+                    )
+                want = ids(await full_history(sqlite, user_id=user))
+                assert len(want) < len(batch) or rules[0].get("channels")
+                assert ids(await full_history(store, user_id=user)) == want, rules
+                assert await store.count(query(user)) == len(want)
+    finally:
+        await sqlite.close()
 
 
 #: what random text is made of: ASCII, Latin accents (precomposed and combining),
