@@ -138,7 +138,7 @@ class RunAs:
             with contextlib.suppress(KeyError):
                 entry = pwd.getpwnam(name)
                 return cls(entry.pw_uid, entry.pw_gid, entry.pw_name, entry.pw_dir)
-        useradd = shutil.which("useradd")
+        useradd = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin")
         if useradd is None:
             raise PgUnavailable(
                 "initdb cannot run as root, there is no 'postgres' user and no useradd to "
