@@ -5,6 +5,7 @@ failure, never a skip, when no server can be had."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,7 +197,9 @@ def test_as_root_without_a_postgres_user_a_dedicated_user_runs_the_cluster() -> 
             cluster.destroy()
     finally:
         if os.geteuid() == 0 and not existed:
-            subprocess.run(["userdel", pg.TEST_USER], check=False, capture_output=True)
+            userdel = shutil.which("userdel") or shutil.which("userdel", path="/usr/sbin:/sbin")
+            assert userdel, "useradd made the user, userdel is missing"
+            subprocess.run([userdel, pg.TEST_USER], check=True, capture_output=True)
 
 
 def _user_exists(name: str) -> bool:
