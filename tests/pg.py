@@ -27,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,8 @@ class PgServer:
     #: the private cluster, when this session started one
     cluster: PgCluster | None = None
     template: str = ""
+    #: databases made here (dropped at close, if a test has not already)
+    made: list[str] = field(default_factory=list)
 
     @property
     def source(self) -> str:
@@ -385,21 +387,34 @@ class PgServer:
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
 
-    def create_database(self) -> str:
-        """A fresh empty database; returns its URL."""
+    def create_database(self, template: str = "") -> str:
+        """A fresh database, a copy of ``template`` (default: the session's empty one,
+        or one made by :meth:`create_template`); returns its URL."""
         name = f"{DB_PREFIX}{_owner()}_{uuid.uuid4().hex[:12]}"
         with self.admin() as conn:
             conn.execute(
                 sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(self.template or "template0")
+                    sql.Identifier(name), sql.Identifier(template or self.template or "template0")
                 )
             )
+        self.made.append(name)
         return with_database(self.url, name)
+
+    def create_template(self, prepare: Callable[[str], object]) -> str:
+        """A database made once and then copied by ``create_database(template=NAME)``,
+        e.g. with the schema migrated: ``prepare(url)`` fills it and must close its
+        connections (PostgreSQL copies no database that is in use). Returns NAME; it is
+        dropped at the end of the session."""
+        url = self.create_database()
+        prepare(url)
+        return database_of(url)
 
     def drop_database(self, url_or_name: str) -> None:
         name = database_of(url_or_name) if "://" in url_or_name else url_or_name
         with self.admin() as conn:
             self._drop(conn, name)
+        if name in self.made:
+            self.made.remove(name)
 
     def database_exists(self, url_or_name: str) -> bool:
         name = database_of(url_or_name) if "://" in url_or_name else url_or_name
@@ -409,9 +424,11 @@ class PgServer:
 
     def close(self) -> None:
         try:
-            if self.template and self.cluster is None:
+            if self.cluster is None:
                 with contextlib.suppress(psycopg.Error), self.admin() as conn:
-                    self._drop(conn, self.template)
+                    for name in [*self.made, self.template]:
+                        if name:
+                            self._drop(conn, name)
         finally:
             if self.cluster is not None:
                 self.cluster.destroy()

@@ -60,6 +60,34 @@ def test_the_database_is_dropped_after_the_test(pg_server: PgServer) -> None:
         connect(url).close()
 
 
+def test_a_prepared_template_is_copied_into_each_database(pg_server: PgServer) -> None:
+    """Work done once (a migrated schema, say) reaches every database made from it."""
+
+    def prepare(url: str) -> None:
+        with connect(url) as conn:
+            conn.execute("CREATE TABLE schema_version (version int)")
+            conn.execute("INSERT INTO schema_version VALUES (7)")
+
+    template = pg_server.create_template(prepare)
+    first, second = (pg_server.create_database(template=template) for _ in range(2))
+    fresh = pg_server.create_database()
+    try:
+        assert first != second
+        for url in (first, second):
+            with connect(url) as conn:
+                assert conn.execute("SELECT version FROM schema_version").fetchone() == (7,)
+        with connect(first) as conn:  # copies, not shared
+            conn.execute("UPDATE schema_version SET version = 8")
+        with connect(second) as conn:
+            assert conn.execute("SELECT version FROM schema_version").fetchone() == (7,)
+        # the session's own template stays empty
+        with connect(fresh) as conn:
+            assert conn.execute("SELECT to_regclass('schema_version')").fetchone() == (None,)
+    finally:
+        for url in (first, second, fresh, template):
+            pg_server.drop_database(url)
+
+
 @pytest.mark.slow
 def test_a_private_cluster_really_starts_and_is_removed() -> None:
     """What the session does when NOTIFYD_TEST_DATABASE_URL is unset, done here directly
