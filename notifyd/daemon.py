@@ -265,5 +265,5 @@ def _first_start_hint(config: Config, listeners: list[Listener]) -> None:
 def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT; ``reload()`` loads the
     configuration again on SIGHUP (see :mod:`notifyd.reload`)."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, node=config.node_name)
     trio.run(serve, config, reload)

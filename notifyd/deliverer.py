@@ -105,7 +105,7 @@ def _ignore_terminal_signals() -> None:
 def run() -> None:
     data = json.loads(os.environ["NOTIFYD_WORKER_CONFIG"])
     config = Config(**data)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, node=config.node_name)
     _ignore_terminal_signals()
     _lower_priority()
     trio.run(main, config, int(os.environ["NOTIFYD_WORKER_FD"]))
