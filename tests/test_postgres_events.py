@@ -125,6 +125,27 @@ async def full_history(store: EventStore, user_id: int = PUBLISHER, **kw: Any) -
     return await store.history(query(user_id, limit=10_000, **kw))
 
 
+class Heard:
+    """A commit listener that records the ids it hears; ``await heard.until(ids)``
+    waits (bounded) for it to have heard exactly those."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.titles: list[str] = []
+        self._changed = trio.Event()
+
+    def __call__(self, events: list[Event]) -> None:
+        self.ids.extend(ids(events))
+        self.titles.extend(e["title"] for e in events)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def until(self, count: int) -> None:
+        with trio.fail_after(PATIENCE):
+            while len(self.ids) < count:
+                await self._changed.wait()
+
+
 # -- schema ----------------------------------------------------------------------------
 
 
@@ -166,10 +187,11 @@ def test_an_unmigrated_database_has_no_version(pg_url: str) -> None:
 async def test_concurrent_publishes_on_several_nodes_get_unique_ids_in_commit_order(
     node: Callable[..., Any],
 ) -> None:
-    async with node(clock=lambda: T0) as a, node(clock=lambda: T0) as b:
-        committed: dict[str, list[int]] = {"a": [], "b": []}
-        a.add_commit_listener(lambda events: committed["a"].extend(ids(events)))
-        b.add_commit_listener(lambda events: committed["b"].extend(ids(events)))
+    async with node(clock=lambda: T0) as a, node(clock=lambda: T0) as b, node() as c:
+        heard = {"a": Heard(), "b": Heard(), "c": Heard()}
+        a.add_commit_listener(heard["a"])
+        b.add_commit_listener(heard["b"])
+        c.add_commit_listener(heard["c"])  # a node that only listens
         got: dict[tuple[int, int], list[Event]] = {}
 
         async def publisher(task: int) -> None:
@@ -195,15 +217,71 @@ async def test_concurrent_publishes_on_several_nodes_get_unique_ids_in_commit_or
             assert ids(batch) == list(range(batch[0]["id"], batch[0]["id"] + 3))
             firsts = [got[task, n][0]["id"] for n in range(4)]
             assert firsts == sorted(firsts)
-        # each node's listeners hear its own commits once, in id order
-        for name in ("a", "b"):
-            assert committed[name] == sorted(committed[name])
-        assert sorted(committed["a"] + committed["b"]) == all_ids
+        # every node's listeners hear every node's events once, in id order
+        for name in ("a", "b", "c"):
+            await heard[name].until(len(all_ids))
+            assert heard[name].ids == all_ids
         assert await a.last_event_id() == await b.last_event_id() == all_ids[-1]
         by_id = {e["id"]: e for events in got.values() for e in events}
         replayed = await replay_all(b, 0)
         assert ids(replayed) == all_ids
         assert [e["title"] for e in replayed] == [by_id[i]["title"] for i in all_ids]
+
+
+@pytest.mark.trio
+async def test_group_commit_acknowledges_only_what_committed_and_tells_it_first(
+    node: Callable[..., Any],
+) -> None:
+    """Concurrent publishes on one node share transactions. A failing one fails its
+    whole group (nothing of it is stored, every publish in it raises, none hangs);
+    a publish that returns has been committed and heard by the commit listeners."""
+    async with node() as store, node() as other:
+        heard = Heard()
+        store.add_commit_listener(heard)
+
+        class Boom(Exception):
+            pass
+
+        def explode(events: list[Event]) -> None:
+            if any(e["title"] == "boom" for e in events):
+                raise Boom
+
+        store.before_commit = explode
+        acked: list[int] = []
+        failed: list[str] = []
+        told_late: list[int] = []
+
+        async def publisher(n: int) -> None:
+            for k in range(3):
+                title = "boom" if (n, k) == (7, 1) else f"e{n}.{k}"
+                try:
+                    result = await store.publish([ev("g", title)], PUBLISHER)
+                except Boom:
+                    failed.append(title)
+                    continue
+                (event_id,) = ids(result.events)
+                acked.append(event_id)
+                if event_id not in heard.ids:
+                    told_late.append(event_id)
+
+        async def elsewhere(n: int) -> None:
+            # another node publishing meanwhile: this node's listeners must hear
+            # those events first where their ids are lower
+            result = await other.publish([ev("g", f"o{n}")], PUBLISHER)
+            acked.extend(ids(result.events))
+
+        with trio.fail_after(PATIENCE):
+            async with trio.open_nursery() as nursery:
+                for n in range(30):
+                    nursery.start_soon(publisher, n)
+                    nursery.start_soon(elsewhere, n)
+        assert "boom" in failed
+        assert 0 < len(failed) < 90  # the group that had it, not every publish
+        assert len(acked) + len(failed) == 120
+        assert told_late == []
+        await store.catch_up()
+        assert heard.ids == sorted(acked)
+        assert ids(await replay_all(store, 0)) == sorted(acked)
 
 
 @pytest.mark.trio
@@ -402,6 +480,36 @@ async def test_a_node_frozen_inside_a_publish_releases_the_sequencer_after_its_t
         assert [e["title"] for e in await replay_all(other, 0)] == ["other"]
 
 
+@pytest.mark.trio
+async def test_a_dropped_listen_connection_delays_but_loses_no_event(
+    pg_url: str, node: Callable[..., Any]
+) -> None:
+    async with node() as publisher:
+        listening = PostgresEventStore(pg_url, poll_interval=0.05)
+        await listening.start()
+        try:
+            heard = Heard()
+            listening.add_commit_listener(heard)
+            first = await publisher.publish([ev("w", "before")], PUBLISHER)
+            await heard.until(1)
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                ended = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'notifyd-wakeups'"
+                ).fetchall()
+            assert ended and all(row[0] for row in ended)
+            # published while the LISTEN connection is gone: no notification reaches it
+            rest = await publisher.publish([ev("w", f"after {n}") for n in range(3)], 1, batch=True)
+            await heard.until(4)
+            assert heard.ids == ids(first.events + rest.events)
+            # and the connection is back: later events arrive too
+            last = await publisher.publish([ev("w", "last")], PUBLISHER)
+            await heard.until(5)
+            assert heard.ids[-1] == ids(last.events)[0]
+        finally:
+            await listening.close()
+
+
 # -- idempotency keys --------------------------------------------------------------------
 
 
@@ -410,9 +518,8 @@ async def test_a_retry_with_the_same_key_returns_the_original_and_stores_nothing
     node: Callable[..., Any],
 ) -> None:
     async with node() as a, node() as b:
-        committed: list[int] = []
-        a.add_commit_listener(lambda events: committed.extend(ids(events)))
-        b.add_commit_listener(lambda events: committed.extend(ids(events)))
+        heard = Heard()
+        a.add_commit_listener(heard)
         original = await a.publish([ev("k", "first")], 1, idempotency_key="key-1")
         assert not original.replayed
         top = await a.last_event_id()
@@ -422,7 +529,7 @@ async def test_a_retry_with_the_same_key_returns_the_original_and_stores_nothing
         assert retry.replayed and retry.new_events == []
         assert retry.events == original.events  # the stored event object, unchanged
         assert await a.last_event_id() == top
-        assert committed == [top]
+        assert heard.ids == [top]
 
         # concurrent retries of one new key, spread over two nodes: one stores
         results: list[PublishResult] = []
@@ -439,7 +546,8 @@ async def test_a_retry_with_the_same_key_returns_the_original_and_stores_nothing
         assert len(stored) == 1 and stored[0]["id"] > top
         assert all(ids(r.events) == ids(stored) for r in results)
         assert await b.last_event_id() == stored[0]["id"]
-        assert sorted(committed) == [top, stored[0]["id"]]
+        await a.catch_up()  # the key may have been stored on the other node
+        assert heard.ids == [top, stored[0]["id"]]
 
         # keys belong to the publisher
         other = await a.publish([ev("k", "2's")], 2, idempotency_key="key-1")
@@ -682,9 +790,9 @@ async def test_scheduled_events_are_released_in_time_order_with_new_ids(
     node: Callable[..., Any],
 ) -> None:
     async with node(clock=lambda: T0) as store, node(clock=lambda: T0) as other:
-        committed: list[str] = []
-        store.add_commit_listener(lambda events: committed.extend(e["title"] for e in events))
-        other.add_commit_listener(lambda events: committed.extend(e["title"] for e in events))
+        heard, heard_other = Heard(), Heard()
+        store.add_commit_listener(heard)
+        other.add_commit_listener(heard_other)
         now_event = await store.publish([ev("s", "now")], PUBLISHER)
         top = await store.last_event_id()
         for title, offset in [("third", 30), ("first", 10), ("second", 20), ("cancelled", 15)]:
@@ -713,7 +821,9 @@ async def test_scheduled_events_are_released_in_time_order_with_new_ids(
         released = (await full_history(store))[::-1]
         assert [e["title"] for e in released] == ["now", "first", "second", "third"]
         assert ids(released) == sorted(ids(released)) and ids(released)[1] > top
-        assert committed == ["now", "first", "second", "third"]
+        for h in (heard, heard_other):
+            await h.until(4)
+            assert h.titles == ["now", "first", "second", "third"]
         assert [e["title"] for e in await replay_all(store, top)] == ["first", "second", "third"]
 
 

@@ -51,21 +51,32 @@ and the client's retry with its idempotency key is safe).
 
 Full-text search (``q=``): :mod:`notifyd.core.postgres.search`.
 
-Each transaction that stores events sends one ``NOTIFY`` on :data:`EVENTS_CHANNEL`
-with its newest id (delivered at commit, in commit order): the wake-up of live
-fan-out across nodes. Not here yet (later sessions): the listening side (a node
-LISTENs and reads new events by cursor for its commit listeners, and polls too),
-and the outbox rows a publish writes (OutboxStore).
+Commit listeners hear every event of the cluster, each once, in id order. Each
+transaction that stores events sends one ``NOTIFY`` on :data:`EVENTS_CHANNEL`
+with its newest id (delivered at its commit). Every node keeps a cursor of what
+its listeners heard: its own commits are told at once (after reading any other
+node's events below them it has not heard yet), and a LISTEN connection in a
+thread of its own (``_Wakeups``) has it read whatever else was committed, by
+cursor, on each notification and every ``poll_interval`` without one, so a lost
+notification or a dropped LISTEN connection delays events, never loses them.
+
+Not here yet (later sessions): the outbox rows a publish writes (OutboxStore).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
 import trio
+from psycopg import sql
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -87,6 +98,7 @@ from . import search
 from .schema import migrate
 
 T = TypeVar("T")
+log = logging.getLogger("notifyd.store")
 Conn = psycopg.Connection[Any]
 
 EVENT_COLUMNS = (
@@ -237,6 +249,8 @@ class PublishRequest:
     batch: bool
     now: float
     done: trio.Event = field(default_factory=trio.Event)
+    #: set once the commit listeners heard the request's group (or gave up on it)
+    told: trio.Event = field(default_factory=trio.Event)
     result: PublishResult | None = None
     error: BaseException | None = None
 
@@ -447,7 +461,11 @@ def _preferences(conn: Conn, user_id: int) -> Preferences | None:
 
 class PostgresEventStore(EventStore):
     """The event role on one PostgreSQL database; any number of instances (nodes)
-    may share it. ``count`` (of the inbox role) is here too: history needs it."""
+    may share it. ``count`` (of the inbox role) is here too: history needs it.
+
+    ``add_commit_listener``: a listener hears the events committed on *every*
+    node from :meth:`start` on, each once, in id order (see the module's
+    docstring); this node's own before its ``publish`` returns."""
 
     engine = "postgresql"
 
@@ -457,11 +475,15 @@ class PostgresEventStore(EventStore):
         *,
         pool_size: int = 4,
         statement_timeout: float = 30.0,
+        poll_interval: float = 1.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         import time
 
         self.url = url
+        #: how often commit listeners look for other nodes' events without a
+        #: notification (one lost, or the LISTEN connection down)
+        self.poll_interval = poll_interval
         self.clock = clock or time.time
         self.statement_timeout = statement_timeout
         #: see :data:`BeforeCommit`; None in production
@@ -474,6 +496,10 @@ class PostgresEventStore(EventStore):
         #: held by the transaction giving ids on this node: one batch at a time,
         #: so that this node's commit listeners hear its events in id order
         self._commit_lock = trio.Lock()
+        #: the newest id given to this node's commit listeners
+        self._heard = 0
+        self._hear_lock = trio.Lock()
+        self._wakeups: _Wakeups | None = None
 
     # -- life cycle --
 
@@ -509,8 +535,14 @@ class PostgresEventStore(EventStore):
             return pool
 
         self._pool = await self._thread(open_)
+        self._heard = await self.last_event_id()
+        self._wakeups = _Wakeups(self, trio.lowlevel.current_trio_token())
+        self._wakeups.start()
 
     async def close(self) -> None:
+        if self._wakeups is not None:
+            await trio.to_thread.run_sync(self._wakeups.stop)
+            self._wakeups = None
         # in-flight commits finish first: they hold the lock
         async with self._commit_lock:
             pool, self._pool = self._pool, None
@@ -538,12 +570,48 @@ class PostgresEventStore(EventStore):
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    def _emit(self, events: list[Event]) -> None:
+    def _tell(self, events: list[Event]) -> None:
+        for listener in self._listeners:
+            listener(events)
+
+    async def _committed(self, events: list[Event]) -> None:
+        """Give the events this node just committed (in id order) to the commit
+        listeners, after any other node's events below them that they have not
+        heard yet, and each event once (the wake-up path may have read them first)."""
         if not events:
             return
         EVENTS_PUBLISHED.inc(len(events))
-        for listener in self._listeners:
-            listener(events)
+        async with self._hear_lock:
+            if events[0]["id"] > self._heard + 1:
+                try:
+                    await self._hear_upto(events[0]["id"] - 1)
+                except StoreUnavailable:
+                    # committed all the same (the publish succeeded); the next
+                    # catch-up tells the listeners, in order
+                    log.warning("commit listeners wait for the next poll", exc_info=True)
+                    return
+            fresh = [e for e in events if e["id"] > self._heard]
+            if fresh:
+                self._heard = fresh[-1]["id"]
+                self._tell(fresh)
+
+    async def catch_up(self) -> None:
+        """Give every event committed (on any node) since the listeners last heard
+        to them, in id order: on a notification, and every ``poll_interval``."""
+        async with self._hear_lock:
+            await self._hear_upto(await self.last_event_id())
+
+    async def _hear_upto(self, upto: int) -> None:
+        # the caller holds _hear_lock
+        while self._heard < upto:
+            page = await self._run(
+                partial(_events_between, cursor=self._heard, upto=upto, limit=1000)
+            )
+            if not page:  # pruned meanwhile
+                self._heard = upto
+                return
+            self._heard = page[-1]["id"]
+            self._tell(page)
 
     # -- publishing --
 
@@ -564,6 +632,8 @@ class PostgresEventStore(EventStore):
         except BaseException:  # cancelled while queued: not published
             self._pending = [r for r in self._pending if r is not request]
             raise
+        stored: list[Event] = []
+        group: list[PublishRequest] = []
         try:
             if not request.done.is_set():
                 group, self._pending = self._pending, []
@@ -574,13 +644,22 @@ class PostgresEventStore(EventStore):
                     for req in group:
                         req.error = exc
                         req.done.set()
+                        req.told.set()
                     raise
                 for req, result in zip(group, results, strict=True):
                     req.result = result
                     req.done.set()
-                self._emit([e for r in results for e in r.new_events])
+                stored = [e for r in results for e in r.new_events]
         finally:
             self._commit_lock.release()
+        if group:  # the leader tells the group's events, outside the commit lock
+            try:  # so that the next batch commits meanwhile
+                await self._committed(sorted(stored, key=lambda e: int(e["id"])))
+            finally:
+                for req in group:
+                    req.told.set()
+        else:
+            await request.told.wait()
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -608,7 +687,7 @@ class PostgresEventStore(EventStore):
 
         async with self._commit_lock:
             released = await self._run(fn)
-            self._emit(released)
+        await self._committed(released)
         return len(released)
 
     async def cancel_scheduled(self, topic: str, collapse_key: str) -> int:
@@ -756,6 +835,73 @@ class PostgresEventStore(EventStore):
             ).rowcount
 
         return await self._run(fn)
+
+
+def _events_between(conn: Conn, cursor: int, upto: int, limit: int) -> list[Event]:
+    """Every stored event with ``cursor < id <= upto``, in id order (what the
+    commit listeners hear: no filter)."""
+    rows = conn.execute(
+        f"SELECT {SELECT_EVENT} FROM events e WHERE e.id > %s AND e.id <= %s "
+        "ORDER BY e.id LIMIT %s",
+        (cursor, upto, limit),
+    )
+    return [event_from_row(r) for r in rows]
+
+
+class _Wakeups(threading.Thread):
+    """A node's LISTEN connection, in a thread of its own: on each notification
+    of :data:`EVENTS_CHANNEL`, and every ``poll_interval`` without one, it has the
+    store's commit listeners catch up (:meth:`PostgresEventStore.catch_up`, run on
+    the trio loop). A dropped connection is opened again; while it is down the
+    polls go on, so a lost notification only delays events."""
+
+    def __init__(self, store: PostgresEventStore, token: trio.lowlevel.TrioToken) -> None:
+        super().__init__(name="notifyd-pg-wakeups", daemon=True)
+        self._store = store
+        self._token = token
+        self._stopping = threading.Event()
+        #: a channel of this node's own, notified to wake the thread when it stops
+        self.stop_channel = f"notifyd_stop_{os.getpid()}_{secrets.token_hex(6)}"
+        self._conn: Conn | None = None
+
+    def run(self) -> None:
+        store = self._store
+        while not self._stopping.is_set():
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(
+                        store.url, **store._connect_kwargs(), application_name="notifyd-wakeups"
+                    )
+                    for channel in (EVENTS_CHANNEL, self.stop_channel):
+                        self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                for _ in self._conn.notifies(timeout=store.poll_interval, stop_after=1):
+                    pass
+            except psycopg.Error:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                # not connected: wait one poll interval (or the stop) before retrying
+                self._stopping.wait(store.poll_interval)
+            if self._stopping.is_set():
+                break
+            try:
+                trio.from_thread.run(store.catch_up, trio_token=self._token)
+            except trio.RunFinishedError:
+                break
+            except Exception:  # noqa: BLE001 - PostgreSQL away: the next poll retries
+                log.debug("catching up failed", exc_info=True)
+        if self._conn is not None:
+            self._conn.close()
+
+    def stop(self) -> None:
+        """End the thread (blocking: call it from a worker thread)."""
+        self._stopping.set()
+        try:
+            with psycopg.connect(self._store.url, **self._store._connect_kwargs()) as conn:
+                conn.execute("SELECT pg_notify(%s, '')", (self.stop_channel,))
+        except psycopg.Error:
+            pass  # the thread sees the flag at its next poll
+        self.join()
 
 
 def _last_id(conn: Conn) -> int:
