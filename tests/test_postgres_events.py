@@ -9,9 +9,9 @@ the proof of guarantee 2: a publishing transaction held open while another node
 publishes and a reader follows by cursor must not be skipped, and the same
 scenario against a plain ``BIGSERIAL`` id must skip it.
 
-The server: ``NOTIFYD_TEST_DATABASE_URL``, else ``postgresql://postgres@127.0.0.1:5432/postgres``.
-Each test gets a fresh database, dropped afterwards. No server is a failure, never
-a skip. (A stopgap until the shared ``pg_database`` fixture lands.)
+The server: the suite's ``pg_database`` fixture (``NOTIFYD_TEST_DATABASE_URL``, else
+a private throwaway cluster); each test gets a fresh database, dropped afterwards.
+No server is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import json
 import os
 import random
 import threading
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ import psycopg
 import pytest
 import trio
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from notifyd.core.acl import Visibility
 from notifyd.core.config import Config
@@ -55,25 +53,9 @@ PUBLISHER = 1
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty database on the test server, dropped afterwards."""
-    try:
-        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(
-            f"no PostgreSQL server answers at {SERVER!r} ({exc}); the PostgreSQL tests need "
-            "one: start it, or set NOTIFYD_TEST_DATABASE_URL",
-            pytrace=False,
-        )
-    name = f"notifyd_ev_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield make_conninfo(SERVER, dbname=name)
-        finally:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+def pg_url(pg_database: str) -> str:
+    """A fresh, empty database of this test's own (tests/conftest.py, tests/pg.py)."""
+    return pg_database
 
 
 Clock = Callable[[], float]
