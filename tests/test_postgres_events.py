@@ -17,7 +17,6 @@ No server is a failure, never a skip.
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -40,9 +39,6 @@ from notifyd.core.storage import open_store
 from notifyd.core.store import Event, EventStore, HistoryQuery, PublishResult
 from notifyd.core.timeutil import format_ts
 
-SERVER = (
-    os.environ.get("NOTIFYD_TEST_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 EVERYTHING = Visibility(everything=True)
 DAY = 86400.0
 T0 = 1_700_000_000.0
