@@ -409,7 +409,9 @@ async def test_each_commit_that_stores_events_notifies_its_newest_id_once(
             for note in listener.notifies(timeout=PATIENCE):
                 if note.payload == "end":
                     break
-                payloads.append(int(note.payload))
+                newest, origin = note.payload.split()
+                assert origin == store.token
+                payloads.append(int(newest))
         assert payloads == [
             ids(one.events)[0],
             ids(many.events)[-1],

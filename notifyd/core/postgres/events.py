@@ -53,12 +53,13 @@ Full-text search (``q=``): :mod:`notifyd.core.postgres.search`.
 
 Commit listeners hear every event of the cluster, each once, in id order. Each
 transaction that stores events sends one ``NOTIFY`` on :data:`EVENTS_CHANNEL`
-with its newest id (delivered at its commit). Every node keeps a cursor of what
-its listeners heard: its own commits are told at once (after reading any other
-node's events below them it has not heard yet), and a LISTEN connection in a
-thread of its own (``_Wakeups``) has it read whatever else was committed, by
-cursor, on each notification and every ``poll_interval`` without one, so a lost
-notification or a dropped LISTEN connection delays events, never loses them.
+with its newest id and its node's token (delivered at its commit). Every node
+keeps a cursor of what its listeners heard: its own commits are told at once by
+the commit path (after reading any other node's events below them it has not
+heard yet), and a LISTEN connection in a thread of its own (``_Wakeups``) has it
+read whatever else was committed, by cursor, on each other node's notification
+and every ``poll_interval``, so a lost notification or a dropped LISTEN
+connection delays events, never loses them.
 
 Not here yet (later sessions): the outbox rows a publish writes (OutboxStore).
 """
@@ -119,7 +120,7 @@ _LOCK_SEQUENCER = "SELECT last_id, last_created_at FROM event_sequencer WHERE id
 #: statement timeout
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
 #: the LISTEN/NOTIFY channel on which every transaction that stores events sends
-#: its newest id at commit: a wake-up for the other nodes, which then read the new
+#: its newest id and its node's token (``"<id> <token>"``) at commit: a wake-up for the other nodes, which then read the new
 #: events by cursor (a lost notification delays them, never loses an event)
 EVENTS_CHANNEL = "notifyd_events"
 _FROM = "FROM events e LEFT JOIN receipts r ON r.user_id = %s AND r.event_id = e.id"
@@ -188,10 +189,15 @@ def lock_sequencer(conn: Conn) -> tuple[int, str]:
 
 
 def insert_events(
-    conn: Conn, items: list[tuple[EventIn, int]], sequencer: tuple[int, str], created_at: str
+    conn: Conn,
+    items: list[tuple[EventIn, int]],
+    sequencer: tuple[int, str],
+    created_at: str,
+    origin: str = "",
 ) -> list[Event]:
     """Insert events with the ids after the sequencer's (the caller holds its
-    lock), apply collapse keys, store extras, and move the sequencer.
+    lock), apply collapse keys, store extras, move the sequencer, and notify
+    ``<newest id> <origin>`` (``origin``: the storing node's token).
 
     ``created_at`` is raised to the newest stamp already given when a node's clock
     is behind another's, so that ``created_at`` never decreases as ids grow (what
@@ -226,12 +232,14 @@ def insert_events(
                 "AND superseded_by IS NULL AND id < %s",
                 collapsing,
             )
+    # and one wake-up per transaction, delivered at its commit, in commit order
+    # (in the same statement: one round trip fewer while the sequencer is held)
+    newest = events[-1]["id"]
     conn.execute(
-        "UPDATE event_sequencer SET last_id = %s, last_created_at = %s WHERE id = 1",
-        (events[-1]["id"], created_at),
+        "UPDATE event_sequencer SET last_id = %s, last_created_at = %s WHERE id = 1 "
+        "RETURNING pg_notify(%s, %s)",
+        (newest, created_at, EVENTS_CHANNEL, f"{newest} {origin}"),
     )
-    # one wake-up per transaction, delivered at its commit, in commit order
-    conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(events[-1]["id"])))
     return events
 
 
@@ -261,7 +269,10 @@ BeforeCommit = Callable[[list[Event]], None]
 
 
 def publish_many(
-    conn: Conn, requests: list[PublishRequest], before_commit: BeforeCommit | None = None
+    conn: Conn,
+    requests: list[PublishRequest],
+    before_commit: BeforeCommit | None = None,
+    origin: str = "",
 ) -> list[PublishResult]:
     """Store the events of several publish requests in one transaction that holds
     the sequencer from its first statement to its commit."""
@@ -314,7 +325,7 @@ def publish_many(
                     slots.append(("e", len(immediate)))
                     immediate.append((ev, req.publisher_id))
             plans.append(slots)
-        stored = insert_events(conn, immediate, sequencer, now)
+        stored = insert_events(conn, immediate, sequencer, now, origin)
         for req, plan in zip(requests, plans, strict=True):
             if isinstance(plan, PublishResult):
                 out.append(plan)
@@ -500,6 +511,9 @@ class PostgresEventStore(EventStore):
         self._heard = 0
         self._hear_lock = trio.Lock()
         self._wakeups: _Wakeups | None = None
+        #: names this instance in its notifications, so that its LISTEN thread
+        #: skips its own commits (told by the commit path itself)
+        self.token = secrets.token_hex(8)
 
     # -- life cycle --
 
@@ -639,7 +653,9 @@ class PostgresEventStore(EventStore):
                 group, self._pending = self._pending, []
                 hook = self.before_commit
                 try:
-                    results = await self._run(lambda conn: publish_many(conn, group, hook))
+                    results = await self._run(
+                        lambda conn: publish_many(conn, group, hook, self.token)
+                    )
                 except BaseException as exc:
                     for req in group:
                         req.error = exc
@@ -683,7 +699,7 @@ class PostgresEventStore(EventStore):
                     return []
                 conn.execute("DELETE FROM scheduled WHERE id = ANY(%s)", ([r[0] for r in rows],))
                 items = [(EventIn.model_validate(r[2]), int(r[1])) for r in rows]
-                return insert_events(conn, items, sequencer, created_at)
+                return insert_events(conn, items, sequencer, created_at, self.token)
 
         async with self._commit_lock:
             released = await self._run(fn)
@@ -874,8 +890,11 @@ class _Wakeups(threading.Thread):
                     )
                     for channel in (EVENTS_CHANNEL, self.stop_channel):
                         self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                for _ in self._conn.notifies(timeout=store.poll_interval, stop_after=1):
-                    pass
+                own = False
+                for note in self._conn.notifies(timeout=store.poll_interval, stop_after=1):
+                    own = note.payload.endswith(f" {store.token}")
+                if own:
+                    continue  # this node's own commit: told by its commit path
             except psycopg.Error:
                 if self._conn is not None:
                     self._conn.close()
