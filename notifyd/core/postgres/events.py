@@ -315,7 +315,7 @@ def publish_many(
                             ev.collapse_key,
                             Jsonb(ev.model_dump(mode="json")),
                             now,
-                        ),  # fmt: skip
+                        ),
                     ).fetchone()
                     assert row is not None
                     d = _event(ev, None, now)
@@ -905,8 +905,8 @@ class _Wakeups(threading.Thread):
                 break
             try:
                 trio.from_thread.run(store.catch_up, trio_token=self._token)
-            except trio.RunFinishedError:
-                break
+            except (trio.RunFinishedError, trio.Cancelled):
+                break  # the trio run is ending
             except Exception:  # noqa: BLE001 - PostgreSQL away: the next poll retries
                 log.debug("catching up failed", exc_info=True)
         if self._conn is not None:
