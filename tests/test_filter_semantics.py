@@ -2,7 +2,7 @@
 
 ``GET /v1/events?q=…&topic=…&category=…&min_priority=…&unread=…&archived=…`` is
 answered in SQL (SQLite FTS5 for ``q``); that answer is the truth. The TUI
-(``Filters.matches``, tui/widgets/filter_bar.py and tui/search.py) and the web page
+(``Filters.matches``, tui/widgets/filter_bar.py and notifyd/core/search.py) and the web page
 (``matchesFilters``, notifyd/web/static/js/filters.js) apply the same filters to
 events that arrive on the live stream, so they must give the same answer.
 

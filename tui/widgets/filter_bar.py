@@ -22,8 +22,7 @@ from textual.timer import Timer
 from textual.widgets import Checkbox, Input, Select
 
 from notifyd.core.globs import glob_match
-
-from ..search import search_matches
+from notifyd.core.search import search_matches
 
 PRIORITY_CHOICES = [("≥ low", 2), ("≥ default", 3), ("≥ high", 4), ("urgent", 5)]
 SEARCH_DELAY = 0.3  # seconds of quiet typing before a search runs
@@ -59,7 +58,7 @@ class Filters:
 
     def matches(self, event: dict, *, archive: bool = True) -> bool:
         """Whether ``event`` (with its read state) belongs in a list with these
-        filters: the same answer as the daemon's (see :mod:`notifyd.tui.search` for
+        filters: the same answer as the daemon's (see :mod:`notifyd.core.search` for
         the search). ``archive=False`` ignores the archive filter."""
         if self.topic and not topic_matches(self.topic, str(event.get("topic", ""))):
             return False

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from typing import Any
 
 import orjson
 
+from .. import search
 from ..acl import Visibility
 from ..prefs import Preferences
 from ..store import Event, HistoryQuery
@@ -76,15 +76,13 @@ def topics_sql(topics: tuple[str, ...], params: list[Any], column: str = "e.topi
     return "(" + " OR ".join(_topic_match(column, t, True) for t in topics) + ")"
 
 
-_WORD = re.compile(r"[\w\-]+", re.UNICODE)
-
-
 def fts_query(text: str) -> str | None:
     """Turn what a person typed into a safe FTS5 query: every word must occur,
     the last one as a prefix (search-as-you-type). The text is composed (NFC)
     first, so that an accent typed as a separate mark (as some keyboards and
     macOS file names send it) does not split its word."""
-    words = [w.replace('"', "") for w in _WORD.findall(unicodedata.normalize("NFC", text))][:16]
+    composed = unicodedata.normalize("NFC", text)
+    words = [w.replace('"', "") for w in search.WORD.findall(composed)][: search.MAX_WORDS]
     if not words:
         return None
     quoted = [f'"{w}"' for w in words]

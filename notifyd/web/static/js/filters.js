@@ -3,7 +3,7 @@
 // same filters would list it. The search follows SQLite FTS5 as the daemon uses
 // it (the unicode61 tokenizer, diacritics removed; the query built by
 // notifyd/core/sqlite/queries.py fts_query). The TUI has the same rules in Python
-// (tui/search.py); tests/test_filter_semantics.py checks both against the daemon
+// (notifyd/core/search.py); tests/test_filter_semantics.py checks both against the daemon
 // with tests/data/filter_vectors.json. docs/api.md ("Search") explains the rules.
 
 // The daemon's query words: Python's [\w\-]+ (letters, digits, "_" and "-"), the first 16.

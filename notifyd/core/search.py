@@ -1,16 +1,18 @@
-"""The inbox search (``q``) as the daemon answers it, for events that arrive live.
+"""What the inbox search (``q=``) means, in one place: the rules every engine and
+every client applies.
 
-``GET /v1/events?q=…`` is answered by SQLite FTS5 (the ``unicode61`` tokenizer,
-diacritics removed) over the title and the body, with the query built by
-``notifyd.core.sqlite.queries.fts_query``. The TUI must show a live event exactly
-when the daemon would list it, so this module implements the same rules in
-Python; the web page has the same function in JavaScript
-(``notifyd/web/static/js/filters.js``). Both are checked against the daemon by
-``tests/test_filter_semantics.py`` with the vectors in
-``tests/data/filter_vectors.json``. The rules (docs/api.md, "Search"):
+The SQLite engine answers ``q=`` with FTS5 (the ``unicode61`` tokenizer,
+diacritics removed) and a query built by ``core/sqlite/queries.fts_query`` from
+:data:`WORD` and :data:`MAX_WORDS`; the PostgreSQL engine stores and queries the
+tokens made here (``core/postgres/search.py``); the TUI filters live events with
+:func:`search_matches`, and the web page has the same function in JavaScript
+(``notifyd/web/static/js/filters.js``). ``tests/test_filter_semantics.py`` checks
+the daemon, the TUI and the page against the vectors in
+``tests/data/filter_vectors.json``. The rules (docs/api.md, "Filters and search"):
 
-1. The query's words are the runs of letters, digits, ``_`` and ``-`` in it; only
-   the first :data:`MAX_WORDS` count. With no word, nothing matches.
+1. The query is composed (NFC); its words are the runs of letters, digits, ``_``
+   and ``-`` in it; only the first :data:`MAX_WORDS` count. With no word, nothing
+   matches.
 2. Text (the title, the body, and each query word) is split into tokens: runs of
    letters, digits and private-use characters; everything else separates tokens
    (so ``e-mail`` and ``on_call`` are two tokens each). Tokens are compared
