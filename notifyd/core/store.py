@@ -34,6 +34,21 @@ if TYPE_CHECKING:  # channels.py imports Event from here
 Event = dict[str, Any]
 
 
+def with_inbox_state(ev: Event, state: tuple[Any, ...], watermark: int) -> Event:
+    """``ev`` with its reader's inbox state, from the stored columns ``(read,
+    seen_at, archived_at, clicked_at, action)`` of that reader's row (all None when
+    there is none). An explicit read flag wins; without one, events up to the
+    reader's mark-all-read ``watermark`` are read. The same for every engine."""
+    read, seen_at, archived_at, clicked_at, action = state
+    is_read = ev["id"] <= watermark if read is None else bool(read)
+    ev["read"] = is_read
+    ev["seen"] = is_read or seen_at is not None
+    ev["archived"] = archived_at is not None
+    ev["clicked_at"] = clicked_at
+    ev["action"] = action
+    return ev
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one send did to its deliveries (one row, or a digest's rows): sent when

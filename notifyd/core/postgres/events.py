@@ -93,6 +93,7 @@ from ..store import (
     EventStore,
     HistoryQuery,
     PublishResult,
+    with_inbox_state,
 )
 from ..timeutil import format_ts, now_rfc3339
 from . import search
@@ -137,15 +138,7 @@ def event_from_row(row: tuple[Any, ...]) -> Event:
 
 
 def event_with_state(row: tuple[Any, ...], watermark: int) -> Event:
-    ev = event_from_row(row)
-    read, seen_at, archived_at, clicked_at, action = row[N_EVENT : N_EVENT + 5]
-    is_read = ev["id"] <= watermark if read is None else bool(read)
-    ev["read"] = is_read
-    ev["seen"] = is_read or seen_at is not None
-    ev["archived"] = archived_at is not None
-    ev["clicked_at"] = clicked_at
-    ev["action"] = action
-    return ev
+    return with_inbox_state(event_from_row(row), row[N_EVENT : N_EVENT + 5], watermark)
 
 
 def _event(ev: EventIn, event_id: int | None, created_at: str) -> Event:

@@ -10,7 +10,7 @@ import orjson
 from .. import search
 from ..acl import Visibility
 from ..prefs import Preferences
-from ..store import Event, HistoryQuery
+from ..store import Event, HistoryQuery, with_inbox_state
 
 EVENT_COLUMNS = (
     "id", "topic", "title", "body", "format", "priority", "category", "tags", "click",
@@ -35,15 +35,7 @@ def event_from_row(row: tuple[Any, ...]) -> Event:
 
 
 def event_with_state(row: tuple[Any, ...], watermark: int) -> Event:
-    ev = event_from_row(row)
-    read, seen_at, archived_at, clicked_at, action = row[N_EVENT : N_EVENT + 5]
-    is_read = ev["id"] <= watermark if read is None else bool(read)
-    ev["read"] = is_read
-    ev["seen"] = is_read or seen_at is not None
-    ev["archived"] = archived_at is not None
-    ev["clicked_at"] = clicked_at
-    ev["action"] = action
-    return ev
+    return with_inbox_state(event_from_row(row), row[N_EVENT : N_EVENT + 5], watermark)
 
 
 def _topic_match(column: str, pattern: str, indexed: bool) -> str:
