@@ -8,11 +8,12 @@ leaves nothing behind. ``notifyd_schema`` holds the version (how many of
 :data:`MIGRATIONS` have run). Never edit a migration that has shipped: add one.
 
 The logical tables are those of the SQLite engine (``core/sqlite/schema.py``), as
-far as the event role needs them so far: ``events``, ``scheduled``,
+far as the roles built so far need them. Migration 1 (the event role): ``events``, ``scheduled``,
 ``idempotency``, ``event_extras``, the per-user state the history joins
 (``receipts``, ``inbox_marks``, ``preferences`` for mutes), and
 ``event_sequencer``: the one row whose lock orders ids by commit (see
-:mod:`notifyd.core.postgres.events`). Times are RFC 3339 strings as in SQLite
+:mod:`notifyd.core.postgres.events`). Migration 2 (the account role): ``users``,
+``tokens``, ``sessions``, ``acl``. Times are RFC 3339 strings as in SQLite
 (``timeutil.format_ts``: fixed width, UTC, so they compare as text), so that both
 engines answer the same filters with the same values.
 """
@@ -123,8 +124,62 @@ _M001_EVENTS = [
     "CREATE TABLE preferences (user_id BIGINT PRIMARY KEY, doc JSONB NOT NULL, updated_at TEXT NOT NULL)",
 ]
 
+# Accounts: users, tokens (by hash), web sessions, ACL grants. The per-user tables of
+# _M001 (receipts, inbox_marks, preferences, idempotency) keep no foreign key:
+# removing a user deletes them explicitly, in its transaction (accounts.py).
+_M002_ACCOUNTS = [
+    """
+    CREATE TABLE users (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL DEFAULT 'user',
+        password_hash TEXT,
+        tz TEXT DEFAULT 'UTC',
+        created_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE tokens (
+        id BIGSERIAL PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users (id),
+        hash TEXT NOT NULL UNIQUE,
+        prefix TEXT,
+        label TEXT,
+        scopes TEXT NOT NULL,
+        topics TEXT,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        expires_at TEXT
+    )
+    """,
+    "CREATE INDEX idx_tokens_user ON tokens (user_id)",
+    """
+    CREATE TABLE sessions (
+        id BIGSERIAL PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users (id),
+        hash TEXT NOT NULL UNIQUE,
+        user_agent TEXT,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX idx_sessions_user ON sessions (user_id)",
+    "CREATE INDEX idx_sessions_expiry ON sessions (expires_at)",
+    """
+    CREATE TABLE acl (
+        id BIGSERIAL PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users (id),
+        pattern TEXT NOT NULL,
+        read BOOLEAN NOT NULL,
+        write BOOLEAN NOT NULL,
+        created_at TEXT,
+        UNIQUE (user_id, pattern)
+    )
+    """,
+]
+
 #: each migration: the statements it runs, in order
-MIGRATIONS: list[list[str]] = [_M001_EVENTS]
+MIGRATIONS: list[list[str]] = [_M001_EVENTS, _M002_ACCOUNTS]
 
 
 def _version(conn: psycopg.Connection[Any]) -> int:
