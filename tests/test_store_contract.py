@@ -1022,3 +1022,89 @@ async def test_held_rows_sharing_a_digest_key_are_claimed_as_one(open_store: Ope
         assert len(digest.ids) == 3 and digest.attempt == 1
         assert ids(digest.events) == ids(published.events)  # in event order
         assert await store.finish_deliveries([sent(digest, held_until)], "n/1") == 3
+
+
+# -- 10. PostgreSQL against SQLite: inbox state, step by step ------------------------
+
+
+def _inbox_view(events: list[Event]) -> list[tuple[Any, ...]]:
+    return [
+        (e["id"], e["read"], e["seen"], e["archived"], e["clicked_at"] is not None, e["action"])
+        for e in events
+    ]
+
+
+@pytest.mark.trio
+async def test_postgresql_inbox_state_matches_sqlite_step_by_step(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """A seeded random run of state changes, "read all" (filtered or not, with
+    narrower visibilities, archived events, mutes, explicit unread marks) and
+    publishes, applied to both engines: every answer and every user's whole inbox
+    must be the same after each step (the SQLite engine is the reference)."""
+    import random
+
+    rnd = random.Random(1515)
+    sqlite = open_engine_store(_config("sqlite", tmp_path), clock=lambda: T0)
+    pg = cast(Store, _PostgresStore(pg_database, clock=lambda: T0))
+    stores = (sqlite, pg)
+    topics = ["a", "a/x", "b", "c/y"]
+    visibilities = [
+        EVERYTHING,
+        Visibility(everything=False, any_of=("a*",)),
+        Visibility(everything=True, also_matching="*y"),
+        Visibility(everything=False, any_of=("b", "c/*")),
+    ]
+    for store in stores:
+        await store.start()
+    try:
+        users = []
+        for name in ("u1", "u2", "u3"):
+            got = [await s.create_user(name, "admin", None) for s in stores]
+            assert got[0].id == got[1].id
+            users.append(got[0].id)
+        mutes = {"rules": [{"topic": "c/*", "mute": True}]}
+        for store in stores:
+            await store.set_preferences(users[2], mutes)
+
+        def batch() -> list[EventIn]:
+            return [
+                ev(rnd.choice(topics), "t", priority=rnd.randint(1, 5),
+                   category=rnd.choice(["general", "ops"]))
+                for _ in range(rnd.randint(1, 4))
+            ]  # fmt: skip
+
+        for step in range(120):
+            user = rnd.choice(users)
+            vis = rnd.choice(visibilities)
+            last = await sqlite.last_event_id()
+            kind = rnd.random()
+            if kind < 0.15 or last == 0:
+                events = batch()
+                out = [ids((await s.publish(events, users[0], batch=True)).events) for s in stores]
+            elif kind < 0.65:
+                state = rnd.choice(["read", "unread", "seen", "archive", "unarchive", "click"])
+                chosen = rnd.sample(range(1, last + 3), k=min(last + 2, rnd.randint(1, 5)))
+                action = "go" if state == "click" else None
+                out = [await s.set_state(user, chosen, state, vis, action) for s in stores]
+            else:
+                filters: dict[str, Any] = rnd.choice(
+                    [{}, {}, {"topic": "a*"}, {"category": "ops"}, {"min_priority": 3},
+                     {"archived": "include"}, {"archived": "only"}, {"since": last // 2}]
+                )  # fmt: skip
+                if rnd.random() < 0.5:  # the whole inbox: the watermark's path
+                    vis, filters = EVERYTHING, {}
+                q = query(user, vis, **filters)
+                out = [await s.read_all(q) for s in stores]
+            assert out[0] == out[1], (step, kind)
+            for u in users:
+                for archived in ("exclude", "only"):
+                    views = [
+                        _inbox_view(await full_history(s, u, archived=archived)) for s in stores
+                    ]
+                    assert views[0] == views[1], (step, u, archived)
+                counts = [await s.count(query(u, unread=True, archived="include")) for s in stores]
+                assert counts[0] == counts[1], (step, u)
+    finally:
+        for store in stores:
+            await store.close()
