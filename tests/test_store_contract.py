@@ -28,9 +28,7 @@ from notifyd.core.acl import Grant, Visibility
 from notifyd.core.config import Config
 from notifyd.core.errors import Conflict, NotFound
 from notifyd.core.models import EventIn
-from notifyd.core.postgres.accounts import PostgresAccountStore
-from notifyd.core.postgres.events import PostgresEventStore
-from notifyd.core.postgres.inbox import PostgresInboxStore
+from notifyd.core.postgres.store import PostgresStore
 from notifyd.core.storage import open_store as open_engine_store
 from notifyd.core.store import DueDelivery, Event, HistoryQuery, Outcome, Store
 from notifyd.core.timeutil import format_ts, parse_rfc3339
@@ -81,11 +79,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("engine", params)
 
 
-class _PostgresStore(PostgresEventStore, PostgresInboxStore, PostgresAccountStore):
-    """The roles the PostgreSQL engine has so far (the event store first: it gives
-    the connection plumbing and ``count``)."""
-
-
 def _config(engine: str, tmp_path: Path) -> Config:
     if engine == "sqlite":
         return Config(data_dir=str(tmp_path), database_url=f"sqlite://{tmp_path}/contract.db")
@@ -96,7 +89,7 @@ def _new_store(engine: str, tmp_path: Path, clock: Clock, request: pytest.Fixtur
     if engine == "postgresql":
         # not through the factory yet: it refuses postgresql:// until every role exists
         url: str = request.getfixturevalue("pg_database")
-        store = cast(Store, _PostgresStore(url, clock=clock))
+        store = cast(Store, PostgresStore(url, clock=clock))
     else:
         store = open_engine_store(_config(engine, tmp_path), clock=clock)
     assert store.engine == engine
@@ -1046,7 +1039,7 @@ async def test_postgresql_inbox_state_matches_sqlite_step_by_step(
 
     rnd = random.Random(1515)
     sqlite = open_engine_store(_config("sqlite", tmp_path), clock=lambda: T0)
-    pg = cast(Store, _PostgresStore(pg_database, clock=lambda: T0))
+    pg = cast(Store, PostgresStore(pg_database, clock=lambda: T0))
     stores = (sqlite, pg)
     topics = ["a", "a/x", "b", "c/y"]
     visibilities = [
