@@ -301,3 +301,19 @@ async def test_export_reads_one_snapshot(pg_database: str) -> None:
             assert [e["id"] for e in await since.next_page()] == [5, 6]
         finally:
             await since.aclose()
+
+
+@pytest.mark.trio
+async def test_full_integrity_check_uses_amcheck_when_installed(pg_database: str) -> None:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck'"
+        ).fetchone()
+    assert available is not None, "the test server has no amcheck (postgresql-contrib)"
+    async with opened(pg_database) as store:
+        await seed(store)
+        assert (await store.storage_info()).checks[1] == "consistency (amcheck not installed)"
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION amcheck")
+        assert (await store.storage_info()).checks[1] == "consistency+amcheck"
+        assert await store.integrity_check(full=True) == ["ok"]

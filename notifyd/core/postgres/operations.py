@@ -151,6 +151,12 @@ def check_database(conn: Conn, full: bool) -> list[str]:
                     conn.execute("SELECT bt_index_check(%s::regclass)", (name,))
             except psycopg.errors.DataCorrupted as exc:
                 problems.append(f"index {name}: {exc}")
+            except psycopg.errors.InsufficientPrivilege:
+                problems.append(
+                    "amcheck is installed but notifyd's role may not run bt_index_check: "
+                    "GRANT EXECUTE ON FUNCTION bt_index_check(regclass) to it"
+                )
+                break
     return problems or ["ok"]
 
 
