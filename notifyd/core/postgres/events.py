@@ -61,7 +61,8 @@ read whatever else was committed, by cursor, on each other node's notification
 and every ``poll_interval``, so a lost notification or a dropped LISTEN
 connection delays events, never loses them.
 
-Not here yet (later sessions): the outbox rows a publish writes (OutboxStore).
+The outbox rows of stored events (:func:`enqueue_deliveries`) are written in the
+transaction that stores them; the outbox role is :mod:`notifyd.core.postgres.outbox`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ from psycopg_pool import ConnectionPool
 
 from ..acl import Visibility
 from ..errors import StoreUnavailable
+from ..fanout import ChannelTarget, plan_deliveries
 from ..metrics import EVENTS_PUBLISHED, PRUNED
 from ..models import EventIn
 from ..prefs import Preferences
@@ -95,7 +97,7 @@ from ..store import (
     PublishResult,
     with_inbox_state,
 )
-from ..timeutil import format_ts, now_rfc3339
+from ..timeutil import format_ts, now_rfc3339, parse_rfc3339
 from . import search
 from .schema import migrate
 
@@ -187,9 +189,11 @@ def insert_events(
     sequencer: tuple[int, str],
     created_at: str,
     origin: str = "",
+    now: float | None = None,
 ) -> list[Event]:
     """Insert events with the ids after the sequencer's (the caller holds its
-    lock), apply collapse keys, store extras, move the sequencer, and notify
+    lock), apply collapse keys, store extras, write their outbox rows (planned at
+    ``now``, see :func:`enqueue_deliveries`), move the sequencer, and notify
     ``<newest id> <origin>`` (``origin``: the storing node's token).
 
     ``created_at`` is raised to the newest stamp already given when a node's clock
@@ -225,6 +229,7 @@ def insert_events(
                 "AND superseded_by IS NULL AND id < %s",
                 collapsing,
             )
+    enqueue_deliveries(conn, events, parse_rfc3339(created_at) if now is None else now)
     # and one wake-up per transaction, delivered at its commit, in commit order
     # (in the same statement: one round trip fewer while the sequencer is held)
     newest = events[-1]["id"]
@@ -234,6 +239,50 @@ def insert_events(
         (newest, created_at, EVENTS_CHANNEL, f"{newest} {origin}"),
     )
     return events
+
+
+def enqueue_deliveries(conn: Conn, events: list[Event], now: float) -> int:
+    """Write the outbox rows of ``events`` in the caller's transaction, as the
+    SQLite engine decides them (:func:`notifyd.core.fanout.plan_deliveries`): an
+    event and its deliveries commit together."""
+    chans = [
+        ChannelTarget(int(r[0]), int(r[1]), r[2], r[3])
+        for r in conn.execute(
+            "SELECT c.id, c.user_id, u.role, c.name FROM channels c "
+            "JOIN users u ON u.id = c.user_id WHERE c.enabled ORDER BY c.id"
+        )
+    ]
+    if not chans or not events:
+        return 0
+    grants: dict[int, list[str]] = {}
+    for user_id, pattern in conn.execute("SELECT user_id, pattern FROM acl WHERE read"):
+        grants.setdefault(int(user_id), []).append(pattern)
+    prefs: dict[int, Preferences] = {}
+    for user_id, doc in conn.execute(
+        "SELECT user_id, doc FROM preferences WHERE user_id = ANY(%s)",
+        (sorted({c.user_id for c in chans}),),
+    ):
+        try:
+            prefs[int(user_id)] = Preferences.from_json(doc)
+        except ValueError:
+            continue  # validated when stored; a bad document must not block publishing
+    recent: dict[int, int] = {}
+    if any(p.rate_limit_per_minute for p in prefs.values()):
+        for channel_id, n in conn.execute(
+            "SELECT channel_id, count(*) FROM deliveries WHERE created_at > %s "
+            "AND digest_key IS NULL GROUP BY channel_id",
+            (format_ts(now - 60),),
+        ):
+            recent[int(channel_id)] = int(n)
+    rows = plan_deliveries(events, chans, grants, prefs, recent, now)
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO deliveries (event_id, user_id, channel_id, next_attempt_at, "
+                "created_at, digest_key) VALUES (%s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+    return len(rows)
 
 
 def _cancel_scheduled(conn: Conn, topic: str, collapse_key: str) -> int:
@@ -318,7 +367,7 @@ def publish_many(
                     slots.append(("e", len(immediate)))
                     immediate.append((ev, req.publisher_id))
             plans.append(slots)
-        stored = insert_events(conn, immediate, sequencer, now, origin)
+        stored = insert_events(conn, immediate, sequencer, now, origin, now_ts)
         for req, plan in zip(requests, plans, strict=True):
             if isinstance(plan, PublishResult):
                 out.append(plan)
@@ -676,7 +725,8 @@ class PostgresEventStore(EventStore):
 
     async def release_due(self, now: float, limit: int = 500) -> int:
         due_at = format_ts(now)
-        created_at = format_ts(self.clock())
+        clock_now = self.clock()
+        created_at = format_ts(clock_now)
 
         def fn(conn: Conn) -> list[Event]:
             with conn.transaction():
@@ -692,7 +742,7 @@ class PostgresEventStore(EventStore):
                     return []
                 conn.execute("DELETE FROM scheduled WHERE id = ANY(%s)", ([r[0] for r in rows],))
                 items = [(EventIn.model_validate(r[2]), int(r[1])) for r in rows]
-                return insert_events(conn, items, sequencer, created_at, self.token)
+                return insert_events(conn, items, sequencer, created_at, self.token, clock_now)
 
         async with self._commit_lock:
             released = await self._run(fn)
@@ -821,7 +871,7 @@ class PostgresEventStore(EventStore):
                     )
                 ]
                 if ids:
-                    for table in ("receipts", "event_extras"):
+                    for table in ("receipts", "deliveries", "event_extras"):
                         conn.execute(f"DELETE FROM {table} WHERE event_id = ANY(%s)", (ids,))
                 return len(ids)
 

@@ -13,7 +13,8 @@ far as the roles built so far need them. Migration 1 (the event role): ``events`
 (``receipts``, ``inbox_marks``, ``preferences`` for mutes), and
 ``event_sequencer``: the one row whose lock orders ids by commit (see
 :mod:`notifyd.core.postgres.events`). Migration 2 (the account role): ``users``,
-``tokens``, ``sessions``, ``acl``. Times are RFC 3339 strings as in SQLite
+``tokens``, ``sessions``, ``acl``. Migration 3 (the outbox role): ``channels``,
+``deliveries`` (with ``claimed_by``/``lease_until``). Times are RFC 3339 strings as in SQLite
 (``timeutil.format_ts``: fixed width, UTC, so they compare as text), so that both
 engines answer the same filters with the same values.
 """
@@ -178,8 +179,55 @@ _M002_ACCOUNTS = [
     """,
 ]
 
+# The outbox (the outbox role): channels, and one deliveries row per (event, user,
+# channel), written in the event's transaction. A claimed row has claimed_by (its
+# owner, "<node>/<process>") and lease_until, and its next_attempt_at is set to the
+# lease's end, so that idx_deliveries_due finds expired leases as due rows.
+_M003_OUTBOX = [
+    """
+    CREATE TABLE channels (
+        id BIGSERIAL PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users (id),
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        config JSONB NOT NULL,
+        enabled BOOLEAN NOT NULL DEFAULT TRUE,
+        created_at TEXT NOT NULL,
+        last_success_at TEXT,
+        last_error TEXT,
+        last_error_at TEXT,
+        UNIQUE (user_id, name)
+    )
+    """,
+    """
+    CREATE TABLE deliveries (
+        id BIGSERIAL PRIMARY KEY,
+        event_id BIGINT NOT NULL,
+        user_id BIGINT NOT NULL,
+        channel_id BIGINT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        sent_at TEXT,
+        digest_key TEXT,
+        claimed_by TEXT,
+        lease_until TEXT
+    )
+    """,
+    "CREATE INDEX idx_deliveries_due ON deliveries (next_attempt_at, id) WHERE state = 'pending'",
+    "CREATE INDEX idx_deliveries_state ON deliveries (state, id)",
+    "CREATE INDEX idx_deliveries_event ON deliveries (event_id)",
+    "CREATE INDEX idx_deliveries_channel ON deliveries (channel_id)",
+    "CREATE INDEX idx_deliveries_digest ON deliveries (channel_id, digest_key) "
+    "WHERE digest_key IS NOT NULL",
+    "CREATE INDEX idx_deliveries_claimed ON deliveries (claimed_by) WHERE claimed_by IS NOT NULL",
+    "CREATE INDEX idx_deliveries_recent ON deliveries (created_at) WHERE digest_key IS NULL",
+]
+
 #: each migration: the statements it runs, in order
-MIGRATIONS: list[list[str]] = [_M001_EVENTS, _M002_ACCOUNTS]
+MIGRATIONS: list[list[str]] = [_M001_EVENTS, _M002_ACCOUNTS, _M003_OUTBOX]
 
 
 def _version(conn: psycopg.Connection[Any]) -> int:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ..acl import glob_match
 from ..channels import ChannelRecord
 from ..errors import Conflict, NotFound
-from ..prefs import Preferences, plan
+from ..fanout import ChannelTarget, plan_deliveries
+from ..prefs import Preferences
 from ..store import Claim, DueDelivery, Outcome
 from ..timeutil import format_ts, now_rfc3339, parse_rfc3339
 from .queries import SELECT_EVENT, event_from_row
@@ -72,23 +72,7 @@ def enqueue_deliveries(conn: sqlite3.Connection, events: list[dict[str, Any]], n
             (format_ts(now - 60),),
         ):
             recent[channel_id] = n
-    stamp = format_ts(now)
-    rows: list[tuple[int, int, int, str, str, str | None]] = []
-    for ev in events:
-        topic = ev["topic"]
-        for channel_id, user_id, role, name in chans:
-            if role != "admin" and not any(glob_match(p, topic) for p in grants.get(user_id, ())):
-                continue
-            pref = prefs.get(user_id)
-            if pref is None:
-                rows.append((ev["id"], user_id, channel_id, stamp, stamp, None))
-                continue
-            hold = plan(pref, ev, name, now, recent.get(channel_id, 0))
-            if hold is None:
-                continue
-            if hold.digest_key is None:
-                recent[channel_id] = recent.get(channel_id, 0) + 1
-            rows.append((ev["id"], user_id, channel_id, format_ts(hold.at), stamp, hold.digest_key))
+    rows = plan_deliveries(events, [ChannelTarget(*c) for c in chans], grants, prefs, recent, now)
     conn.executemany(
         "INSERT INTO deliveries (event_id, user_id, channel_id, next_attempt_at, created_at, digest_key) "
         "VALUES (?, ?, ?, ?, ?, ?)",
