@@ -1101,3 +1101,94 @@ async def test_postgresql_inbox_state_matches_sqlite_step_by_step(
     finally:
         for store in stores:
             await store.close()
+
+
+# -- 11. PostgreSQL against SQLite: the outbox a publish writes, and its claims ------
+
+
+def _claim_view(claims: list[DueDelivery]) -> list[tuple[Any, ...]]:
+    return [(d.ids, d.attempt, d.channel_id, ids(d.events)) for d in claims]
+
+
+@pytest.mark.trio
+async def test_postgresql_outbox_matches_sqlite(pg_database: str, tmp_path: Path) -> None:
+    """Seeded random publishes to users with grants, several channels each, and
+    preferences (digests, quiet hours, channel rules, mutes, a rate limit), then
+    claims and outcomes at later times, on both engines: the outbox rows, the
+    stats and every claim must be the same (the SQLite engine is the reference)."""
+    import random
+
+    rnd = random.Random(1516)
+    sqlite = open_engine_store(_config("sqlite", tmp_path), clock=lambda: T0)
+    pg = cast(Store, PostgresStore(pg_database, clock=lambda: T0))
+    stores = (sqlite, pg)
+    for store in stores:
+        await store.start()
+    try:
+        users: dict[str, int] = {}
+        for name, role in (("root", "admin"), ("ann", "user"), ("bob", "user")):
+            got = [await s.create_user(name, role, None) for s in stores]
+            assert got[0].id == got[1].id
+            users[name] = got[0].id
+        channels = {"root": ["direct", "digest"], "ann": ["phone", "mail"], "bob": ["push"]}
+        prefs: dict[str, dict[str, Any]] = {
+            "root": {"digests": {"digest": 600}, "rules": [{"topic": "c/*", "mute": True}]},
+            # T0 is 22:13 UTC: inside these quiet hours
+            "ann": {
+                "quiet_hours": {"start": "22:00", "end": "07:00"},
+                "rules": [{"topic": "a/x", "channels": ["mail"]}],
+            },
+            "bob": {"rate_limit_per_minute": 3, "rules": [{"topic": "b", "min_priority": 4}]},
+        }
+        for store in stores:
+            await store.grant("ann", "a*", True, False)
+            await store.grant("bob", "b", True, False)
+            await store.grant("bob", "c/*", True, False)
+            for name, names in channels.items():
+                for channel in names:
+                    await store.create_channel(users[name], channel, "memory", {})
+                await store.set_preferences(users[name], prefs[name])
+
+        async def same_outbox() -> None:
+            views = [await s.list_deliveries(None, None, 10_000) for s in stores]
+            assert views[0] == views[1]
+            for user_id in (None, *users.values()):
+                stats = [await s.delivery_stats(user_id) for s in stores]
+                assert stats[0] == stats[1]
+            due = [await s.next_due() for s in stores]
+            assert due[0] == due[1]
+
+        for _ in range(15):
+            events = [
+                ev(rnd.choice(["a", "a/x", "b", "c/y", "d"]), "t", priority=rnd.randint(1, 5))
+                for _ in range(rnd.randint(1, 4))
+            ]
+            out = [ids((await s.publish(events, users["root"], batch=True)).events) for s in stores]
+            assert out[0] == out[1]
+        await same_outbox()
+        rows = await sqlite.list_deliveries(None, None, 10_000)
+        assert {r["channel"] for r in rows} == {c for names in channels.values() for c in names}
+        assert any(r["next_attempt_at"] > r["created_at"] for r in rows)  # held rows
+
+        at = T0
+        claimed: list[DueDelivery] = []
+        for _ in range(8):
+            at += rnd.choice([0.0, 60.0, 700.0, 9 * 3600.0])
+            limit = rnd.randint(3, 40)
+            claims = [await s.claim_deliveries(at, limit, "n/1", LEASE) for s in stores]
+            assert _claim_view(claims[0]) == _claim_view(claims[1])
+            claimed += claims[0]
+            outcomes = [
+                sent(d, at)
+                if n % 3
+                else Outcome(d.ids, d.channel_id, at, error="busy", retry_at=at + 30)
+                for n, d in enumerate(claims[0])
+            ]
+            done = [await s.finish_deliveries(outcomes, "n/1") for s in stores]
+            assert done[0] == done[1]
+            await same_outbox()
+        assert any(len(d.ids) > 1 for d in claimed)  # a digest
+        assert any(d.attempt > 1 for d in claimed)  # a retry
+    finally:
+        for store in stores:
+            await store.close()
