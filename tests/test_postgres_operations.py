@@ -24,7 +24,6 @@ from notifyd.core.models import EventIn
 from notifyd.core.postgres.operations import (
     VACUUM_LOCK,
     BackupUnsupported,
-    PostgresOperationsStore,
 )
 from notifyd.core.postgres.schema import MIGRATIONS
 from notifyd.core.postgres.store import PostgresStore
@@ -37,8 +36,7 @@ EVERYTHING = Visibility(everything=True)
 PATIENCE = 30.0
 
 
-class _Store(PostgresStore, PostgresOperationsStore):
-    """The PostgreSQL roles plus the operations role (until store.py composes it)."""
+_Store = PostgresStore
 
 
 @asynccontextmanager

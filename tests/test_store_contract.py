@@ -35,7 +35,7 @@ from notifyd.core.timeutil import format_ts, parse_rfc3339
 
 ENGINES = ["sqlite", "postgresql"]
 #: the roles (of notifyd/core/store.py) each engine does not implement yet
-UNIMPLEMENTED: dict[str, set[str]] = {"postgresql": {"operations"}}
+UNIMPLEMENTED: dict[str, set[str]] = {}
 
 EVERYTHING = Visibility(everything=True)
 DAY = 86400.0

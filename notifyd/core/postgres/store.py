@@ -1,10 +1,11 @@
-"""The PostgreSQL store: the engine's roles composed into one object.
-
-So far the event, inbox, account and outbox roles (:mod:`.events`,
-:mod:`.inbox`, :mod:`.accounts`, :mod:`.outbox`); the operations role follows, and only then does
-:func:`notifyd.core.storage.open_store` open it for ``database_url =
-"postgresql://…"``. The event store comes first in the bases: it owns the
+"""The PostgreSQL store: every role of the contract composed into one object
+(:mod:`.events`, :mod:`.inbox`, :mod:`.accounts`, :mod:`.outbox`,
+:mod:`.operations`). The event store comes first in the bases: it owns the
 connection pool, the worker threads and ``count``.
+
+:func:`notifyd.core.storage.open_store` does not open it yet: the daemon on
+PostgreSQL also needs cross-node fan-out in the hub, ``notifyd migrate`` and the
+HTTP-level suite run against it (issue 15).
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ from __future__ import annotations
 from .accounts import PostgresAccountStore
 from .events import PostgresEventStore
 from .inbox import PostgresInboxStore
+from .operations import PostgresOperationsStore
 from .outbox import PostgresOutboxStore
 
 
 class PostgresStore(
-    PostgresEventStore, PostgresInboxStore, PostgresAccountStore, PostgresOutboxStore
+    PostgresEventStore,
+    PostgresInboxStore,
+    PostgresAccountStore,
+    PostgresOutboxStore,
+    PostgresOperationsStore,
 ):
-    """The roles the PostgreSQL engine has so far, on one connection pool."""
+    """Every role of the store contract on PostgreSQL, on one connection pool."""
