@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .acl import Grant, Visibility
+from .acl import Grant, Visibility, glob_match
 from .models import EventIn
 
 if TYPE_CHECKING:  # channels.py imports Event from here
@@ -217,6 +217,22 @@ class ExportSummary:
     events: int
     last_event_id: int
     users: list[tuple[str, str]]
+
+
+class WatermarkReader:
+    """For an export: a user whose mark-all-read watermark turns into explicit reads
+    (``reads``: the event is at or below ``upto`` and the user may read its topic).
+    The same for every engine."""
+
+    __slots__ = ("name", "upto", "admin", "patterns")
+
+    def __init__(self, name: str, upto: int, admin: bool, patterns: list[str]) -> None:
+        self.name, self.upto, self.admin, self.patterns = name, upto, admin, patterns
+
+    def reads(self, event_id: int, topic: str) -> bool:
+        if event_id > self.upto:
+            return False
+        return self.admin or any(glob_match(p, topic) for p in self.patterns)
 
 
 class EventExport(ABC):

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import trio
 
-from ..acl import Visibility, glob_match
+from ..acl import Visibility
 from ..errors import Conflict
 from ..store import (
     BackupInfo,
@@ -47,6 +47,7 @@ from ..store import (
     ImportItem,
     OperationsStore,
     StorageInfo,
+    WatermarkReader,
 )
 from .events import (
     EVENTS_CHANNEL,
@@ -171,20 +172,6 @@ def _filter_sql(topic: str | None, since: int | None, params: list[Any]) -> str:
     return " AND ".join(where)
 
 
-class _Reader:
-    """A user whose watermark turns into explicit reads: who may read what."""
-
-    __slots__ = ("name", "upto", "admin", "patterns")
-
-    def __init__(self, name: str, upto: int, admin: bool, patterns: list[str]) -> None:
-        self.name, self.upto, self.admin, self.patterns = name, upto, admin, patterns
-
-    def reads(self, event_id: int, topic: str) -> bool:
-        if event_id > self.upto:
-            return False
-        return self.admin or any(glob_match(p, topic) for p in self.patterns)
-
-
 class PostgresExport(EventExport):
     """One connection of its own holding a ``REPEATABLE READ READ ONLY``
     transaction (one snapshot) while the export runs; its queries run in worker
@@ -197,7 +184,7 @@ class PostgresExport(EventExport):
         self._cursor = since or 0
         self._conn: Conn | None = None
         self._names: dict[int, str] = {}
-        self._readers: list[_Reader] = []
+        self._readers: list[WatermarkReader] = []
         self._lock = trio.Lock()
 
     async def _call(self, fn: Callable[[Conn], T]) -> T:
@@ -238,7 +225,7 @@ class PostgresExport(EventExport):
             if user_id not in users:
                 continue
             admin = users[user_id][1] == "admin"
-            reader = _Reader(users[user_id][0], int(upto), admin, grants.get(user_id, []))
+            reader = WatermarkReader(users[user_id][0], int(upto), admin, grants.get(user_id, []))
             vis_params: list[Any] = []
             vis = visibility_sql(
                 Visibility(everything=admin, any_of=tuple(reader.patterns)), vis_params

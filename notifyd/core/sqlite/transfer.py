@@ -13,8 +13,15 @@ from typing import Any, TypeVar
 import orjson
 import trio
 
-from ..acl import Visibility, glob_match
-from ..store import Event, EventExport, ExportSummary, ImportBatch, ImportItem
+from ..acl import Visibility
+from ..store import (
+    Event,
+    EventExport,
+    ExportSummary,
+    ImportBatch,
+    ImportItem,
+    WatermarkReader,
+)
 from .queries import EVENT_COLUMNS, N_EVENT, SELECT_EVENT, event_from_row, visibility_sql
 
 T = TypeVar("T")
@@ -31,20 +38,6 @@ def _filter_sql(topic: str | None, since: int | None, params: list[Any]) -> str:
     return " AND ".join(where)
 
 
-class _Reader:
-    """A user whose watermark turns into explicit reads: who may read what."""
-
-    __slots__ = ("name", "upto", "admin", "patterns")
-
-    def __init__(self, name: str, upto: int, admin: bool, patterns: list[str]) -> None:
-        self.name, self.upto, self.admin, self.patterns = name, upto, admin, patterns
-
-    def reads(self, event_id: int, topic: str) -> bool:
-        if event_id > self.upto:
-            return False
-        return self.admin or any(glob_match(p, topic) for p in self.patterns)
-
-
 class SQLiteExport(EventExport):
     """One read-only connection holding a read transaction (a WAL snapshot) for
     as long as the export runs; its queries run in worker threads, one at a time."""
@@ -58,7 +51,7 @@ class SQLiteExport(EventExport):
         self._cursor = since or 0
         self._conn: sqlite3.Connection | None = None
         self._names: dict[int, str] = {}
-        self._readers: list[_Reader] = []
+        self._readers: list[WatermarkReader] = []
         self._lock = trio.Lock()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -93,7 +86,7 @@ class SQLiteExport(EventExport):
             if user_id not in users:
                 continue
             admin = users[user_id][1] == "admin"
-            reader = _Reader(users[user_id][0], upto, admin, grants.get(user_id, []))
+            reader = WatermarkReader(users[user_id][0], upto, admin, grants.get(user_id, []))
             vis_params: list[Any] = []
             vis = visibility_sql(
                 Visibility(everything=admin, any_of=tuple(reader.patterns)), vis_params
