@@ -147,8 +147,14 @@ def serve(config_path: str | None, **flags: Any) -> None:
         config = load_config(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(f"bad configuration: {exc}") from exc
+    from notifyd.core.config import redact_url
+    from notifyd.core.errors import StoreUnavailable
+
     try:
         run(config, reload=lambda: load_config(config_path, overrides))
+    except StoreUnavailable as exc:  # PostgreSQL cannot be reached at start
+        where = redact_url(config.database_url)
+        raise click.ClickException(f"cannot open the database {where}: {exc}") from exc
     except OSError as exc:  # a listener that cannot be bound or was refused
         raise click.ClickException(f"cannot serve: {exc}") from exc
     except KeyboardInterrupt:

@@ -176,13 +176,15 @@ def database_engine(url: str) -> str:
             )
         return "sqlite"
     if scheme in ("postgresql", "postgres"):
-        raise ConfigError(
-            "database_url: the PostgreSQL engine arrives with cluster mode; this version "
-            "runs on SQLite only (leave database_url empty, or use sqlite:///ABSOLUTE/PATH)"
-        )
+        if not url.lower().startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "database_url: a PostgreSQL URL is postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME "
+                "(libpq options such as ?sslmode=require may follow)"
+            )
+        return "postgresql"
     raise ConfigError(
-        f"database_url: unknown scheme {scheme[:20]!r}: leave it empty (SQLite in data_dir) "
-        "or use sqlite:///ABSOLUTE/PATH"
+        f"database_url: unknown scheme {scheme[:20]!r}: leave it empty (SQLite in data_dir), "
+        "use sqlite:///ABSOLUTE/PATH, or postgresql://USER@HOST:PORT/DBNAME (cluster mode)"
     )
 
 

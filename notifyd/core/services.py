@@ -78,7 +78,7 @@ class Services:
                 self.channels[kind] = cls(self)
             except Exception:
                 log.exception("channel kind %s failed to start", kind)
-        self.outbox = Outbox(self, self.channels)
+        self.outbox = Outbox(self, self.channels, node=self.config.node_name)
         self.wake_delivery = self.outbox.wake
         self.store.add_commit_listener(self._committed)
 

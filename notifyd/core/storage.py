@@ -2,7 +2,8 @@
 
 * empty: SQLite, ``<data_dir>/notifyd.db`` (the embedded default, one machine);
 * ``sqlite:///ABSOLUTE/PATH``: SQLite in that file;
-* ``postgresql://…``: the cluster engine (not yet: a configuration error says so).
+* ``postgresql://…``: the cluster engine, any number of nodes on one database
+  (the password may come from ``database_password_file``).
 
 Nothing outside an engine's package constructs its store or imports its modules
 (``tests/test_import_hygiene.py`` checks it); engines are imported here lazily, so
@@ -52,6 +53,16 @@ def open_store(
         if clock is None:
             return SQLiteStore(config.db_path, config.synchronous, readers=readers)
         return SQLiteStore(config.db_path, config.synchronous, readers=readers, clock=clock)
+    if engine == "postgresql":
+        from .postgres.store import PostgresStore
+
+        pool = config.readers if role == "daemon" else WORKER_READERS
+        return PostgresStore(
+            config.database_url,
+            password=config.database_password(),
+            pool_size=max(2, pool),
+            clock=clock,
+        )
     raise ConfigError(f"database_url: no engine {engine!r}")  # database_engine refused it
 
 

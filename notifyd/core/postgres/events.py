@@ -526,6 +526,7 @@ class PostgresEventStore(EventStore):
         self,
         url: str,
         *,
+        password: str | None = None,
         pool_size: int = 4,
         statement_timeout: float = 30.0,
         poll_interval: float = 1.0,
@@ -534,6 +535,7 @@ class PostgresEventStore(EventStore):
         import time
 
         self.url = url
+        self._password = password
         #: how often commit listeners look for other nodes' events without a
         #: notification (one lost, or the LISTEN connection down)
         self.poll_interval = poll_interval
@@ -566,8 +568,11 @@ class PostgresEventStore(EventStore):
         # one stuck node cannot stall every publisher of the cluster. TCP
         # keepalives notice a peer that vanished without closing its connection.
         ms = max(1, int(self.statement_timeout * 1000))
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
         return {
+            **extra,
             "autocommit": True,
+            "connect_timeout": 10,
             "options": f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}",
             "keepalives": 1,
             "keepalives_idle": 10,
@@ -586,6 +591,9 @@ class PostgresEventStore(EventStore):
                 kwargs=self._connect_kwargs(),
                 open=False,
                 timeout=self.statement_timeout,
+                # a connection that died while idle in the pool (a server restart,
+                # a failover) is found out and replaced before anyone uses it
+                check=ConnectionPool.check_connection,
             )
             pool.open(wait=True, timeout=self.statement_timeout)
             return pool

@@ -1,11 +1,8 @@
 """The PostgreSQL store: every role of the contract composed into one object
 (:mod:`.events`, :mod:`.inbox`, :mod:`.accounts`, :mod:`.outbox`,
 :mod:`.operations`). The event store comes first in the bases: it owns the
-connection pool, the worker threads and ``count``.
-
-:func:`notifyd.core.storage.open_store` does not open it yet: the daemon on
-PostgreSQL also needs cross-node fan-out in the hub, ``notifyd migrate`` and the
-HTTP-level suite run against it (issue 15).
+connection pool, the worker threads and ``count``. Opened by
+:func:`notifyd.core.storage.open_store` when ``database_url`` is ``postgresql://…``.
 """
 
 from __future__ import annotations
