@@ -4,9 +4,11 @@ Tokens are ``nfy_`` + 40 random characters, shown once at creation and stored as
 SHA-256 digest (they carry 240 bits of entropy, so a slow hash adds nothing but
 latency to every request). Passwords are hashed with argon2 in a worker thread.
 
-Authenticated principals are cached in memory; every change made through this
-class invalidates the cache at once, and entries also expire after a short TTL so
-that a future multi-daemon store only has to bound staleness, not track it.
+Authenticated principals are cached in memory for :data:`CACHE_TTL` seconds. Every
+change made through this class is signalled to every node (``Store.signal``), and
+each node forgets its cached principals when it hears it (well within a second on
+PostgreSQL); the TTL bounds staleness should a signal be lost, and a node that may
+have missed signals (its LISTEN connection dropped) forgets everything.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .acl import SCOPES, Principal
 from .errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .hub import Hub
 from .models import check_pattern
-from .store import AclEntry, Store, Token, User
+from .store import AclEntry, Signal, Store, Token, User
 from .throttle import SignInThrottle
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,31}$")
@@ -63,6 +65,8 @@ class Accounts:
         self.store = store
         self.hub = hub
         self._cache: dict[str, tuple[float, Principal]] = {}
+        #: counts the changes heard (signals); see :meth:`_remember`
+        self._generation = 0
         #: keys the digests under which authenticate_password remembers successes
         self._password_key = secrets.token_bytes(32)
         #: failed password checks, shared by every door that takes a password
@@ -71,9 +75,31 @@ class Accounts:
         self.token_uses: dict[int, float] = {}
 
     def _invalidate(self, user_id: int | None = None) -> None:
-        self._cache.clear()
-        if self.hub is not None:
-            self.hub.user_changed(user_id)
+        """A user's rights or credentials changed (``None``: anyone's): every node
+        forgets what it remembered and drops the streams that may have lost rights."""
+        self.store.signal({"kind": "rights", "user": user_id})
+
+    def hear_signal(self, message: Signal) -> None:
+        """A signal from any node (this one included): see :meth:`_invalidate`."""
+        kind = message.get("kind")
+        if kind in ("rights", "resync"):
+            self._generation += 1
+            self._cache.clear()
+            user = message.get("user")
+            if kind == "rights" and self.hub is not None:
+                self.hub.user_changed(user if isinstance(user, int) else None)
+        elif kind == "forget" and isinstance(message.get("key"), str):
+            self._generation += 1
+            self._cache.pop(message["key"], None)
+
+    def _remember(self, key: str, principal: Principal, generation: int) -> None:
+        """Cache ``principal`` under ``key`` unless a change was heard since the
+        lookup began (``generation``): what it read may already be stale."""
+        if generation != self._generation:
+            return
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + CACHE_TTL, principal)
 
     # -- authentication --------------------------------------------------------
 
@@ -91,6 +117,7 @@ class Accounts:
             if hit[1].token_id is not None:
                 self.token_uses[hit[1].token_id] = time.time()
             return hit[1]
+        generation = self._generation
         tok = await self.store.token_by_hash(digest)
         if tok is None:
             raise Unauthorized("unknown or revoked token")
@@ -101,9 +128,7 @@ class Accounts:
         principal = Principal(
             user.id, user.name, user.role, grants, frozenset(tok.scopes), tok.topics, tok.id
         )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + CACHE_TTL, principal)
+        self._remember(digest, principal, generation)
         self.token_uses[tok.id] = time.time()
         return principal
 
@@ -130,19 +155,18 @@ class Accounts:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         user_id = await self.store.session_user(digest, time.time())
         user = None if user_id is None else await self.store.get_user_by_id(user_id)
         if user is None:
             raise Unauthorized("the session has ended; sign in again")
         principal = await self.principal_for(user, "session")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (now + CACHE_TTL, principal)
+        self._remember(key, principal, generation)
         return principal
 
     async def end_session(self, secret: str) -> None:
         await self.store.delete_session(hash_token(secret))
-        self._cache.pop("session:" + hash_token(secret), None)
+        self.store.signal({"kind": "forget", "key": "session:" + hash_token(secret)})
 
     @staticmethod
     def csrf_token(secret: str) -> str:
@@ -163,11 +187,12 @@ class Accounts:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         user = await self.store.get_user(name)
         if user is None:
             raise Unauthorized(f"the socket user {name!r} does not exist")
         principal = await self.principal_for(user, "socket")
-        self._cache["socket:" + name] = (now + CACHE_TTL, principal)
+        self._remember("socket:" + name, principal, generation)
         return principal
 
     async def authenticate_password(
@@ -190,11 +215,10 @@ class Accounts:
             now = time.monotonic()
             if hit is not None and hit[0] > now:
                 return hit[1]
+            generation = self._generation
             user = await self.check_password(name, password)
             principal = await self.principal_for(user, via)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now + CACHE_TTL, principal)
+            self._remember(key, principal, generation)
             return principal
 
     async def check_password(self, name: str, password: str) -> User:

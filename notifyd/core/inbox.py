@@ -18,6 +18,8 @@ from .store import STATES, Event, EventExtras, HistoryQuery, PublishResult
 from .timeutil import now_rfc3339
 
 MAX_STATE_IDS = 500
+#: state changes per signal (each about 60 bytes encoded; a signal stays under MAX_SIGNAL)
+STATE_SIGNAL_ITEMS = 50
 
 
 async def publish(
@@ -84,11 +86,16 @@ async def set_state(
     updated = await svc.store.set_state(
         principal.user_id, ids, state, principal.visibility(), action
     )
+    items = []
     for event_id, topic in updated:
         msg: dict[str, Any] = {"type": "state", "id": event_id, "state": state}
         if action is not None:
             msg["action"] = action
-        svc.hub.publish_state(principal.user_id, msg, topic)
+        items.append([msg, topic])
+    # to the user's streams on every node, in signals that stay small
+    for start in range(0, len(items), STATE_SIGNAL_ITEMS):
+        chunk = items[start : start + STATE_SIGNAL_ITEMS]
+        svc.store.signal({"kind": "state", "user": principal.user_id, "items": chunk})
     return [event_id for event_id, _ in updated]
 
 
@@ -104,8 +111,6 @@ async def read_all(svc: Services, query: HistoryQuery) -> dict[str, int]:
         )
         if v is not None
     }
-    svc.hub.publish_state(
-        query.user_id,
-        {"type": "state", "state": "read", "all": True, "upto": result["upto"], "filter": flt},
-    )
+    message = {"type": "state", "state": "read", "all": True, "upto": result["upto"], "filter": flt}
+    svc.store.signal({"kind": "state", "user": query.user_id, "items": [[message, None]]})
     return result

@@ -22,7 +22,7 @@ from .config import Config
 from .hub import Hub
 from .outbox import Outbox
 from .ratelimit import PublishLimiter
-from .store import Event, Store
+from .store import Event, Signal, Store
 
 log = logging.getLogger("notifyd.plugins")
 
@@ -67,7 +67,24 @@ class Services:
     def build(cls, config: Config, store: Store) -> Services:
         hub = Hub(queue_size=config.stream_queue)
         store.add_commit_listener(hub.publish)
-        return cls(config=config, store=store, hub=hub, accounts=Accounts(store, hub))
+        svc = cls(config=config, store=store, hub=hub, accounts=Accounts(store, hub))
+        store.add_signal_listener(svc._signalled)
+        return svc
+
+    def _signalled(self, message: Signal) -> None:
+        """A signal from any node (see :meth:`Store.signal`): read state for a
+        user's streams, preferences changed (the streams reconnect to re-read their
+        mutes), and what :meth:`Accounts.hear_signal` handles."""
+        kind, user = message.get("kind"), message.get("user")
+        if kind == "state" and isinstance(user, int):
+            for item in message.get("items") or ():
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[0], dict):
+                    topic = item[1] if isinstance(item[1], str) else None
+                    self.hub.publish_state(user, item[0], topic)
+        elif kind == "prefs" and isinstance(user, int):
+            self.hub.user_changed(user)
+        else:
+            self.accounts.hear_signal(message)
 
     def start_delivery(self, plugins: Plugins) -> None:
         """Instantiate the plugins' channel kinds and the outbox that drives them."""

@@ -285,6 +285,14 @@ class ImportBatch:
 
 CommitListener = Callable[[list[Event]], None]
 
+#: A signal: a small JSON object (``{"kind": …, …}``, at most :data:`MAX_SIGNAL`
+#: bytes encoded) that every node's signal listeners hear: read state changed,
+#: a user's rights changed. See :meth:`EventStore.signal`.
+Signal = dict[str, Any]
+SignalListener = Callable[[Signal], None]
+#: the largest signal, encoded (PostgreSQL's NOTIFY payload limit, with room)
+MAX_SIGNAL = 7000
+
 STATES = ("read", "unread", "seen", "archive", "unarchive", "click")
 
 
@@ -296,7 +304,25 @@ class EventStore(ABC):
 
     @abstractmethod
     def add_commit_listener(self, listener: CommitListener) -> None:
-        """Call ``listener(events)`` on the trio thread after each commit, in id order."""
+        """Call ``listener(events)`` on the trio thread after each commit, in id order.
+
+        Every event committed to the database from :meth:`start` on is heard once,
+        whichever node (process) committed it; this node's own before its
+        ``publish`` returns, other nodes' within about a second (an engine with one
+        writer process has no other nodes)."""
+
+    @abstractmethod
+    def add_signal_listener(self, listener: SignalListener) -> None:
+        """Call ``listener(signal)`` on the trio thread for each :meth:`signal`
+        sent by any node, this one included. After a gap in which signals may have
+        been lost (a dropped connection), listeners hear ``{"kind": "resync"}``:
+        state kept from signals (caches) must then be dropped."""
+
+    @abstractmethod
+    def signal(self, message: Signal) -> None:
+        """Tell every node's signal listeners ``message``: this node's at once (before
+        returning), the others' as soon as the engine can (best effort, in order
+        per sending node). Call it after the change it reports is committed."""
 
     @abstractmethod
     async def publish(

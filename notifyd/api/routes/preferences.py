@@ -53,6 +53,6 @@ async def put_preferences(
         raise ValidationFailed(f"{field}: {message}", field=field) from None
     doc = prefs.to_json()
     await svc.store.set_preferences(user_id, doc)
-    # open streams re-read preferences (mutes) when they reconnect
-    svc.hub.user_changed(user_id)
+    # open streams (on every node) re-read preferences (mutes) when they reconnect
+    svc.store.signal({"kind": "prefs", "user": user_id})
     return JSON(doc)

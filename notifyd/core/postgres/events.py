@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 import trio
 from psycopg import sql
@@ -89,12 +90,15 @@ from ..metrics import EVENTS_PUBLISHED, PRUNED
 from ..models import EventIn
 from ..prefs import Preferences
 from ..store import (
+    MAX_SIGNAL,
     CommitListener,
     Event,
     EventExtras,
     EventStore,
     HistoryQuery,
     PublishResult,
+    Signal,
+    SignalListener,
     with_inbox_state,
 )
 from ..timeutil import format_ts, now_rfc3339, parse_rfc3339
@@ -126,6 +130,8 @@ _UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessio
 #: its newest id and its node's token (``"<id> <token>"``) at commit: a wake-up for the other nodes, which then read the new
 #: events by cursor (a lost notification delays them, never loses an event)
 EVENTS_CHANNEL = "notifyd_events"
+#: the channel of :meth:`PostgresEventStore.signal`: ``"<token> <JSON>"``
+SIGNALS_CHANNEL = "notifyd_signals"
 _FROM = "FROM events e LEFT JOIN receipts r ON r.user_id = %s AND r.event_id = e.id"
 
 
@@ -547,6 +553,12 @@ class PostgresEventStore(EventStore):
         self._pool: ConnectionPool[Conn] | None = None
         self._limiter = trio.CapacityLimiter(pool_size)
         self._listeners: list[CommitListener] = []
+        self._signal_listeners: list[SignalListener] = []
+        #: encoded signals for the other nodes, sent in order by _send_signals
+        self._outgoing: list[str] = []
+        self._outgoing_ready = trio.Event()
+        self._sender = trio.CancelScope()
+        self._wakeups_token: trio.lowlevel.TrioToken | None = None
         self._pending: list[PublishRequest] = []
         #: held by the transaction giving ids on this node: one batch at a time,
         #: so that this node's commit listeners hear its events in id order
@@ -600,10 +612,13 @@ class PostgresEventStore(EventStore):
 
         self._pool = await self._thread(open_)
         self._heard = await self.last_event_id()
-        self._wakeups = _Wakeups(self, trio.lowlevel.current_trio_token())
+        self._wakeups_token = trio.lowlevel.current_trio_token()
+        self._wakeups = _Wakeups(self, self._wakeups_token)
         self._wakeups.start()
+        trio.lowlevel.spawn_system_task(self._send_signals)
 
     async def close(self) -> None:
+        self._sender.cancel(reason="store closing")
         if self._wakeups is not None:
             await trio.to_thread.run_sync(self._wakeups.stop)
             self._wakeups = None
@@ -676,6 +691,54 @@ class PostgresEventStore(EventStore):
                 return
             self._heard = page[-1]["id"]
             self._tell(page)
+
+    # -- signals --
+
+    def add_signal_listener(self, listener: SignalListener) -> None:
+        self._signal_listeners.append(listener)
+
+    def _tell_signal(self, message: Signal) -> None:
+        for listener in self._signal_listeners:
+            try:
+                listener(message)
+            except Exception:
+                log.exception("a signal listener failed on %s", message.get("kind"))
+
+    def signal(self, message: Signal) -> None:
+        self._tell_signal(message)
+        payload = orjson.dumps(message).decode()
+        if len(payload) > MAX_SIGNAL:  # never for the daemon's own signals
+            log.warning("signal %r too large for the other nodes: sent as a resync",
+                        message.get("kind"))  # fmt: skip
+            payload = '{"kind":"resync"}'
+        self._outgoing.append(f"{self.token} {payload}")
+        self._outgoing_ready.set()
+
+    async def _send_signals(self) -> None:
+        """Send queued signals to the other nodes (NOTIFY), in order, in batches. A
+        batch that cannot be sent is dropped: the nodes that missed it were cut off
+        from the server too and hear a resync when they reconnect."""
+        with self._sender:
+            while True:
+                await self._outgoing_ready.wait()
+                self._outgoing_ready = trio.Event()
+                batch, self._outgoing = self._outgoing, []
+                try:
+                    await self._run(partial(_notify_all, batch=batch))
+                except StoreUnavailable:
+                    log.warning("%d signals to the other nodes were lost", len(batch))
+
+    def _hear_signal(self, payload: str) -> None:
+        # on the LISTEN thread: another node's signal (this node's were told already)
+        token, _, body = payload.partition(" ")
+        if token == self.token:
+            return
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(message, dict):
+            trio.from_thread.run_sync(self._tell_signal, message, trio_token=self._wakeups_token)
 
     # -- publishing --
 
@@ -904,6 +967,14 @@ class PostgresEventStore(EventStore):
         return await self._run(fn)
 
 
+def _notify_all(conn: Conn, batch: list[str]) -> None:
+    """NOTIFY each of ``batch`` on :data:`SIGNALS_CHANNEL`, in order, in one statement."""
+    conn.execute(
+        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS s(p, n) ORDER BY n",
+        (SIGNALS_CHANNEL, batch),
+    )
+
+
 def _events_between(conn: Conn, cursor: int, upto: int, limit: int) -> list[Event]:
     """Every stored event with ``cursor < id <= upto``, in id order (what the
     commit listeners hear: no filter)."""
@@ -919,8 +990,10 @@ class _Wakeups(threading.Thread):
     """A node's LISTEN connection, in a thread of its own: on each notification
     of :data:`EVENTS_CHANNEL`, and every ``poll_interval`` without one, it has the
     store's commit listeners catch up (:meth:`PostgresEventStore.catch_up`, run on
-    the trio loop). A dropped connection is opened again; while it is down the
-    polls go on, so a lost notification only delays events."""
+    the trio loop); it hands other nodes' :data:`SIGNALS_CHANNEL` notifications to
+    the signal listeners. A dropped connection is opened again; while it is down
+    the polls go on, so a lost notification only delays events (signals lost
+    meanwhile are answered with a ``resync`` signal once it is back)."""
 
     def __init__(self, store: PostgresEventStore, token: trio.lowlevel.TrioToken) -> None:
         super().__init__(name="notifyd-pg-wakeups", daemon=True)
@@ -933,19 +1006,34 @@ class _Wakeups(threading.Thread):
 
     def run(self) -> None:
         store = self._store
+        listened_before = False
         while not self._stopping.is_set():
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(
                         store.url, **store._connect_kwargs(), application_name="notifyd-wakeups"
                     )
-                    for channel in (EVENTS_CHANNEL, self.stop_channel):
+                    for channel in (EVENTS_CHANNEL, SIGNALS_CHANNEL, self.stop_channel):
                         self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                own = False
+                    if listened_before:  # signals sent while not listening are lost
+                        trio.from_thread.run_sync(
+                            store._tell_signal, {"kind": "resync"}, trio_token=self._token
+                        )
+                    listened_before = True
+                catch_up = True  # after a poll interval without notifications too
                 for note in self._conn.notifies(timeout=store.poll_interval, stop_after=1):
-                    own = note.payload.endswith(f" {store.token}")
-                if own:
-                    continue  # this node's own commit: told by its commit path
+                    if note.channel == SIGNALS_CHANNEL:
+                        store._hear_signal(note.payload)
+                        catch_up = False
+                    elif note.channel == EVENTS_CHANNEL:
+                        # this node's own commit was told by its commit path
+                        catch_up = not note.payload.endswith(f" {store.token}")
+                    else:
+                        catch_up = False  # the stop channel
+                if not catch_up:
+                    continue
+            except (trio.RunFinishedError, trio.Cancelled):
+                break  # the trio run is ending
             except psycopg.Error:
                 if self._conn is not None:
                     self._conn.close()

@@ -30,6 +30,8 @@ from ..store import (
     ImportBatch,
     ImportItem,
     PublishResult,
+    Signal,
+    SignalListener,
     StorageInfo,
     Store,
     Token,
@@ -372,6 +374,7 @@ class SQLiteStore(DeliveryStore, Store):
         self.synchronous = synchronous.upper()
         self._n_readers = readers
         self._listeners: list[CommitListener] = []
+        self._signal_listeners: list[SignalListener] = []
         self._writer = Writer(self._connect_writer)
         self._readers: _Readers | None = None
 
@@ -397,6 +400,14 @@ class SQLiteStore(DeliveryStore, Store):
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    def add_signal_listener(self, listener: SignalListener) -> None:
+        self._signal_listeners.append(listener)
+
+    def signal(self, message: Signal) -> None:
+        # one process writes this database: its listeners are all there are
+        for listener in self._signal_listeners:
+            listener(message)
 
     def _emit(self, events: list[Event]) -> None:
         if not events:
