@@ -14,7 +14,8 @@ far as the roles built so far need them. Migration 1 (the event role): ``events`
 ``event_sequencer``: the one row whose lock orders ids by commit (see
 :mod:`notifyd.core.postgres.events`). Migration 2 (the account role): ``users``,
 ``tokens``, ``sessions``, ``acl``. Migration 3 (the outbox role): ``channels``,
-``deliveries`` (with ``claimed_by``/``lease_until``). Times are RFC 3339 strings as in SQLite
+``deliveries`` (with ``claimed_by``/``lease_until``). Migration 4 (the cluster):
+``nodes`` (heartbeats), ``rate_limits`` and ``failures`` (limits counted across nodes). Times are RFC 3339 strings as in SQLite
 (``timeutil.format_ts``: fixed width, UTC, so they compare as text), so that both
 engines answer the same filters with the same values.
 """
@@ -226,8 +227,30 @@ _M003_OUTBOX = [
     "CREATE INDEX idx_deliveries_recent ON deliveries (created_at) WHERE digest_key IS NULL",
 ]
 
+_M004_CLUSTER = [
+    # one row per running node, refreshed by its heartbeat: who is up, since when,
+    # and how far its clock is from the server's (notifyd doctor)
+    """
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL,
+        clock_offset DOUBLE PRECISION NOT NULL DEFAULT 0
+    )
+    """,
+    # cluster-wide limits: a rate limiter's state per key (the theoretical arrival
+    # time of GCRA, in server-clock seconds) and failed attempts per key (sign-in)
+    "CREATE TABLE rate_limits (key TEXT PRIMARY KEY, tat DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE failures (key TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX idx_failures_key ON failures (key, at)",
+    "CREATE INDEX idx_failures_at ON failures (at)",
+]
+
 #: each migration: the statements it runs, in order
-MIGRATIONS: list[list[str]] = [_M001_EVENTS, _M002_ACCOUNTS, _M003_OUTBOX]
+MIGRATIONS: list[list[str]] = [_M001_EVENTS, _M002_ACCOUNTS, _M003_OUTBOX, _M004_CLUSTER]
 
 
 def _version(conn: psycopg.Connection[Any]) -> int:
