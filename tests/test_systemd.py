@@ -90,6 +90,41 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     assert r.returncode == 0 and not ours, f"rc={r.returncode}\n{r.stdout}{r.stderr}"
 
 
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed (package systemd): cannot verify the units",
+)
+def test_the_cluster_node_template_verifies_and_names_each_node(tmp_path: Path) -> None:
+    """contrib/systemd/notifyd@.service: one cluster node per instance; systemd
+    verifies an instance of it (notifyd@a), and each instance has its own name,
+    listen address (its environment file) and admin socket."""
+    text = (UNITS / "notifyd@.service").read_text()
+    text, n = re.subn(r"(?m)^ExecStart=/opt/notifyd/bin/notifyd ", f"ExecStart={NOTIFYD} ", text)
+    assert n == 1
+    (tmp_path / "notifyd@a.service").write_text(text)
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "info", "SYSTEMD_LOG_COLOR": "0"}
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "notifyd@a.service")],
+                       capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    ours = [line for line in (r.stdout + r.stderr).splitlines() if "notifyd@" in line]
+    assert r.returncode == 0 and not ours, f"rc={r.returncode}\n{r.stdout}{r.stderr}"
+    unit = unit_settings("notifyd@.service")
+    assert unit["ExecStart"] == [
+        "/opt/notifyd/bin/notifyd serve --config /etc/notifyd/notifyd.toml --node-name %i"
+    ]
+    assert unit["EnvironmentFile"] == ["/etc/notifyd/node-%i.env"]
+    assert "NOTIFYD_SOCKET=/run/notifyd/%i.sock" in unit["Environment"]
+    assert unit["RuntimeDirectoryPreserve"] == ["yes"]  # shared by the nodes
+    # the same sandbox as the single-machine unit
+    single = unit_settings("notifyd.service")
+    for key in (
+        "SystemCallFilter",
+        "RestrictAddressFamilies",
+        "ProtectSystem",
+        "CapabilityBoundingSet",
+    ):
+        assert unit[key] == single[key], key
+
+
 def test_units_name_the_descriptors_and_point_at_the_service() -> None:
     service = unit_settings("notifyd.service")
     assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
