@@ -493,8 +493,14 @@ def history_where(
         if words is None:
             where.append("FALSE")  # nothing to search for: nothing matches
         else:
-            where.append("e.search @@ %s::tsquery")
-            params.append(words)
+            exact = search.exact_part(q.q)
+            if exact is None:
+                where.append("e.search @@ %s::tsquery")
+                params.append(words)
+            else:  # the index finds the exact words; the prefix is checked on those rows
+                # (ts_match_vq is the @@ operator as a function: not an index condition)
+                where.append("e.search @@ %s::tsquery AND ts_match_vq(e.search, %s::tsquery)")
+                params += [exact, words]
     return " AND ".join(where), params
 
 
