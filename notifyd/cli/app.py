@@ -16,6 +16,7 @@ import click
 from notifyd import __version__
 from notifyd.cli import format as clifmt
 from notifyd.cli.admin import acl, tokens, users
+from notifyd.cli.cluster import migrate_command
 from notifyd.cli.config import config
 from notifyd.cli.delivery import channels, deliveries, plugins, prefs, stats
 from notifyd.cli.ops import OPS_COMMANDS
@@ -426,3 +427,4 @@ main.add_command(prefs)
 main.add_command(config)
 for _command in OPS_COMMANDS:
     main.add_command(_command)
+main.add_command(migrate_command(serve))  # with serve's own database options

@@ -427,9 +427,19 @@ def doctor(
       vapid       the Web Push private key exists with mode 0600
       socket      the Unix socket exists with mode 0660 (never open to others)
       daemon      the daemon answers /healthz
-      database    SQLite quick_check (through the daemon; on the file if it is down)
+      database    SQLite quick_check (through the daemon; on the file if it is down);
+                  on PostgreSQL notifyd's consistency checks (on the server if it is down)
       deliveries  dead deliveries in the outbox
       channels    each channel's last success or error (--test-channels: send a test)
+
+    \b
+    Cluster checks (database_url = postgresql://…, read on the server directly):
+      connection  the server answers: its version, one round trip's time
+      schema      the schema version: up to date, behind (notifyd migrate) or ahead
+                  of this notifyd (fail: a newer version migrated it)
+      nodes       every node's heartbeat; one not seen for over 60 s is a warning
+      clock       each node's clock against the server's: warn beyond 1 s, fail
+                  beyond 5 s (event times, schedules and leases rely on them)
 
     Exit status: 0 when nothing failed (warnings allowed), 1 otherwise.
 
@@ -438,6 +448,7 @@ def doctor(
       notifyd doctor
       notifyd doctor --config /etc/notifyd/notifyd.toml
       notifyd doctor --test-channels --json
+      NOTIFYD_DATABASE_URL=postgresql://notifyd@db.internal/notifyd notifyd doctor
     """
     from notifyd.client import Client, ClientError
     from notifyd.core import doctor as checks

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import Config, ConfigError, load_config
-from .storage import check_offline
+from .errors import StoreUnavailable
+from .storage import check_offline, database_location, engine_name, inspect_cluster
 
 Status = Literal["ok", "warn", "fail"]
 Api = Callable[..., Any]
@@ -39,9 +40,14 @@ class Check:
     name: str
     status: Status
     detail: str
+    #: what the check found, for scripts (``--json``); None: nothing beyond ``detail``
+    data: dict[str, Any] | None = None
 
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.data is None:
+            del out["data"]
+        return out
 
 
 def _size(n: float) -> str:
@@ -174,12 +180,118 @@ def check_database_offline(config: Config) -> Check:
         return Check("database", "warn", f"no database at {where} yet (created on first start)")
     if not report.ok:
         return Check("database", "fail", f"{where}: " + "; ".join(report.problems[:5]))
+    how = (
+        "checked on the file: the daemon is not running"
+        if engine_name(config) == "sqlite"
+        else "checked on the server: no daemon answered here"
+    )
     return Check(
         "database",
         "ok",
         f"{where}: {report.check} ok, {report.events} events, schema v{report.schema_version} "
-        "(checked on the file: the daemon is not running)",
+        f"({how})",
     )
+
+
+# --- cluster checks (PostgreSQL) ------------------------------------------------
+
+#: a round trip to the server slower than this (ms) is a warning: every publish
+#: waits for several
+SLOW_ROUND_TRIP_MS = 100.0
+#: a node whose heartbeat (every 10 s) is older than this is stale (seconds)
+STALE_AFTER = 60.0
+#: a node's clock further than this from the server's is a warning / a failure
+#: (seconds, either way): event times, schedules and leases rely on the clocks
+SKEW_WARN = 1.0
+SKEW_FAIL = 5.0
+
+
+def _signed(seconds: float) -> str:
+    return f"{seconds:+.3f} s"
+
+
+def check_cluster(config: Config) -> list[Check]:
+    """The checks of a PostgreSQL database, read directly (whether or not a daemon
+    runs here): ``connection``, ``schema``, ``nodes`` and ``clock``."""
+    where = database_location(config)
+    try:
+        state = inspect_cluster(config)
+    except (StoreUnavailable, ConfigError) as exc:
+        skipped = "not checked: no connection to the database"
+        return [
+            Check("connection", "fail", f"cannot connect to {where}: {exc}"),
+            *(Check(name, "warn", skipped) for name in ("schema", "nodes", "clock")),
+        ]
+    checks: list[Check] = []
+    latency = f"{state.latency_ms:.1f} ms round trip"
+    connection_data = {"location": where, "server_version": state.server_version,
+                       "latency_ms": round(state.latency_ms, 3)}  # fmt: skip
+    if state.latency_ms > SLOW_ROUND_TRIP_MS:
+        checks.append(Check("connection", "warn", f"{where}: PostgreSQL {state.server_version}, "
+                            f"{latency}: slow (publishing waits for several)", connection_data))  # fmt: skip
+    else:
+        checks.append(Check("connection", "ok",
+                            f"{where}: PostgreSQL {state.server_version}, {latency}",
+                            connection_data))  # fmt: skip
+
+    found, expected = state.schema_version, state.expected_version
+    schema_data = {"version": found, "expected": expected}
+    if found is None:
+        checks.append(Check("schema", "warn", "not migrated yet: run `notifyd migrate` "
+                            "(serve also migrates when it starts)", schema_data))  # fmt: skip
+    elif found < expected:
+        checks.append(Check("schema", "warn", f"version {found}, behind this notifyd "
+                            f"({expected}): run `notifyd migrate`", schema_data))  # fmt: skip
+    elif found > expected:
+        checks.append(Check("schema", "fail", f"version {found}, ahead of this notifyd "
+                            f"({expected}): a newer notifyd migrated it; this one must not "
+                            "serve it — upgrade it", schema_data))  # fmt: skip
+    else:
+        checks.append(Check("schema", "ok", f"version {found}, up to date", schema_data))
+
+    nodes = state.nodes
+    node_data = {"nodes": [n.to_json() for n in nodes], "stale_after_seconds": STALE_AFTER}
+    stale = [n for n in nodes if n.seen_ago > STALE_AFTER]
+    listing = ", ".join(
+        f"{n.name} ({n.host} pid {n.pid}, {n.version}, seen {_duration(n.seen_ago)} ago)"
+        for n in nodes
+    )
+    if not nodes:
+        checks.append(Check("nodes", "warn", "no node is running on this database", node_data))
+    elif stale:
+        names = ", ".join(n.name for n in stale)
+        checks.append(Check("nodes", "warn", f"not seen for over {STALE_AFTER:.0f} s: {names} "
+                            f"(crashed, or cut off from the database?); all: {listing}",
+                            node_data))  # fmt: skip
+    else:
+        checks.append(Check("nodes", "ok", f"{len(nodes)} running: {listing}", node_data))
+
+    clock_data = {
+        "offsets": {n.name: round(n.clock_offset, 6) for n in nodes},
+        "this_machine": round(state.local_offset, 6),
+        "warn_above_seconds": SKEW_WARN,
+        "fail_above_seconds": SKEW_FAIL,
+    }
+    worst = max(nodes, key=lambda n: abs(n.clock_offset), default=None)
+    mine = f"this machine {_signed(state.local_offset)}"
+    if worst is None:
+        checks.append(Check("clock", "ok", f"no nodes to compare; {mine} from the server",
+                            clock_data))  # fmt: skip
+    else:
+        offsets = ", ".join(f"{n.name} {_signed(n.clock_offset)}" for n in nodes)
+        detail = f"offsets from the server's clock: {offsets}; {mine}"
+        skew = abs(worst.clock_offset)
+        if skew > SKEW_FAIL:
+            checks.append(Check("clock", "fail", f"{worst.name} is {skew:.1f} s off: event "
+                                "times, schedules and delivery leases go wrong; run NTP "
+                                f"(chrony, systemd-timesyncd) on every node — {detail}",
+                                clock_data))  # fmt: skip
+        elif skew > SKEW_WARN:
+            checks.append(Check("clock", "warn", f"{worst.name} is {skew:.1f} s off: keep the "
+                                f"nodes' clocks in sync (NTP) — {detail}", clock_data))  # fmt: skip
+        else:
+            checks.append(Check("clock", "ok", detail, clock_data))
+    return checks
 
 
 # --- daemon checks ------------------------------------------------------------
@@ -335,6 +447,8 @@ def run_checks(
         checks += check_channels(api, test_channels)
     elif config is not None:
         checks.append(check_database_offline(config))
+    if config is not None and engine_name(config) == "postgresql":
+        checks += check_cluster(config)
     return checks
 
 

@@ -103,6 +103,7 @@ from ..store import (
 )
 from ..timeutil import format_ts, now_rfc3339, parse_rfc3339
 from . import search
+from .nodes import IDEMPOTENCY_LOCK, RETENTION_LOCK, try_chore_lock
 from .schema import migrate
 
 T = TypeVar("T")
@@ -543,10 +544,14 @@ class PostgresEventStore(EventStore):
         statement_timeout: float = 30.0,
         poll_interval: float = 1.0,
         clock: Callable[[], float] | None = None,
+        node: str | None = None,
     ) -> None:
         import time
 
         self.url = url
+        #: this node's name in ``nodes`` (heartbeats, postgres/nodes.py); None: no
+        #: heartbeat (a delivery worker, a command-line tool, most tests)
+        self.node = node
         self._password = password
         #: how often commit listeners look for other nodes' events without a
         #: notification (one lost, or the LISTEN connection down)
@@ -854,9 +859,10 @@ class PostgresEventStore(EventStore):
             where, params = history_where(
                 query, now_rfc3339(), w, _preferences(conn, query.user_id)
             )
+            order = search.history_order(conn, query.q) if query.q else "e.id DESC"
             rows = conn.execute(
                 f"SELECT {SELECT_EVENT}, {SELECT_STATE} {_FROM} WHERE {where} "
-                "ORDER BY e.id DESC LIMIT %s",
+                f"ORDER BY {order} LIMIT %s",
                 [query.user_id, *params, query.limit],
             ).fetchall()
             return [event_with_state(row, w) for row in rows]
@@ -939,6 +945,8 @@ class PostgresEventStore(EventStore):
     async def _delete_events(self, where: str, order: str, value: str, limit: int) -> int:
         def fn(conn: Conn) -> int:
             with conn.transaction():
+                if not try_chore_lock(conn, RETENTION_LOCK):
+                    return 0  # another node is pruning right now: its chore, not ours
                 ids = [
                     int(r[0])
                     for r in conn.execute(
@@ -966,9 +974,12 @@ class PostgresEventStore(EventStore):
 
     async def forget_idempotency_keys(self, created_before: str) -> int:
         def fn(conn: Conn) -> int:
-            return conn.execute(
-                "DELETE FROM idempotency WHERE created_at < %s", (created_before,)
-            ).rowcount
+            with conn.transaction():
+                if not try_chore_lock(conn, IDEMPOTENCY_LOCK):
+                    return 0  # another node is doing it right now
+                return conn.execute(
+                    "DELETE FROM idempotency WHERE created_at < %s", (created_before,)
+                ).rowcount
 
         return await self._run(fn)
 

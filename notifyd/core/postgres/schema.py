@@ -26,6 +26,8 @@ from typing import Any
 
 import psycopg
 
+from ..errors import StoreUnavailable
+
 #: the advisory lock key of migrations (any constant; "notifyd" in ASCII)
 MIGRATION_LOCK = 0x6E6F74696679_64
 
@@ -258,11 +260,33 @@ def _version(conn: psycopg.Connection[Any]) -> int:
     return 0 if row is None else int(row[0])
 
 
+class SchemaTooNew(StoreUnavailable):
+    """The database was migrated by a newer notifyd than this one: this binary
+    must not write to it (a rolling upgrade upgrades every node before any old one
+    starts again). A :class:`StoreUnavailable`, so that ``serve`` names the
+    database and stops."""
+
+    code = "schema_too_new"
+
+    def __init__(self, found: int) -> None:
+        self.found = found
+        super().__init__(
+            f"its schema is version {found}, newer than this notifyd knows "
+            f"({len(MIGRATIONS)}): a newer notifyd migrated it; run that version "
+            "on this node too (never downgrade a node of an upgraded cluster)"
+        )
+
+
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Bring the database up to date (blocking); returns the schema version.
 
     Safe when several nodes call it at once: all but one wait on the advisory
-    lock, then find nothing left to do."""
+    lock, then find nothing left to do.
+
+    Raises:
+        SchemaTooNew: the database is at a version above ``len(MIGRATIONS)``;
+            nothing was changed.
+    """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(
@@ -270,6 +294,8 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
             "one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version INTEGER NOT NULL)"
         )
         version = _version(conn)
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(version)  # rolls the transaction back: nothing written
         for step in MIGRATIONS[version:]:
             for statement in step:
                 conn.execute(statement)

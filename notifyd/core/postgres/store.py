@@ -10,11 +10,13 @@ from __future__ import annotations
 from .accounts import PostgresAccountStore
 from .events import PostgresEventStore
 from .inbox import PostgresInboxStore
+from .nodes import PostgresNodes
 from .operations import PostgresOperationsStore
 from .outbox import PostgresOutboxStore
 
 
 class PostgresStore(
+    PostgresNodes,  # before the event store: its start/close wrap the pool's
     PostgresEventStore,
     PostgresInboxStore,
     PostgresAccountStore,
