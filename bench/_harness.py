@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -612,3 +612,171 @@ def summarize_collapsed(path: Path, top: int = 30) -> str:
     out += ["", f"top {top} by inclusive time:"]
     out += [f"  {n / total:6.1%}  {f}" for f, n in incl.most_common(top)]
     return "\n".join(out) + "\n"
+
+
+# -- PostgreSQL (cluster mode) ---------------------------------------------------------
+
+#: the server the PostgreSQL benchmarks use when --database-url is not given
+BENCH_DATABASE_ENV = "NOTIFYD_BENCH_DATABASE_URL"
+
+
+def _tests_pg() -> Any:
+    """``tests/pg.py`` (the test suite's PostgreSQL machinery), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_notifyd_tests_pg", REPO / "tests" / "pg.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class BenchDatabase:
+    """A fresh PostgreSQL database for one benchmark run, dropped at the end.
+
+    The server is ``url`` if given, else ``$NOTIFYD_BENCH_DATABASE_URL``, else a
+    private throwaway cluster started with ``tests/pg.py``'s machinery (initdb into a
+    temporary directory, deleted afterwards) with ``fsync`` back on, so that a
+    commit is as durable as SQLite's ``synchronous=FULL``. ``.url`` names the new
+    database ``bench_<random>``; ``.server_pids()`` lists the server's processes when
+    they run on this machine (for CPU accounting from /proc).
+    """
+
+    def __init__(self, url: str | None = None, keep: bool = False) -> None:
+        #: leave the database in place at the end (to study it); not with a private cluster
+        self.keep = keep
+        self.server_url = (url or os.environ.get(BENCH_DATABASE_ENV, "")).strip()
+        self.pg = _tests_pg()
+        self.cluster: Any = None
+        self.name = f"bench_{os.urandom(6).hex()}"
+        self.url = ""
+
+    @property
+    def source(self) -> str:
+        if self.cluster is not None:
+            return f"private cluster in {self.cluster.base} (port {self.cluster.port}, fsync on)"
+        return self.pg.redact(self.server_url)
+
+    def __enter__(self) -> BenchDatabase:
+        if not self.server_url:
+            progress(
+                "no --database-url nor $NOTIFYD_BENCH_DATABASE_URL: starting a private cluster"
+            )
+            self.cluster = self.pg.PgCluster.create()
+            with open(self.cluster.data / "postgresql.conf", "a") as conf:
+                conf.write(
+                    "\n# notifyd benchmarks: durable commits\nfsync = on\nfull_page_writes = on\n"
+                )
+            try:
+                self.cluster.start()
+            except BaseException:
+                self.cluster.destroy()
+                raise
+            self.server_url = self.cluster.url
+        try:
+            with self.pg.connect(self.server_url) as conn:
+                conn.execute(f"CREATE DATABASE \"{self.name}\" TEMPLATE template0 ENCODING 'UTF8'")
+        except BaseException:
+            if self.cluster is not None:
+                self.cluster.destroy()
+            raise
+        self.url = self.pg.with_database(self.server_url, self.name)
+        progress(f"PostgreSQL database {self.name} on {self.source}")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.keep and self.cluster is None:
+            progress(f"kept the database: {self.pg.redact(self.url)}")
+            return
+        try:
+            with self.pg.connect(self.server_url) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        except Exception as e:  # noqa: BLE001 - report, then still stop a private cluster
+            progress(f"could not drop the database {self.name}: {e}")
+        finally:
+            if self.cluster is not None:
+                self.cluster.destroy()
+
+    def connect(self) -> Any:
+        """An autocommit psycopg connection to the benchmark's database."""
+        return self.pg.connect(self.url)
+
+    def settings(self) -> dict[str, str]:
+        names = (
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "shared_buffers",
+            "max_connections",
+        )
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name = ANY(%s)",
+                [list(names)],
+            ).fetchall()
+        return dict(rows)
+
+    def server_pids(self) -> list[int]:
+        """Processes of the PostgreSQL server when it runs here (a local address):
+        every process named ``postgres``; [] when the server is elsewhere."""
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.server_url).hostname
+        if host not in (None, "", "127.0.0.1", "localhost", "::1"):
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
+                        pids.append(int(entry))
+        return pids
+
+
+class PgDaemon(Daemon):
+    """A cluster node: ``notifyd serve --database-url URL --node-name NAME``."""
+
+    def __init__(
+        self, database_url: str, node_name: str, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(env)
+        self.name = f"notifyd {node_name}"
+        self.database_url = database_url
+        self.node_name = node_name
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--database-url",
+            self.database_url,
+            "--node-name",
+            self.node_name,
+        ]
+
+
+class GroupCpu:
+    """CPU seconds used by a changing set of processes (children counted while alive)."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+        self.start_cpu: dict[int, float] = {}
+        self.wall0 = 0.0
+        self.cores = float("nan")
+
+    def _sample(self) -> dict[int, float]:
+        out = {}
+        for pid in self.pids():
+            cpu = proc_cpu_seconds(pid)
+            if cpu == cpu:
+                out[pid] = cpu
+        return out
+
+    def start(self) -> None:
+        self.start_cpu, self.wall0 = self._sample(), time.monotonic()
+
+    def stop(self) -> float:
+        now = self._sample()
+        used = sum(cpu - self.start_cpu.get(pid, 0.0) for pid, cpu in now.items())
+        self.cores = used / max(time.monotonic() - self.wall0, 1e-9)
+        return self.cores
