@@ -712,7 +712,7 @@ class BenchDatabase:
         )
         with self.connect() as conn:
             rows = conn.execute(
-                "SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name = ANY(%s)",
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
                 [list(names)],
             ).fetchall()
         return dict(rows)
