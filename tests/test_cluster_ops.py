@@ -496,3 +496,37 @@ async def test_a_node_skips_a_chore_another_node_holds(pg_database: str) -> None
         assert await a.forget_idempotency_keys(cutoff) == 1
         assert query(pg_database, "SELECT count(*) FROM events") == [(0,)]
         assert query(pg_database, "SELECT count(*) FROM idempotency") == [(0,)]
+
+
+def test_the_claims_of_a_dead_or_departed_node_are_taken_back(pg_database: str) -> None:
+    """Delivery claims whose node is not seen any more (no heartbeat for a few
+    intervals, or its row removed at a clean stop) are ended and due at once; a
+    live node's claims are left alone."""
+    from notifyd.core.postgres.nodes import NodeIdentity, beat, release_dead_claims
+
+    migrate_json(pg_database)
+    lease_end = format_ts(4_000_000_000.0)
+    with connect(pg_database) as conn:
+        beat(conn, NodeIdentity("alive"))
+        beat(conn, NodeIdentity("stale"))
+        conn.execute("UPDATE nodes SET seen_at = clock_timestamp() - interval '5 minutes' "
+                     "WHERE name = 'stale'")  # fmt: skip
+        for owner in ("alive/1.aa", "stale/2.bb", "gone/3.cc"):
+            conn.execute(
+                "INSERT INTO deliveries (event_id, user_id, channel_id, next_attempt_at, "
+                "created_at, claimed_by, lease_until) VALUES (1, 1, 1, %s, %s, %s, %s)",
+                (lease_end, format_ts(0.0), owner, lease_end),
+            )
+        now = 1_900_000_000.0
+        assert release_dead_claims(conn, 30.0, now) == 2
+        rows = conn.execute(
+            "SELECT claimed_by, lease_until, next_attempt_at FROM deliveries ORDER BY id"
+        ).fetchall()
+        assert rows == [
+            ("alive/1.aa", lease_end, lease_end),
+            (None, None, format_ts(now)),
+            (None, None, format_ts(now)),
+        ]
+        claimed = conn.execute("SELECT claimed_by FROM deliveries WHERE claimed_by IS NOT NULL")
+        assert [r[0] for r in claimed] == ["alive/1.aa"]
+        assert release_dead_claims(conn, 30.0, now) == 0  # nothing left to take back
