@@ -212,31 +212,60 @@ def backup(client: Any, as_json: bool, file: Path, force: bool) -> None:
 @click.argument("file", default="-", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--topic", help="Only this topic, or topics matching a '*' pattern.")
 @click.option("--since", type=click.IntRange(min=0), metavar="ID", help="Only events after ID.")
+@click.option(
+    "--with-accounts",
+    is_flag=True,
+    help="Also the installation: users (with password hashes), tokens (their SHA-256 "
+    "digests), ACL grants, channels and Web Push subscriptions (configs with their "
+    "secrets), preferences and the Web Push (VAPID) private key. The file is then "
+    "SECRET, like a backup. Without it: events and read state only (shareable history).",
+)
 @click.option("--force", "-f", is_flag=True, help="Replace FILE if it exists.")
 @client_options
 @output_options
 def export(
-    client: Any, as_json: bool, file: str, topic: str | None, since: int | None, force: bool
+    client: Any,
+    as_json: bool,
+    file: str,
+    topic: str | None,
+    since: int | None,
+    with_accounts: bool,
+    force: bool,
 ) -> None:
-    """Write events with their read state as JSON Lines to FILE (or stdout: -).
+    """Write events with their read state (and, with --with-accounts, the whole
+    installation) as JSON Lines to FILE (or stdout: -).
 
-    Line 1 is a header (format version, source, time, counts); then one line per
-    event, oldest first: every field of the event, plus its read state per user
-    name. The export reads one snapshot of the database, so it is consistent while
-    the daemon keeps publishing. Read it back with `notifyd import`; the format is
-    described in docs/operations.md. With --json, a summary is printed (FILE must
-    then be a file).
+    Line 1 is a header (format version, source, time, counts); with
+    --with-accounts the installation follows (users, tokens, grants, channels,
+    preferences, the Web Push key); then one line per event, oldest first: every
+    field of the event, plus its read state per user name. The export reads one
+    snapshot of the database, so it is consistent while the daemon keeps
+    publishing. Read it back with `notifyd import`, into the same engine or the
+    other one (SQLite or PostgreSQL); the format is described in
+    docs/operations.md. FILE is written mode 0600. With --with-accounts it holds
+    password hashes, token digests (the tokens keep working wherever it is
+    imported), channel secrets and the Web Push private key: keep it like a
+    backup, delete it after the move. Without --with-accounts it holds events and
+    read state only (format version 1). With --json, a summary is printed (FILE
+    must then be a file).
 
     \b
     Examples:
       notifyd export events.jsonl
       notifyd export - --topic 'alerts/*' | gzip > alerts.jsonl.gz
       notifyd export recent.jsonl --since 12000 --force --json
+    \b
+    Moving a whole installation from SQLite to PostgreSQL (cluster mode):
+      notifyd export /root/notifyd-move.jsonl --with-accounts    # on the old machine
+      notifyd import /root/notifyd-move.jsonl --url https://node1.example.com --token nfy_…
+      # then copy <data_dir>/vapid_private.pem of node1 to every other node
     """
     to_stdout = file == "-"
     if to_stdout and as_json:
         raise click.UsageError("--json prints a summary, so it needs a FILE (not -)")
-    params = {"topic": topic, "since": since}
+    params: dict[str, Any] = {"topic": topic, "since": since}
+    if with_accounts:
+        params["accounts"] = "true"
     path = Path(file)
     if not to_stdout:
         _check_target(path, force)
@@ -253,23 +282,41 @@ def export(
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
-    users = (head.get("counts") or {}).get("users", 0)
-    summary = {"file": file, "events": events, "users": users, "header": head}
+    counts = head.get("counts") or {}
+    users = counts.get("users", 0)
+    summary: dict[str, Any] = {"file": file, "events": events, "users": users, "header": head}
+    if with_accounts:
+        summary["accounts"] = counts.get("accounts") or {}
     if as_json:
         print_json(summary)
-    else:
-        where = "stdout" if to_stdout else file
+        return
+    where = "stdout" if to_stdout else file
+    click.echo(
+        f"exported {clifmt.plural(events, 'event')} "
+        f"(read state of {clifmt.plural(users, 'user')}) to {where}",
+        err=to_stdout,
+    )
+    if with_accounts:
+        acc = counts.get("accounts") or {}
+        parts = [
+            clifmt.plural(acc.get(kind, 0), noun)
+            for kind, noun in (("user", "user"), ("token", "token"), ("grant", "grant"),
+                               ("channel", "channel"), ("preferences", "preferences document"))
+        ]  # fmt: skip
+        vapid = "the Web Push key" if acc.get("vapid_key") else "no Web Push key"
         click.echo(
-            f"exported {clifmt.plural(events, 'event')} "
-            f"(read state of {clifmt.plural(users, 'user')}) to {where}",
-            err=to_stdout,
+            f"with the installation: {', '.join(parts)}, {vapid}. The file holds secrets "
+            "(password hashes, token digests, channel secrets, the Web Push private key): "
+            "keep it private, delete it after the move.",
+            err=True,
         )
 
 
 def _receive_export(resp: Any, out: IO[bytes]) -> tuple[dict[str, Any], int]:
     """Copy the export to ``out``; check that it is whole. Returns (header, events)."""
     head: dict[str, Any] = {}
-    events = 0
+    lines = 0
+    records = 0  # installation records before the events (version 2 with accounts)
     pending = b""
     with Progress("export", unit="events") as progress:
         for chunk in resp.iter_bytes(CHUNK):
@@ -279,15 +326,18 @@ def _receive_export(resp: Any, out: IO[bytes]) -> tuple[dict[str, Any], int]:
                 first, sep, _ = pending.partition(b"\n")
                 if sep:
                     head = json.loads(first)
-                    progress.total = (head.get("counts") or {}).get("events")
-                    events -= 1  # the header line
+                    counts = head.get("counts") or {}
+                    progress.total = counts.get("events")
+                    records = sum((counts.get("accounts") or {}).values())
+                    lines -= 1  # the header line
                     pending = b""
-            events += chunk.count(b"\n")
-            progress.update(max(events, 0))
+            lines += chunk.count(b"\n")
+            progress.update(max(lines - records, 0))
+    events = lines - records
     announced = (head.get("counts") or {}).get("events")
     if announced is not None and events != announced:
         raise click.ClickException(
-            f"the export stopped after {events} of {announced} events: try again"
+            f"the export stopped after {max(events, 0)} of {announced} events: try again"
         )
     out.flush()
     return head, events
@@ -301,27 +351,54 @@ def _receive_export(resp: Any, out: IO[bytes]) -> tuple[dict[str, Any], int]:
 @click.option(
     "--create-users",
     is_flag=True,
-    help="Create users named in the read state that do not exist here (no password).",
+    help="Create users named in the read state that do not exist here (no password). "
+    "Not needed for an export --with-accounts: its users come with it.",
+)
+@click.option(
+    "--replace-vapid-key",
+    is_flag=True,
+    help="Replace this daemon's Web Push key with the file's even though browser "
+    "subscriptions here use it (they stop receiving pushes until they subscribe again).",
 )
 @click.option("--dry-run", is_flag=True, help="Check the whole file; write nothing.")
 @client_options
 @output_options
-def import_cmd(client: Any, as_json: bool, file: str, create_users: bool, dry_run: bool) -> None:
-    """Import events and their read state from a `notifyd export` file (or stdin: -).
+def import_cmd(
+    client: Any,
+    as_json: bool,
+    file: str,
+    create_users: bool,
+    replace_vapid_key: bool,
+    dry_run: bool,
+) -> None:
+    """Import a `notifyd export` file (or stdin: -): events with their read state
+    and, from an export --with-accounts, the whole installation.
 
     Every line is checked before anything is written: a bad line fails the import
-    with its line number, and nothing is imported. Events keep their fields and
-    created_at but get new ids, after the newest event here, in file order. Events
-    already here (same created_at, topic, title and body) are skipped, so importing
-    the same file again does nothing, and an interrupted import finishes when run
-    again. Read state is restored for users that exist here (--create-users makes
-    the missing ones). Imported events are history: no pushes or emails are sent.
+    with its line number, and nothing is imported. The installation comes first,
+    in one transaction: users (their passwords keep working), tokens (they keep
+    working), grants, channels, Web Push subscriptions and preferences; what this
+    daemon already holds under the same name is left as it is (and listed as
+    "kept" when it differs). The Web Push key is installed in the data directory
+    when this daemon has none or no subscription uses its own; a different key
+    that subscriptions here use is a conflict (exit 1, nothing written) unless
+    --replace-vapid-key. Events keep their fields and created_at but get new ids,
+    after the newest event here, in file order. Events already here (same
+    created_at, topic, title and body) are skipped, so importing the same file
+    again does nothing, and an interrupted import finishes when run again.
+    Imported events are history: no pushes or emails are sent.
 
     \b
     Examples:
       notifyd import events.jsonl
       notifyd import events.jsonl --dry-run
       ssh old-box notifyd export - | notifyd import - --create-users --json
+    \b
+    SQLite (one machine) to PostgreSQL (a cluster), through any node:
+      ssh old-box notifyd export - --with-accounts > move.jsonl   # mode 0600: secret
+      notifyd import move.jsonl --dry-run --url https://node1.example.com --token nfy_…
+      notifyd import move.jsonl --url https://node1.example.com --token nfy_…
+      # copy node1's <data_dir>/vapid_private.pem to every other node, restart them
     """
     from_stdin = file == "-"
     if from_stdin:
@@ -342,6 +419,7 @@ def import_cmd(client: Any, as_json: bool, file: str, create_users: bool, dry_ru
             click.echo("import: writing…", err=True)
 
     params = {"create_users": "true" if create_users else None,
+              "replace_vapid_key": "true" if replace_vapid_key else None,
               "dry_run": "true" if dry_run else None}  # fmt: skip
     headers = {"Content-Type": "application/x-ndjson"}
     try:
@@ -358,8 +436,46 @@ def import_cmd(client: Any, as_json: bool, file: str, create_users: bool, dry_ru
     _print_import(report)
 
 
+_RECORD_NOUNS = (("user", "user"), ("token", "token"), ("grant", "grant"),
+                 ("channel", "channel"), ("preferences", "preferences document"))  # fmt: skip
+
+
+def _print_installation(r: dict[str, Any]) -> None:
+    records = r.get("records") or {}
+    acc = r.get("accounts")
+    if r.get("dry_run") or acc is None:
+        listed = ", ".join(clifmt.plural(records.get(k, 0), n) for k, n in _RECORD_NOUNS)
+        click.echo(f"installation: {listed}")
+    else:
+        added, present = acc.get("added") or {}, acc.get("present") or {}
+        listed = ", ".join(clifmt.plural(added.get(k, 0), n) for k, n in _RECORD_NOUNS)
+        same = sum(present.values())
+        click.echo(f"installation: added {listed}; {same} already here")
+        if added.get("password"):
+            click.echo(f"passwords set on {clifmt.plural(added['password'], 'user')} that had none")
+        if acc.get("kept"):
+            click.echo(
+                "kept as they are here (the file's differ): "
+                + ", ".join(acc["kept"][:20])
+                + (f" and {len(acc['kept']) - 20} more" if len(acc["kept"]) > 20 else ""),
+                err=True,
+            )
+    vapid = r.get("vapid_key")
+    if vapid:
+        said = {
+            "installed": "installed in the data directory",
+            "replaced": "replaced (subscriptions made with the old key must subscribe again)",
+            "present": "already this daemon's",
+            "not written": "not written",
+        }.get(vapid, vapid)
+        verb = "would be " if r.get("dry_run") and vapid in ("installed", "replaced") else ""
+        click.echo(f"Web Push key: {verb}{said}")
+
+
 def _print_import(r: dict[str, Any]) -> None:
     n = r.get("events", 0)
+    if "accounts" in (r.get("parts") or ()):
+        _print_installation(r)
     if r.get("dry_run"):
         click.echo(f"valid: {clifmt.plural(n, 'event')} (dry run: nothing written)")
     elif r.get("imported"):

@@ -255,6 +255,14 @@ class EventExport(ABC):
     async def aclose(self) -> None:
         """Release the snapshot."""
 
+    @abstractmethod
+    async def account_records(self) -> list[dict[str, Any]]:
+        """The installation, from the same snapshot as the events: one record per
+        user, token, ACL grant, channel and preferences document, in that order,
+        shaped as :mod:`notifyd.core.transfer` writes them (``{"type": "user", …}``;
+        users are named, never numbered). Secrets are as stored (password hashes,
+        token digests, channel configs)."""
+
 
 @dataclass
 class ImportItem:
@@ -281,6 +289,23 @@ class ImportBatch:
     skipped: int = 0
     #: per-user state entries written (receipts)
     states: int = 0
+
+
+#: the installation records of an export with accounts, in the order written
+ACCOUNT_RECORDS = ("user", "token", "grant", "channel", "preferences")
+
+
+@dataclass
+class AccountsImport:
+    """What one :meth:`OperationsStore.import_accounts` call did, per record type
+    (:data:`ACCOUNT_RECORDS`): ``added``; ``present``: the target holds the same;
+    ``kept``: the target holds something else under the same key (user name,
+    token digest, user + pattern, user + channel name, user's preferences) and
+    keeps it, listed as ``"<type> <key>"``."""
+
+    added: dict[str, int] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
 
 
 CommitListener = Callable[[list[Event]], None]
@@ -651,6 +676,14 @@ class OperationsStore(ABC):
         :class:`ImportItem`; only events with ids up to ``before_id`` count), and
         write their per-user state for the users in ``users`` (name → id).
         The stored events go to the commit listeners like published ones."""
+
+    @abstractmethod
+    async def import_accounts(self, records: list[dict[str, Any]]) -> AccountsImport:
+        """Write validated installation records (:meth:`EventExport.account_records`'
+        shape) in one transaction, ids mapped by name: a record whose key the
+        target holds already is left as it is (a user without a password gets the
+        record's), so that importing twice changes nothing. Signals
+        ``{"kind": "rights", "user": None}`` after the commit when anything was added."""
 
 
 class Store(EventStore, InboxStore, AccountStore, OutboxStore, OperationsStore):

@@ -3,6 +3,11 @@
 The private key lives in ``<data_dir>/vapid_private.pem`` (PKCS#8 PEM, mode 0600).
 Browsers bind every push subscription to the public key they were given, so the
 key must survive restarts: losing it silently orphans every subscription.
+
+``notifyd import`` may put another key in place (the key of the installation being
+moved here, so that its subscriptions keep working): the file is then replaced
+(renamed over), and :func:`load_or_create` and :class:`VapidSigner` notice the
+new file (another inode or mtime) on their next use, in every process.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ TOKEN_LIFETIME = 12 * 3600
 TOKEN_MIN_REMAINING = 6 * 3600
 
 _lock = threading.Lock()
-_keys: dict[Path, ec.EllipticCurvePrivateKey] = {}
+#: per key file: the key and the file it was read from (inode, mtime, size)
+_keys: dict[Path, tuple[ec.EllipticCurvePrivateKey, tuple[int, int, int] | None]] = {}
 
 
 def b64url(data: bytes) -> str:
@@ -87,7 +93,9 @@ def load_or_create(data_dir: Path) -> ec.EllipticCurvePrivateKey:
     """The VAPID private key of the daemon whose data lives in ``data_dir``.
 
     Creates the key on first use. Cached per data directory, so routes and the
-    channel share one key without reading the file on every request.
+    channel share one key without reading the file on every request; the file is
+    read again when it was replaced (an import), which costs one ``stat`` per call.
+    A key file removed while the daemon runs is not recreated: the cached key stays.
 
     Raises:
         OSError: the data directory is not writable (first start) or the key file
@@ -96,14 +104,28 @@ def load_or_create(data_dir: Path) -> ec.EllipticCurvePrivateKey:
     """
     path = (Path(data_dir) / KEY_FILE).absolute()
     with _lock:
-        key = _keys.get(path)
-        if key is None:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _write_new_key(path)
-                log.info("created the Web Push (VAPID) key pair in %s", path)
-            key = _keys[path] = _read_key(path)
+        cached = _keys.get(path)
+        seen = _file_identity(path)
+        if cached is not None and (seen is None or seen == cached[1]):
+            return cached[0]
+        if seen is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_new_key(path)
+            log.info("created the Web Push (VAPID) key pair in %s", path)
+            seen = _file_identity(path)
+        key = _read_key(path)
+        if cached is not None:
+            log.info("the Web Push (VAPID) key in %s was replaced; using the new one", path)
+        _keys[path] = (key, seen)
         return key
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def public_key_b64(key: ec.EllipticCurvePrivateKey) -> str:
@@ -131,13 +153,33 @@ class VapidSigner:
         # no-strict: the config already checked the scheme; py-vapid's own e-mail
         # regex rejects valid addresses such as mailto:ops@intranet
         self._vapid = Vapid02(key, conf={"no-strict": True})
+        self._key = key
         self._subject = subject
         self._cache: dict[str, tuple[str, float]] = {}
+        # the data directory the key came from (load_or_create), to follow a key
+        # that an import replaces; None for a key from elsewhere (it stays)
+        with _lock:
+            self._dir = next((p.parent for p, (k, _) in _keys.items() if k is key), None)
+
+    def _follow_key_file(self) -> None:
+        """Sign with the data directory's current key (an import may replace it)."""
+        if self._dir is None:
+            return
+        try:
+            key = load_or_create(self._dir)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the Web Push key again (%s); keeping the one in use", exc)
+            return
+        if key is not self._key:
+            self._key = key
+            self._vapid = Vapid02(key, conf={"no-strict": True})
+            self._cache.clear()
 
     def authorization(self, audience: str, now: float | None = None) -> str:
         """The ``Authorization`` header value (``vapid t=…,k=…``) for a push
         service origin such as ``https://fcm.googleapis.com``."""
         now = time.time() if now is None else now
+        self._follow_key_file()
         hit = self._cache.get(audience)
         if hit is not None and hit[1] - now > TOKEN_MIN_REMAINING:
             return hit[0]

@@ -1,6 +1,10 @@
 """``/v1/admin/…``: operations on the live database — backup, export, import and
 the integrity check. Admins only (the Unix socket, or an admin token).
 
+An export with ``accounts=true`` holds the whole installation, secrets included
+(password hashes, token digests, channel configs, the Web Push private key): it
+is answered with ``Cache-Control: no-store`` and the CLI writes it mode 0600.
+
 These run inside the daemon so that they see the database as it serves: a backup
 is a consistent snapshot taken while publishing goes on, an export reads one
 snapshot, and an import goes through the single writer like any publish.
@@ -104,7 +108,9 @@ async def integrity(request: Request, caller: Admin, full: bool = False) -> JSON
 
 @router.get(
     "/export",
-    summary="Events with their per-user read state, as JSON Lines (see docs/operations.md)",
+    summary="Events with their per-user read state, as JSON Lines; with accounts=true also "
+    "the installation: users, tokens, grants, channels, preferences, the Web Push key "
+    "(see docs/operations.md)",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
@@ -115,6 +121,10 @@ async def export(
     since: Annotated[
         int | None, Query(ge=0, le=2**62, description="only events with a larger id")
     ] = None,
+    accounts: Annotated[
+        bool,
+        Query(description="also the installation (format version 2): secret, as a backup is"),
+    ] = False,
 ) -> StreamingResponse:
     svc = services(request)
     if topic is not None:
@@ -122,7 +132,10 @@ async def export(
             topic = check_pattern(topic)
         except ValueError as exc:
             raise ValidationFailed(f"topic: {exc}", field="topic") from None
-    lines = transfer.export_lines(svc.store, topic, since)
+    pem = None
+    if accounts:
+        pem = await trio.to_thread.run_sync(transfer.read_vapid_key, svc.config.data_path)
+    lines = transfer.export_lines(svc.store, topic, since, accounts=accounts, vapid_pem=pem)
     # open the snapshot now, so that a failure is an error response, not a cut stream
     first = await lines.__anext__()
 
@@ -156,8 +169,16 @@ async def import_(
         bool, Query(description="create users named in the state that do not exist")
     ] = False,
     dry_run: Annotated[bool, Query(description="validate only; write nothing")] = False,
+    replace_vapid_key: Annotated[
+        bool,
+        Query(
+            description="replace this daemon's Web Push key with the file's even though "
+            "subscriptions here use it (409 otherwise)"
+        ),
+    ] = False,
 ) -> JSON:
     svc = services(request)
+    kinds = {kind: type(impl).validate for kind, impl in svc.channels.items()}
     importer = transfer.Importer(
         svc.store,
         svc.accounts,
@@ -165,14 +186,16 @@ async def import_(
         publisher_id=caller.user_id,
         create_users=create_users,
         retention_days=svc.config.retention_days,
+        kinds=kinds,
+        vapid_dir=svc.config.data_path,
+        replace_vapid_key=replace_vapid_key,
     )
     try:
         await importer.read(request.stream())
-        if dry_run:
-            importer.report.dry_run = True
-            return JSON(importer.report.to_json())
         # one import writes at a time: each skips what the ones before it stored
         async with svc.import_lock:
+            if dry_run:
+                return JSON((await importer.check()).to_json())
             report = await importer.apply()
     finally:
         importer.close()

@@ -24,6 +24,11 @@ listeners it uses.
   engine (:class:`~notifyd.core.store.EventExport`).
 - ``import_events``: one transaction holding the sequencer (the new ids follow
   every other node's), as the SQLite engine does it otherwise.
+- ``account_records`` / ``import_accounts``: the installation (users, tokens,
+  grants, channels, preferences), read in the export's snapshot, written in one
+  transaction by the rules of :func:`notifyd.core.transfer.plan_accounts`; ids
+  are mapped by name. The transaction takes ``ACCOUNTS_IMPORT_LOCK`` so that two
+  nodes importing at once do not both insert the same user.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import trio
+from psycopg.types.json import Jsonb
 
 from ..acl import Visibility
 from ..errors import Conflict
 from ..store import (
+    AccountsImport,
     BackupInfo,
     Event,
     EventExport,
@@ -46,6 +53,7 @@ from ..store import (
     ImportBatch,
     ImportItem,
     OperationsStore,
+    Signal,
     StorageInfo,
     WatermarkReader,
 )
@@ -66,6 +74,8 @@ T = TypeVar("T")
 
 #: the advisory lock key of the post-prune VACUUM: one node at a time ("vacuum")
 VACUUM_LOCK = 0x766163756D
+#: the transaction-level advisory lock of an account import: one node at a time ("accimp")
+ACCOUNTS_IMPORT_LOCK = 0x616363696D70
 #: the tables a prune deletes from (events.py ``_delete_events``)
 PRUNED_TABLES = ("events", "receipts", "event_extras")
 #: how long an export's snapshot may sit idle between two pages before the server
@@ -297,10 +307,108 @@ class PostgresExport(EventExport):
         self._cursor = events[-1]["id"]
         return events
 
+    async def account_records(self) -> list[dict[str, Any]]:
+        return await self._call(read_accounts)
+
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             await trio.to_thread.run_sync(conn.close)  # ends the read-only transaction
+
+
+# -- the installation -------------------------------------------------------------------
+
+
+def read_accounts(conn: Conn) -> list[dict[str, Any]]:
+    """Every user, token, grant, channel and preferences document, as the export's
+    installation records (users by name), in that order (blocking)."""
+    out: list[dict[str, Any]] = []
+    for name, role, pw, tz, created in conn.execute(
+        "SELECT name, role, password_hash, tz, created_at FROM users ORDER BY id"
+    ):
+        out.append({"type": "user", "name": name, "role": role, "password_hash": pw,
+                    "tz": tz or "UTC", "created_at": created})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, t.hash, t.prefix, t.label, t.scopes, t.topics, t.created_at, "
+        "t.last_used_at, t.expires_at FROM tokens t JOIN users u ON u.id = t.user_id ORDER BY t.id"
+    ):
+        out.append({"type": "token", "user": row[0], "hash": row[1], "prefix": row[2],
+                    "label": row[3], "scopes": [x for x in str(row[4]).split(",") if x],
+                    "topics": row[5], "created_at": row[6], "last_used_at": row[7],
+                    "expires_at": row[8]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, a.pattern, a.read, a.write, a.created_at FROM acl a "
+        "JOIN users u ON u.id = a.user_id ORDER BY a.id"
+    ):
+        out.append({"type": "grant", "user": row[0], "pattern": row[1], "read": bool(row[2]),
+                    "write": bool(row[3]), "created_at": row[4]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, c.name, c.kind, c.config, c.enabled, c.created_at FROM channels c "
+        "JOIN users u ON u.id = c.user_id ORDER BY c.id"
+    ):
+        out.append({"type": "channel", "user": row[0], "name": row[1], "kind": row[2],
+                    "config": row[3], "enabled": bool(row[4]), "created_at": row[5]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, p.doc, p.updated_at FROM preferences p "
+        "JOIN users u ON u.id = p.user_id ORDER BY u.id"
+    ):
+        out.append({"type": "preferences", "user": row[0], "doc": row[1],
+                    "updated_at": row[2]})  # fmt: skip
+    return out
+
+
+def import_accounts(conn: Conn, records: list[dict[str, Any]]) -> AccountsImport:
+    """Write what is new among the validated installation ``records`` in one
+    transaction (blocking), by the rules of :func:`notifyd.core.transfer.plan_accounts`."""
+    from ..transfer import plan_accounts  # transfer imports the store's types
+
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ACCOUNTS_IMPORT_LOCK,))
+        plan = plan_accounts(read_accounts(conn), records)
+        add = plan.insert
+        with conn.cursor() as cur:
+            if add["user"]:
+                cur.executemany(
+                    "INSERT INTO users (name, role, password_hash, tz, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [(r["name"], r["role"], r["password_hash"], r["tz"], r["created_at"])
+                     for r in add["user"]],
+                )  # fmt: skip
+            if plan.passwords:
+                cur.executemany(
+                    "UPDATE users SET password_hash = %s WHERE name = %s AND password_hash IS NULL",
+                    [(pw, name) for name, pw in plan.passwords],
+                )
+            ids = {str(name): int(uid) for uid, name in conn.execute("SELECT id, name FROM users")}
+            if add["token"]:
+                cur.executemany(
+                    "INSERT INTO tokens (user_id, hash, prefix, label, scopes, topics, created_at, "
+                    "last_used_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(ids[r["user"]], r["hash"], r["prefix"], r["label"], ",".join(r["scopes"]),
+                      r["topics"], r["created_at"], r["last_used_at"], r["expires_at"])
+                     for r in add["token"]],
+                )  # fmt: skip
+            if add["grant"]:
+                cur.executemany(
+                    "INSERT INTO acl (user_id, pattern, read, write, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [(ids[r["user"]], r["pattern"], r["read"], r["write"], r["created_at"])
+                     for r in add["grant"]],
+                )  # fmt: skip
+            if add["channel"]:
+                cur.executemany(
+                    "INSERT INTO channels (user_id, name, kind, config, enabled, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(ids[r["user"]], r["name"], r["kind"], Jsonb(r["config"]), r["enabled"],
+                      r["created_at"]) for r in add["channel"]],
+                )  # fmt: skip
+            if add["preferences"]:
+                cur.executemany(
+                    "INSERT INTO preferences (user_id, doc, updated_at) VALUES (%s, %s, %s)",
+                    [(ids[r["user"]], Jsonb(r["doc"]), r["updated_at"])
+                     for r in add["preferences"]],
+                )  # fmt: skip
+    return plan.result
 
 
 # -- import -----------------------------------------------------------------------------
@@ -404,6 +512,8 @@ class PostgresOperationsStore(OperationsStore):
 
         async def _committed(self, events: list[Event]) -> None: ...
 
+        def signal(self, message: Signal) -> None: ...
+
     async def backup(
         self, dest: str, pages: int = 1024, progress: Callable[[int, int], None] | None = None
     ) -> BackupInfo:
@@ -482,6 +592,12 @@ class PostgresOperationsStore(OperationsStore):
             )
         await self._committed(batch.stored)
         return batch
+
+    async def import_accounts(self, records: list[dict[str, Any]]) -> AccountsImport:
+        done = await self._run(lambda conn: import_accounts(conn, records))
+        if any(done.added.values()):
+            self.signal({"kind": "rights", "user": None})
+        return done
 
 
 __all__ = ["BackupUnsupported", "PostgresOperationsStore", "PostgresStorageInfo"]

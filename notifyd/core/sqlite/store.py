@@ -20,6 +20,7 @@ from ..errors import Conflict, NotFound, StoreUnavailable
 from ..metrics import EVENTS_PUBLISHED, PRUNED
 from ..models import EventIn
 from ..store import (
+    AccountsImport,
     AclEntry,
     BackupInfo,
     CommitListener,
@@ -53,7 +54,7 @@ from .queries import (
     visibility_sql,
 )
 from .schema import migrate
-from .transfer import SQLiteExport, import_items
+from .transfer import SQLiteExport, import_accounts, import_items
 from .writer import Writer
 
 log = logging.getLogger("notifyd.store")
@@ -991,6 +992,12 @@ class SQLiteStore(DeliveryStore, Store):
             lambda conn: import_items(conn, items, publisher_id, users, before_id),
             lambda batch: self._emit(batch.stored),
         )
+
+    async def import_accounts(self, records: list[dict[str, Any]]) -> AccountsImport:
+        done = await self.write(lambda conn: import_accounts(conn, records))
+        if any(done.added.values()):
+            self.signal({"kind": "rights", "user": None})
+        return done
 
 
 __all__ = ["SQLiteStore", "connect", "unread_sql"]

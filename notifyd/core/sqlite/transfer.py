@@ -1,4 +1,5 @@
-"""Export and import of events with their read state, in SQLite.
+"""Export and import of events with their read state, and of the installation
+(users, tokens, grants, channels, preferences), in SQLite.
 
 The record format and its validation live in :mod:`notifyd.core.transfer`; this
 module only reads and writes rows.
@@ -15,6 +16,7 @@ import trio
 
 from ..acl import Visibility
 from ..store import (
+    AccountsImport,
     Event,
     EventExport,
     ExportSummary,
@@ -158,10 +160,100 @@ class SQLiteExport(EventExport):
         self._cursor = events[-1]["id"]
         return events
 
+    async def account_records(self) -> list[dict[str, Any]]:
+        return await self._run(read_accounts)
+
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             await trio.to_thread.run_sync(conn.close)
+
+
+# -- the installation ----------------------------------------------------------------
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def read_accounts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every user, token, grant, channel and preferences document, as the export's
+    installation records (users by name), in that order."""
+    out: list[dict[str, Any]] = []
+    for name, role, pw, tz, created in conn.execute(
+        "SELECT name, role, password_hash, tz, created_at FROM users ORDER BY id"
+    ):
+        out.append({"type": "user", "name": name, "role": role, "password_hash": pw,
+                    "tz": tz or "UTC", "created_at": created})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, t.hash, t.prefix, t.label, t.scopes, t.topics, t.created_at, "
+        "t.last_used_at, t.expires_at FROM tokens t JOIN users u ON u.id = t.user_id ORDER BY t.id"
+    ):
+        out.append({"type": "token", "user": row[0], "hash": row[1], "prefix": row[2],
+                    "label": row[3], "scopes": [x for x in row[4].split(",") if x],
+                    "topics": row[5], "created_at": row[6], "last_used_at": row[7],
+                    "expires_at": row[8]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, a.pattern, a.read, a.write, a.created_at FROM acl a "
+        "JOIN users u ON u.id = a.user_id ORDER BY a.id"
+    ):
+        out.append({"type": "grant", "user": row[0], "pattern": row[1], "read": bool(row[2]),
+                    "write": bool(row[3]), "created_at": row[4]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, c.name, c.kind, c.config, c.enabled, c.created_at FROM channels c "
+        "JOIN users u ON u.id = c.user_id ORDER BY c.id"
+    ):
+        out.append({"type": "channel", "user": row[0], "name": row[1], "kind": row[2],
+                    "config": _json(row[3]), "enabled": bool(row[4]),
+                    "created_at": row[5]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, p.doc, p.updated_at FROM preferences p "
+        "JOIN users u ON u.id = p.user_id ORDER BY u.id"
+    ):
+        out.append({"type": "preferences", "user": row[0], "doc": _json(row[1]),
+                    "updated_at": row[2]})  # fmt: skip
+    return out
+
+
+def import_accounts(conn: sqlite3.Connection, records: list[dict[str, Any]]) -> AccountsImport:
+    """Write what is new among the validated installation ``records`` (in the
+    writer's transaction), by the rules of :func:`notifyd.core.transfer.plan_accounts`."""
+    from ..transfer import plan_accounts  # transfer imports the store's types
+
+    plan = plan_accounts(read_accounts(conn), records)
+    add = plan.insert
+    conn.executemany(
+        "INSERT INTO users (name, role, password_hash, tz, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(r["name"], r["role"], r["password_hash"], r["tz"], r["created_at"]) for r in add["user"]],
+    )
+    conn.executemany(
+        "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash IS NULL",
+        [(pw, name) for name, pw in plan.passwords],
+    )
+    ids = {name: uid for uid, name in conn.execute("SELECT id, name FROM users")}
+    conn.executemany(
+        "INSERT INTO tokens (user_id, hash, prefix, label, scopes, topics, created_at, "
+        "last_used_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(ids[r["user"]], r["hash"], r["prefix"], r["label"], ",".join(r["scopes"]), r["topics"],
+          r["created_at"], r["last_used_at"], r["expires_at"]) for r in add["token"]],
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO acl (user_id, pattern, read, write, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(ids[r["user"]], r["pattern"], int(r["read"]), int(r["write"]), r["created_at"])
+         for r in add["grant"]],
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO channels (user_id, name, kind, config, enabled, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(ids[r["user"]], r["name"], r["kind"], orjson.dumps(r["config"]).decode(),
+          int(r["enabled"]), r["created_at"]) for r in add["channel"]],
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO preferences (user_id, doc, updated_at) VALUES (?, ?, ?)",
+        [(ids[r["user"]], orjson.dumps(r["doc"]).decode(), r["updated_at"])
+         for r in add["preferences"]],
+    )  # fmt: skip
+    return plan.result
 
 
 _INSERT = (
