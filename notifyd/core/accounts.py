@@ -70,7 +70,7 @@ class Accounts:
         #: keys the digests under which authenticate_password remembers successes
         self._password_key = secrets.token_bytes(32)
         #: failed password checks, shared by every door that takes a password
-        self.signin = SignInThrottle()
+        self.signin = SignInThrottle(store)
         #: token id → last use (unix time), flushed to the store by housekeeping
         self.token_uses: dict[int, float] = {}
 
@@ -208,7 +208,7 @@ class Accounts:
         keyed digest of the pair (never the password itself); any account change,
         a new password included, forgets it. Raises :class:`Unauthorized`."""
         name, password = name[:64], password[:1024]
-        with self.signin.attempt(name, address):
+        async with self.signin.attempt(name, address):
             digest = hmac.new(self._password_key, f"{name}\0{password}".encode(), hashlib.sha256)
             key = "password:" + digest.hexdigest()
             hit = self._cache.get(key)
@@ -291,7 +291,7 @@ class Accounts:
                     field="current_password",
                 )
             try:
-                with self.signin.attempt(name, address):
+                async with self.signin.attempt(name, address):
                     await self.check_password(name, current)
             except Unauthorized:
                 # 403, not 401: the caller is signed in, only this check failed

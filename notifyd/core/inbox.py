@@ -46,7 +46,7 @@ async def publish(
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
         raise ValidationFailed("Idempotency-Key must be 1–128 characters", field="Idempotency-Key")
     # last, so that only a request that would be stored takes from the bucket
-    check_publish(svc.publish_limiter, svc.config, principal, len(events))
+    await check_publish(svc.store, svc.config, principal, len(events))
     return await svc.store.publish(events, principal.user_id, idempotency_key, batch)
 
 

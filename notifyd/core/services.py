@@ -2,9 +2,9 @@
 
 Every part a front end, a plugin or a background task may reach is a typed field
 of :class:`Services`; there is no bag of extra state filled on first use.
-``Services.build`` makes what every process needs (hub, accounts, the publish rate
-limiter); ``start_delivery`` adds the plugins' channel kinds and the outbox. The
-process that runs the daemon (``notifyd/daemon.py``) or the delivery worker
+``Services.build`` makes what every process needs (hub, accounts; the store counts
+the publish rate limit); ``start_delivery`` adds the plugins' channel kinds and the
+outbox. The process that runs the daemon (``notifyd/daemon.py``) or the delivery worker
 (``notifyd/deliverer.py``) then decides who runs the outbox, and points
 ``wake_delivery`` there.
 """
@@ -21,7 +21,6 @@ from .accounts import Accounts
 from .config import Config
 from .hub import Hub
 from .outbox import Outbox
-from .ratelimit import PublishLimiter
 from .store import Event, Signal, Store
 
 log = logging.getLogger("notifyd.plugins")
@@ -49,8 +48,6 @@ class Services:
     hub: Hub
     accounts: Accounts
     started_at: float = 0.0
-    #: the per-token publish rate limit (publish_rate, publish_burst), shared by every door
-    publish_limiter: PublishLimiter = field(default_factory=PublishLimiter)
     #: one import into the live database writes at a time (``POST /v1/admin/import``)
     import_lock: trio.Lock = field(default_factory=trio.Lock)
     plugins: Plugins | None = None

@@ -7,7 +7,8 @@
 * :class:`InboxStore`: per-user read/seen/archive state, "read all", counts;
 * :class:`AccountStore`: users, tokens, web sessions, ACL grants, preferences;
 * :class:`OutboxStore`: channels and the outbox, with explicit claims and leases;
-* :class:`OperationsStore`: backup, integrity check, log maintenance, export/import.
+* :class:`OperationsStore`: backup, integrity check, log maintenance, export/import;
+* :class:`LimitStore`: publish rate limits and failure counts, shared by all nodes.
 
 Callers type against the role they need. All SQL lives behind these interfaces,
 in an engine (:mod:`notifyd.core.sqlite` today), and a store is opened only by
@@ -686,7 +687,43 @@ class OperationsStore(ABC):
         ``{"kind": "rights", "user": None}`` after the commit when anything was added."""
 
 
-class Store(EventStore, InboxStore, AccountStore, OutboxStore, OperationsStore):
+class LimitStore(ABC):
+    """Abuse limits counted for the whole deployment (:mod:`notifyd.core.ratelimit`,
+    :mod:`notifyd.core.throttle`): every node of a cluster charges and counts the
+    same state, so spreading requests over nodes gains nothing.
+
+    Keys are strings the callers choose and namespace (``publish:token:7``). Times
+    are the engine's own clock, one for every node (never the caller's), so clock
+    skew between nodes changes nothing. An engine may forget state that no longer
+    limits anything (a bucket that is full again, failures out of their window)
+    and may keep it in memory when one process is all there is. Calls are atomic:
+    two nodes charging one key at once are counted one after the other."""
+
+    @abstractmethod
+    async def charge_rate(self, key: str, cost: int, rate: float, burst: int) -> float:
+        """Take ``cost`` from ``key``'s bucket, which holds ``burst`` at most and
+        refills at ``rate`` per second (a new key's bucket is full). Returns 0.0
+        when taken; otherwise takes nothing and returns the seconds after which
+        it would be taken (> 0). Needs ``rate > 0`` and ``0 < cost <= burst``."""
+
+    @abstractmethod
+    async def recent_failures(self, limits: dict[str, int], window: float) -> dict[str, float]:
+        """The keys of ``limits`` (key → failures allowed) with at least one failure
+        in the last ``window`` seconds, each with the seconds until it has fewer
+        failures in the window than its limit again (0.0 if it has fewer already).
+        Keys without recent failures are left out."""
+
+    @abstractmethod
+    async def record_failure(self, limits: dict[str, int], window: float) -> None:
+        """Count one failure, now, for each key of ``limits`` (the limits let an
+        engine keep only the failures that can still matter)."""
+
+    @abstractmethod
+    async def clear_failures(self, keys: list[str]) -> None:
+        """Forget every failure of ``keys``."""
+
+
+class Store(EventStore, InboxStore, AccountStore, OutboxStore, OperationsStore, LimitStore):
     """Durable storage: every role. Every method is safe to call from the trio loop.
     Open one with :func:`notifyd.core.storage.open_store`."""
 

@@ -43,7 +43,7 @@ def _body(user: User, csrf: str) -> dict:
 async def sign_in(body: SignIn, request: Request) -> Response:
     svc = services(request)
     address = request.client.host if request.client else "local"
-    with svc.accounts.signin.attempt(body.username, address):
+    async with svc.accounts.signin.attempt(body.username, address):
         user = await svc.accounts.check_password(body.username, body.password)
     days = svc.config.session_days
     secret = await svc.accounts.create_session(user, request.headers.get("user-agent"), days)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .accounts import PostgresAccountStore
 from .events import PostgresEventStore
 from .inbox import PostgresInboxStore
+from .limits import PostgresLimitStore
 from .nodes import PostgresNodes
 from .operations import PostgresOperationsStore
 from .outbox import PostgresOutboxStore
@@ -22,5 +23,6 @@ class PostgresStore(
     PostgresAccountStore,
     PostgresOutboxStore,
     PostgresOperationsStore,
+    PostgresLimitStore,
 ):
     """Every role of the store contract on PostgreSQL, on one connection pool."""

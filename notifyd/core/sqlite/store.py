@@ -40,6 +40,7 @@ from ..store import (
 )
 from ..timeutil import format_ts, now_rfc3339
 from .delivery import DeliveryStore, enqueue_deliveries, load_preferences
+from .limits import SQLiteLimitStore
 from .maintenance import backup_file, checkpoint, delete_events, quick_check
 from .queries import (
     EVENT_COLUMNS,
@@ -355,7 +356,7 @@ def _state_params(
     return (user_id, event_id, now, now, now, action)
 
 
-class SQLiteStore(DeliveryStore, Store):
+class SQLiteStore(DeliveryStore, SQLiteLimitStore, Store):
     """The SQLite engine (opened by :func:`notifyd.core.storage.open_store`)."""
 
     engine = "sqlite"
