@@ -3,6 +3,15 @@
 Tests talk to it the way users do: httpx over TCP (with tokens) and over the
 Unix socket (as the admin), trio-websocket and SSE for streams, the CLI as a
 subprocess. Waiting is always on a condition with a deadline, never a bare sleep.
+
+Storage engines: a module marked ``pytestmark = pytest.mark.both_engines`` runs every
+test that starts a daemon (``daemon``, ``make_daemon`` or anything built on the
+``engine`` fixture) twice, ids ``[sqlite]`` and ``[postgresql]``; on PostgreSQL each
+daemon gets a fresh database of its own on the session's server (``pg_server``), the
+way each SQLite daemon has a file of its own. A test there that is SQLite-only by
+nature says so: ``@pytest.mark.sqlite_only(reason="...")`` (the reason is required; the
+test then runs once, ``[sqlite]``). ``pytest --engine sqlite`` (or ``postgresql``) runs
+those modules on one engine only. Every other module runs its daemons on SQLite.
 """
 
 from __future__ import annotations
@@ -21,7 +30,90 @@ from typing import Any
 
 import httpx
 import pytest
-from pg import PgServer, PgUnavailable, pg_server_session
+from pg import PgServer, PgUnavailable, connect, pg_server_session
+
+#: the storage engines a ``both_engines`` module runs on
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine", choices=[*ENGINES, "both"], default="both",
+        help="the storage engine(s) the both_engines modules run their daemons on "
+        "(default: both)",
+    )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_engines: this module's daemons run on SQLite and on PostgreSQL "
+        "(ids [sqlite] and [postgresql])",
+    )
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): in a both_engines module, this test runs on SQLite only, "
+        "for the reason given (required)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_engines") is None:
+        return
+    engines: list[str] = list(ENGINES)
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    if only is not None:
+        reason = only.kwargs.get("reason") or (only.args[0] if only.args else "")
+        if not str(reason).strip():
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
+        engines = ["sqlite"]
+    chosen = metafunc.config.getoption("engine")
+    if chosen != "both":
+        engines = [e for e in engines if e == chosen]
+    metafunc.parametrize("engine", engines, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def engine(request: pytest.FixtureRequest) -> str:
+    """The storage engine of this test's daemons: ``sqlite`` unless the module is marked
+    ``both_engines`` (then parametrized, see the module docstring)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+class EngineDatabases:
+    """Fresh databases for daemons on ``engine``: "" (a SQLite file in the data dir)
+    on SQLite, on PostgreSQL a new database on the session's server, dropped by
+    :meth:`drop_all` (after the daemons stopped)."""
+
+    def __init__(self, request: pytest.FixtureRequest, engine: str) -> None:
+        self.request = request
+        self.engine = engine
+        self.made: list[str] = []
+
+    def new(self) -> str:
+        if self.engine == "sqlite":
+            return ""
+        server: PgServer = self.request.getfixturevalue("pg_server")
+        url = server.create_database(template=self.request.getfixturevalue("pg_schema_template"))
+        self.made.append(url)
+        return url
+
+    def drop_all(self) -> None:
+        if not self.made:
+            return
+        server: PgServer = self.request.getfixturevalue("pg_server")
+        while self.made:
+            server.drop_database(self.made.pop())
+
+
+def pg_rows(database_url: str, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """The rows ``query`` returns on a daemon's PostgreSQL database (a connection of
+    its own, beside the running daemon; the tests' counterpart of opening its SQLite
+    file read-only)."""
+    with connect(database_url) as conn:
+        return conn.execute(query, params).fetchall()
 
 
 def free_port() -> int:
@@ -64,6 +156,11 @@ class Daemon:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def engine(self) -> str:
+        """The storage engine this daemon runs on: ``sqlite`` or ``postgresql``."""
+        return "postgresql" if self.database_url.startswith("postgres") else "sqlite"
 
     @property
     def socket(self) -> Path:
@@ -176,29 +273,44 @@ class Daemon:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "data")
+def daemon(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A started daemon on ``engine`` (SQLite unless the module runs on both)."""
+    databases = EngineDatabases(request, engine)
+    d = Daemon(tmp_path / "data", database_url=databases.new())
     d.data_dir.mkdir()
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
+    try:
+        d.start()
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        databases.drop_all()
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def make_daemon(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Daemon]]:
+    """Unstarted daemons, each with a data dir and (on ``engine``) a database of its own;
+    ``database_url=`` chooses one instead (e.g. nodes sharing ``pg_database``)."""
     started: list[Daemon] = []
+    databases = EngineDatabases(request, engine)
 
     def make(**kw: Any) -> Daemon:
+        if "database_url" not in kw:
+            kw["database_url"] = databases.new()
         d = Daemon(tmp_path / f"data{len(started)}", **kw)
         d.data_dir.mkdir()
         started.append(d)
         return d
 
-    yield make
-    for d in started:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    try:
+        yield make
+    finally:
+        for d in started:
+            if d.proc is not None and d.proc.poll() is None:
+                d.stop()
+        databases.drop_all()
 
 
 # --- PostgreSQL (cluster mode) ---------------------------------------------------------
@@ -218,6 +330,21 @@ def pg_server() -> Iterator[PgServer]:
         if reason:
             pytest.fail(reason, pytrace=False)
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_schema_template(pg_server: PgServer) -> str:
+    """A template database with notifyd's schema migrated, for the ``both_engines``
+    daemons (each database a copy: a daemon starting on it finds nothing to migrate,
+    as on a cluster's second node). ``pg_database`` stays empty: the tests of the
+    migrations themselves use that."""
+    from notifyd.core.postgres.schema import migrate
+
+    def prepare(url: str) -> None:
+        with connect(url) as conn:
+            migrate(conn)
+
+    return pg_server.create_template(prepare)
 
 
 @pytest.fixture

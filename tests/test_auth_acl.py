@@ -21,6 +21,9 @@ from hypothesis import strategies as st
 
 from notifyd.core.acl import glob_match
 
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
+
 _MISSING = object()
 
 

@@ -26,6 +26,9 @@ import trio_websocket
 from conftest import Daemon, wait_for
 from trio_websocket import ConnectionRejected, WebSocketConnection
 
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
+
 PASSWORD = "correct horse battery"
 
 # -- helpers -------------------------------------------------------------------------------

@@ -26,20 +26,27 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from conftest import Daemon
+from conftest import Daemon, EngineDatabases, pg_rows
 from test_streams import http_exchange, sync
+
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
 
 KEEPALIVE = 0.5  # the module daemon's ntfy_keepalive_seconds
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")
-def nd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def nd(
+    tmp_path_factory: pytest.TempPathFactory, engine: str, request: pytest.FixtureRequest
+) -> Iterator[Daemon]:
     """One daemon for the module (tests use their own topics), with users:
     bob (password, rw on ``bob*``, read on ``news``), carol (no grants)."""
-    d = Daemon(tmp_path_factory.mktemp("ntfy") / "data",
+    databases = EngineDatabases(request, engine)
+    d = Daemon(tmp_path_factory.mktemp("ntfy") / "data", database_url=databases.new(),
                extra_env={"NOTIFYD_NTFY_KEEPALIVE_SECONDS": str(KEEPALIVE)})  # fmt: skip
     d.data_dir.mkdir()
+    request.addfinalizer(databases.drop_all)  # after the daemon stopped (finalizers: LIFO)
     d.start()
     d.tokens = {  # type: ignore[attr-defined]
         "bob": d.user("bob", grants={"bob*": "rw", "news": "read"}),
@@ -101,6 +108,8 @@ def assert_ntfy_error(r: httpx.Response, status: int, code: int | None = None) -
 
 
 def scheduled_rows(d: Daemon) -> list[dict]:
+    if d.engine == "postgresql":
+        return [row[0] for row in pg_rows(d.database_url, "SELECT payload FROM scheduled")]
     conn = sqlite3.connect(f"file:{d.data_dir / 'notifyd.db'}?mode=ro", uri=True)
     try:
         return [json.loads(row[0]) for row in conn.execute("SELECT payload FROM scheduled")]

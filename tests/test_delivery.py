@@ -24,6 +24,9 @@ from notifyd.core.services import Services
 from notifyd.core.sqlite.store import SQLiteStore
 from notifyd.worker_link import DaemonLink
 
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
+
 TESTS = str(Path(__file__).parent)
 
 

@@ -13,7 +13,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from conftest import Daemon, wait_for
+
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
 
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 _MISSING = object()
@@ -668,7 +672,7 @@ def test_system_endpoints_and_unknown_routes(daemon: Daemon) -> None:
         assert_error(c.delete("/v1/events"), 405, "method_not_allowed")
 
 
-def test_healthz_and_metrics_name_the_node_and_its_engine(make_daemon: Any) -> None:
+def test_healthz_and_metrics_name_the_node_and_its_engine(make_daemon: Any, engine: str) -> None:
     """node_name (issue 15): /healthz says which node answered and on which engine, and
     /metrics carries the same as notifyd_node_info; by default host name and pid."""
     import socket
@@ -677,12 +681,12 @@ def test_healthz_and_metrics_name_the_node_and_its_engine(make_daemon: Any) -> N
     default = make_daemon().start()
     with named.admin() as c:
         health = c.get("/healthz").json()
-        assert health["node"] == "eu-1.node_a" and health["engine"] == "sqlite"
+        assert health["node"] == "eu-1.node_a" and health["engine"] == engine
         text = c.get("/metrics").text
         series = re.findall(r"^notifyd_node_info\{(.*)\} (\S+)$", text, re.M)
         assert len(series) == 1, text
         labels, value = series[0]
-        assert 'node="eu-1.node_a"' in labels and 'engine="sqlite"' in labels
+        assert 'node="eu-1.node_a"' in labels and f'engine="{engine}"' in labels
         assert float(value) == 1
     assert default.proc is not None
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())

@@ -23,6 +23,9 @@ from notifyd.core.prefs import Preferences
 from notifyd.core.services import Services
 from notifyd.core.sqlite.store import SQLiteStore
 
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.mark.parametrize(
     ("doc", "field"),
@@ -65,7 +68,9 @@ def test_preferences_api_rules_and_mutes(make_daemon: Any) -> None:
         low = d.publish("ci/main", title="build ok", priority="low")
         noise = d.publish("noisy/spam", title="spam")
         other = d.publish("home/door", title="door")
-        wait_for(lambda: len(sent(d)) == 3, message="three deliveries")
+        # the first deliveries also wait for the delivery worker to start (its own
+        # process and store connections: seconds on a busy machine)
+        wait_for(lambda: len(sent(d)) == 3, timeout=30, message="three deliveries")
         got = sorted((r["channel"], r["event_ids"][0]) for r in sent(d))
         assert got == sorted(
             [("phone", urgent["id"]), ("phone", other["id"]), ("email", other["id"])]

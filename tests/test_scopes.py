@@ -18,9 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Daemon, wait_for
+from conftest import Daemon, pg_rows, wait_for
 from pushservice import PushService
 from test_delivery import _env, add_channel
+
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
 
 OLD, NEW = "old password", "brand new password"
 
@@ -260,6 +263,21 @@ def test_admins_and_the_socket_set_passwords_without_the_current_one(daemon: Dae
 def user_rows(d: Daemon, user_id: int) -> dict[str, int]:
     """Rows that still name ``user_id``, per table, read from the database file
     (read-only, beside the running daemon)."""
+    if d.engine == "postgresql":
+        tables = [t for (t,) in pg_rows(
+            d.database_url,
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND column_name = 'user_id'",
+        )]  # fmt: skip
+        rows = {
+            t: pg_rows(d.database_url, f'SELECT count(*) FROM "{t}" WHERE user_id = %s',
+                       (user_id,))[0][0]
+            for t in tables
+        }  # fmt: skip
+        rows["users"] = pg_rows(
+            d.database_url, "SELECT count(*) FROM users WHERE id = %s", (user_id,)
+        )[0][0]
+        return rows
     db = sqlite3.connect(f"file:{d.data_dir / 'notifyd.db'}?mode=ro", uri=True)
     try:
         tables = [

@@ -9,6 +9,9 @@ import httpx
 import pytest
 from conftest import Daemon
 
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 def alice(daemon: Daemon) -> str:

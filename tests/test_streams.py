@@ -28,6 +28,9 @@ import trio_websocket
 from conftest import Daemon, wait_for
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
+
 # -- helpers ------------------------------------------------------------------------
 
 

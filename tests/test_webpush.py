@@ -21,6 +21,9 @@ from notifyd.plugins.webpush.channel import MAX_PLAINTEXT, WebPushChannel, topic
 from notifyd.plugins.webpush.subscription import SubscriptionError, parse_subscription
 from notifyd.plugins.webpush.vapid import KEY_FILE, load_or_create, public_key_b64
 
+#: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 def push() -> Iterator[PushService]:
