@@ -355,7 +355,7 @@ def _parse(lines: list[Any]) -> Any:
     [
         ([], "line 1: the file is empty"),
         ([{"type": "event", "topic": "t", "title": "x"}], "line 1: expected the header"),
-        ([{"type": "header", "format": "notifyd-export", "version": 2}], "version 2"),
+        ([{"type": "header", "format": "notifyd-export", "version": 3}], "version 3"),
         ([{"type": "header", "format": "other", "version": 1}], "format"),
         (
             [{"type": "header", "format": "notifyd-export", "version": 1, "counts": {"events": 2}},
