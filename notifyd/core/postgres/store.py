@@ -7,6 +7,7 @@ connection pool, the worker threads and ``count``. Opened by
 
 from __future__ import annotations
 
+from ..store import Store
 from .accounts import PostgresAccountStore
 from .events import PostgresEventStore
 from .inbox import PostgresInboxStore
@@ -24,5 +25,6 @@ class PostgresStore(
     PostgresOutboxStore,
     PostgresOperationsStore,
     PostgresLimitStore,
+    Store,
 ):
     """Every role of the store contract on PostgreSQL, on one connection pool."""
