@@ -456,6 +456,19 @@ def mute_sql(prefs: Preferences | None, params: list[Any]) -> str:
     return f"NOT (CASE {' '.join(cases)} ELSE FALSE END)"
 
 
+def may_share_a_topic(a: str, b: str) -> bool:
+    """False only when no topic can match both globs (``*``: any run of characters):
+    their literal starts (up to the first ``*``; a plain topic is all start) differ."""
+    pa, pb = a.split("*", 1)[0], b.split("*", 1)[0]
+    if "*" in a and "*" in b:
+        return pa.startswith(pb) or pb.startswith(pa)
+    if "*" in b:
+        return a.startswith(pb)
+    if "*" in a:
+        return b.startswith(pa)
+    return a == b
+
+
 def history_where(
     q: HistoryQuery, now: str, watermark: int, prefs: Preferences | None
 ) -> tuple[str, list[Any]]:
@@ -465,7 +478,15 @@ def history_where(
     muted = mute_sql(prefs, params)
     if muted:
         where.append(muted)
-    vis = visibility_sql(q.visibility, params)
+    visibility = q.visibility
+    if q.topic is not None and not visibility.everything:
+        # only the grants the topic filter can meet: the planner cannot tell that
+        # 'shop/*' and a grant on 'app/*' exclude each other, and would walk every
+        # event looking for a page of them
+        topic = q.topic
+        kept = tuple(g for g in visibility.any_of if may_share_a_topic(g, topic))
+        visibility = Visibility(False, kept, visibility.also_matching)
+    vis = visibility_sql(visibility, params)
     if vis:
         where.append(vis)
     if q.topic is not None:
