@@ -231,6 +231,10 @@ def merge_segments(segments: list[dict[str, Any]]) -> dict[str, Any]:
     out["requests"] = sum(s["requests"] for s in segments)
     out["req_per_s"] = out["requests"] / duration
     out["segment_req_per_s"] = [s["req_per_s"] for s in segments]
+    out["per_node_req_per_s"] = [
+        sum(s["per_node_req_per_s"][k] * s["duration_s"] for s in segments) / duration
+        for k in range(len(segments[0]["per_node_req_per_s"]))
+    ]
     out["non_2xx"] = sum(s["non_2xx"] for s in segments)
     out["errors"] = dict(sum((Counter(s["errors"]) for s in segments), Counter()))
     out["latency"] = {
@@ -653,6 +657,13 @@ def verdict_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def per_request(cores: float, req_per_s: float) -> str:
+    """CPU microseconds per request, as text."""
+    if cores != cores or not req_per_s:
+        return "n/a"
+    return f"{cores / req_per_s * 1e6:,.0f}"
+
+
 def print_report(r: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     table = [
         [x["metric"], x["value"], x["target"], "" if x["score"] is None else f"{x['score']:.2f}",
@@ -662,7 +673,7 @@ def print_report(r: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     print()
     print_table(["metric", "value", "target", "ratio", "verdict"], table, title="cluster benchmark")
     pub = r.get("publish", {})
-    if pub:
+    if pub or "batch" in r:
         detail = []
         for key in ("sqlite", "pg1", "batch_case", "pg2", "pg3"):
             c = pub.get(key) or (r.get("batch") if key == "batch_case" else None)
@@ -675,18 +686,21 @@ def print_report(r: dict[str, Any], rows: list[dict[str, Any]]) -> None:
                  f"{c['latency']['p50_ms']:.1f}", f"{c['latency']['p99_ms']:.1f}",
                  c["non_2xx"] + sum(c["errors"].values()),
                  f"{cpu['notifyd']:.2f}", f"{cpu['postgres']:.2f}", f"{cpu['load']:.2f}",
-                 f"{cpu['other']:.2f}"]
+                 f"{cpu['other']:.2f}", per_request(cpu["notifyd"], c["req_per_s"]),
+                 per_request(cpu["postgres"], c["req_per_s"])]
             )  # fmt: skip
         print_table(
             ["case", "req/s", "per node", "p50 ms", "p99 ms", "errors", "notifyd cores",
-             "postgres cores", "load cores", "other cores"],
+             "postgres cores", "load cores", "other cores", "notifyd us/req",
+             "postgres us/req"],
             detail,
         )  # fmt: skip
         print(
             "CPU columns: cores used during the measured window by the notifyd processes (all\n"
             "nodes, with their worker processes), the PostgreSQL server (all its processes; n/a\n"
             "when it is not on this machine or the case is SQLite), the load generators, and\n"
-            "everything else on the machine (~0 on a quiet one)."
+            "everything else on the machine (~0 on a quiet one); us/req: CPU microseconds per\n"
+            "request (a batch request holds 1,000 events)."
         )
     if "fanout" in r:
         f = r["fanout"]
