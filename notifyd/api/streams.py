@@ -156,7 +156,13 @@ class StreamSession:
         if self.since is None:
             sub.replaying = False
             return sub.start_id
-        cursor = min(self.since, sub.start_id)
+        cursor = self.since
+        # In a cluster the client may have read ids on another node that this
+        # node's hub has not published yet: they are still to come live, and must
+        # not be sent twice. A cursor past every committed id is bogus (say, from
+        # before a restore): the client gets what comes next.
+        if cursor > sub.start_id and cursor > await self.svc.store.last_event_id():
+            cursor = sub.start_id
         vis = self.principal.visibility()
         page = self.svc.config.replay_page
         while True:

@@ -270,7 +270,9 @@ async def _poll(svc: Services, sub: Subscription, sink: NtfySink) -> None:
     doc = await svc.store.get_preferences(sub.principal.user_id)
     prefs = Preferences.from_json(doc) if doc else None
     vis = sub.principal.visibility()
-    cursor, upto = sub.cursor or 0, svc.hub.last_id
+    # the newest committed id, not this node's hub's: in a cluster the hub may not
+    # have heard yet what another node just stored
+    cursor, upto = sub.cursor or 0, await svc.store.last_event_id()
     while cursor < upto:
         events = await svc.store.events_after(cursor, upto, vis, sub.topics, svc.config.replay_page)
         if not events:

@@ -49,6 +49,17 @@ and an ``idle_in_transaction_session_timeout`` as long, so that a node frozen in
 the middle of a publish releases the sequencer (its publish fails, unacknowledged,
 and the client's retry with its idempotency key is safe).
 
+When the server cannot be reached (stopped, crashed, a failover under way), the
+store says so quickly instead of letting every statement wait: a statement waits
+at most :data:`CONNECT_WAIT` for a pooled connection, and once a statement or the
+LISTEN thread has found the server away, statements are refused at once with
+``StoreUnavailable`` (503 with Retry-After) except one probe per ``poll_interval``.
+The first probe that connects replaces the pool with a new one (the old one's
+connections belonged to the server that went away, and its own reconnection backs
+off for minutes), so the node serves again within about a second of the server's
+return, whether the same server restarted or a standby took over its address.
+Live streams do not touch the store and stay open meanwhile.
+
 Full-text search (``q=``): :mod:`notifyd.core.postgres.search`.
 
 Commit listeners hear every event of the cluster, each once, in id order. Each
@@ -81,7 +92,7 @@ import psycopg
 import trio
 from psycopg import sql
 from psycopg.types.json import Json, Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed
 
 from ..acl import Visibility
 from ..errors import StoreUnavailable
@@ -127,6 +138,25 @@ _LOCK_SEQUENCER = "SELECT last_id, last_created_at FROM event_sequencer WHERE id
 #: ended by the server (shutdown, a failover, an idle transaction's timeout), a
 #: statement timeout
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
+#: how long a statement waits for a pooled connection. The pool is as large as the
+#: thread limiter, so a wait means the pool is (re)connecting: a few milliseconds
+#: when the server is up; longer means it is away, and callers should hear 503 soon
+#: rather than after the statement timeout.
+CONNECT_WAIT = 5.0
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server cannot be reached (no connection could be had,
+    or it ended: shut down, crashed, starting up, a network fault), as opposed to a
+    statement that failed on a live server (a timeout, a lock wait)."""
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, PoolClosed):  # an old pool, replaced after an outage
+        return False
+    return isinstance(exc, psycopg.OperationalError) and (
+        state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    )
+
+
 #: the LISTEN/NOTIFY channel on which every transaction that stores events sends
 #: its newest id and its node's token (``"<id> <token>"``) at commit: a wake-up for the other nodes, which then read the new
 #: events by cursor (a lost notification delays them, never loses an event)
@@ -628,19 +658,7 @@ class PostgresEventStore(EventStore):
         def open_() -> ConnectionPool[Conn]:
             with psycopg.connect(self.url, **self._connect_kwargs()) as conn:
                 migrate(conn)
-            pool: ConnectionPool[Conn] = ConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=self._pool_size,
-                kwargs=self._connect_kwargs(),
-                open=False,
-                timeout=self.statement_timeout,
-                # a connection that died while idle in the pool (a server restart,
-                # a failover) is found out and replaced before anyone uses it
-                check=ConnectionPool.check_connection,
-            )
-            pool.open(wait=True, timeout=self.statement_timeout)
-            return pool
+            return self._new_pool(self.statement_timeout)
 
         self._pool = await self._thread(open_)
         self._heard = await self.last_event_id()
@@ -660,17 +678,106 @@ class PostgresEventStore(EventStore):
         if pool is not None:
             await trio.to_thread.run_sync(pool.close)
 
+    def _new_pool(self, wait: float) -> ConnectionPool[Conn]:
+        """A pool with its first connection made (blocking; ``wait``: how long to try)."""
+        pool: ConnectionPool[Conn] = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs=self._connect_kwargs(),
+            open=False,
+            timeout=min(self.statement_timeout, CONNECT_WAIT),
+            # a connection that died while idle in the pool (a server restart,
+            # a failover) is found out and replaced before anyone uses it
+            check=ConnectionPool.check_connection,
+        )
+        try:
+            pool.open(wait=True, timeout=wait)
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def _probe_pool(self) -> ConnectionPool[Conn]:
+        """One plain connection first (refused at once while the server is down,
+        where a pool would retry until its timeout), then a new pool."""
+        kwargs = {**self._connect_kwargs(), "connect_timeout": int(CONNECT_WAIT)}
+        with psycopg.connect(self.url, **kwargs) as conn:
+            conn.execute("SELECT 1")
+        return self._new_pool(CONNECT_WAIT)
+
+    # While PostgreSQL cannot be reached (_unreachable says why), statements are
+    # refused at once with StoreUnavailable (503), except one probe per poll
+    # interval that tries a new connection; callers arriving during a probe wait
+    # for its outcome. When the probe connects, a new pool replaces the old one,
+    # whose connections (and reconnection attempts, which back off for minutes)
+    # belonged to the server that went away. See _thread.
+    _unreachable: str | None = None
+    _probe_at = 0.0
+    _probe: trio.Event | None = None
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._unreachable is None:
+            log.warning("PostgreSQL cannot be reached: %s", str(exc).strip())
+            self._probe_at = 0.0  # the next statement tries again at once
+        self._unreachable = str(exc).strip() or type(exc).__name__
+
+    async def _reconnect(self) -> None:
+        """Try PostgreSQL again (one caller per poll interval) or raise StoreUnavailable."""
+        if self._probe is not None:  # someone is trying right now: wait for the outcome
+            with trio.move_on_after(CONNECT_WAIT):
+                await self._probe.wait()
+            if self._unreachable is None:
+                return
+        now = trio.current_time()
+        if self._unreachable is None:
+            return
+        if self._probe is not None or now < self._probe_at:
+            raise StoreUnavailable(
+                f"PostgreSQL cannot be reached ({self._unreachable}); retry shortly",
+                retry_after=max(1.0, self.poll_interval),
+            )
+        self._probe_at = now + self.poll_interval
+        self._probe = probe = trio.Event()
+        try:
+            try:
+                fresh = await trio.to_thread.run_sync(self._probe_pool)
+            except psycopg.Error as exc:
+                self._unreachable = str(exc).strip() or type(exc).__name__
+                raise StoreUnavailable(
+                    f"PostgreSQL cannot be reached ({self._unreachable}); retry shortly",
+                    retry_after=max(1.0, self.poll_interval),
+                ) from exc
+            old, self._pool = self._pool, fresh
+            if old is None:  # the store closed meanwhile
+                self._pool = None
+                old = fresh
+            else:
+                self._unreachable = None
+                log.warning("PostgreSQL answers again: serving with new connections")
+            # the old pool's connections are gone; closing it waits for its workers
+            threading.Thread(target=old.close, name="notifyd-pg-old-pool", daemon=True).start()
+        finally:
+            self._probe = None
+            probe.set()
+
     async def _thread(self, fn: Callable[[], T]) -> T:
+        if self._unreachable is not None:
+            await self._reconnect()
         try:
             return await trio.to_thread.run_sync(fn, limiter=self._limiter)
         except _UNAVAILABLE as exc:
+            if _connection_lost(exc):
+                self._lost(exc)
             raise StoreUnavailable(f"PostgreSQL: {exc}", retry_after=1.0) from exc
 
     async def _run(self, fn: Callable[[Conn], T]) -> T:
-        pool = self._pool
-        assert pool is not None, "store not started"
+        assert self._pool is not None, "store not started"
 
         def call() -> T:
+            pool = self._pool  # the current one: _reconnect may have replaced it
+            if pool is None:
+                raise StoreUnavailable("the store is closing", retry_after=2.0)
             with pool.connection() as conn:
                 return fn(conn)
 
@@ -1072,14 +1179,27 @@ class _Wakeups(threading.Thread):
                         catch_up = not note.payload.endswith(f" {store.token}")
                     else:
                         catch_up = False  # the stop channel
+                if self._conn.closed:  # ended without an error raised (a server shutdown)
+                    raise psycopg.OperationalError("the LISTEN connection was closed")
                 if not catch_up:
                     continue
             except (trio.RunFinishedError, trio.Cancelled):
                 break  # the trio run is ending
-            except psycopg.Error:
+            except psycopg.Error as exc:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
+                    # dropped: reconnect first (soon), which tells a server gone
+                    # (refused) from a connection ended alone (pg_terminate_backend)
+                    self._stopping.wait(min(0.1, store.poll_interval))
+                    continue
+                if _connection_lost(exc):
+                    # could not connect: the server is away; statements are refused
+                    # at once from now on (503) instead of each waiting for the pool
+                    try:
+                        trio.from_thread.run_sync(store._lost, exc, trio_token=self._token)
+                    except (trio.RunFinishedError, trio.Cancelled):
+                        break
                 # not connected: wait one poll interval (or the stop) before retrying
                 self._stopping.wait(store.poll_interval)
             if self._stopping.is_set():
