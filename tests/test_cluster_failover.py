@@ -143,6 +143,16 @@ class Doors:
                       headers={"Authorization": f"Bearer {self.token}"})  # fmt: skip
 
 
+def everything_delivered(node: Daemon, url: str) -> bool:
+    """Every stored event has its delivery made (the memory channel recorded it and
+    the outbox says sent); at least once: a delivery sent after the dump of a
+    failover is sent again by the standby, which had it pending."""
+    with connect(url) as conn:
+        events = {r[0] for r in conn.execute("SELECT id FROM events").fetchall()}
+        states = conn.execute("SELECT DISTINCT state FROM deliveries").fetchall()
+    return bool(events) and events <= set(delivered(node)) and states == [("sent",)]
+
+
 async def outage_round(
     node: Daemon, doors: Doors, stop: Callable[[], None], start: Callable[[], None], label: str
 ) -> None:
@@ -212,16 +222,22 @@ async def test_a_node_answers_503_while_postgresql_is_away_and_recovers_by_itsel
     node = await sync(
         make_daemon(
             database_url=url, node_name="solo",
-            extra_env={"NOTIFYD_KEEPALIVE_SECONDS": "0.5", "NOTIFYD_NTFY_KEEPALIVE_SECONDS": "0.5"},
+            extra_env={"NOTIFYD_KEEPALIVE_SECONDS": "0.5", "NOTIFYD_NTFY_KEEPALIVE_SECONDS": "0.5",
+                       **memory_env()},
         ).start
     )  # fmt: skip
     await sync(node.user, "bob", grants={"out/*": "rw", "out-ntfy": "rw", "gotify/*": "rw"})
+    with node.admin() as c:
+        r = c.post("/v1/channels", json={"name": "mem", "kind": "memory", "user": "bob"})
+        assert r.status_code == 201, r.text
     token = await sync(make_token, node, "bob")
     app = await sync(make_token, node, "bob", scopes=["publish"], label="Backup")
     doors = Doors(node, token, app)
 
     # the same server stopped and started again
     await outage_round(node, doors, own_server.stop, own_server.start, "restart")
+    await sync(wait_for, partial(everything_delivered, node, url), 60, 0.1,
+               message="every delivery made after the restart")  # fmt: skip
 
     # a failover: what comes back at the address is another server (another data
     # directory), with the database restored from a dump taken as the old one
@@ -241,6 +257,8 @@ async def test_a_node_answers_503_while_postgresql_is_away_and_recovers_by_itsel
     try:
         await outage_round(node, doors, dump_and_stop, promote, "failover")
         assert standbys[0].running() and not own_server.running()
+        await sync(wait_for, partial(everything_delivered, node, url), 60, 0.1,
+                   message="every delivery made after the failover")  # fmt: skip
     finally:
         for standby in standbys:
             standby.destroy()
