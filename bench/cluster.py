@@ -840,9 +840,11 @@ def draw_chart(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
     data = [x for x in rows if x["chart"] and x["score"] is not None]
     left = 40 + 12 * max((len(x["chart"]) for x in data), default=20)
     bar_w, row_h, top = 400, 40, 80
-    width, height = left + bar_w + 200, top + row_h * len(data) + 50
+    title = "notifyd cluster on PostgreSQL: measured / target"
+    width = max(left + bar_w + 200, 40 + 12 * len(subtitle), 40 + 18 * len(title))
+    height = top + row_h * len(data) + 50
     c = Canvas(width, height)
-    c.text(20, 16, "notifyd cluster on PostgreSQL: measured / target", scale=3)
+    c.text(20, 16, title, scale=3)
     c.text(20, 48, subtitle, (90, 90, 90), scale=2)
     scale = bar_w / 2.0
     for i, x in enumerate(data):
@@ -963,9 +965,10 @@ def main() -> int:
     rows = verdict_rows(result)
     result["verdicts"] = rows
     path = write_result("cluster", result)
+    busy = result["other_busy_cores_before"]
     subtitle = (
-        f"{time.strftime('%Y-%m-%d')}, notifyd {code_version()}, "
-        f"{os.cpu_count()} cores; other load before the run {result['other_busy_cores_before']:.2f} cores"
+        f"{time.strftime('%Y-%m-%d')}, notifyd {code_version()}, {os.cpu_count()} cores, "
+        + (f"measured under load (other processes: {busy:.2f} cores)" if busy > 0.15 else "quiet")
     )
     draw_chart(rows, args.chart, subtitle)
     if args.json:
