@@ -173,6 +173,35 @@ async def test_postgresql_keeps_only_failures_inside_the_window(
         await store.close()
 
 
+@pytest.mark.trio
+async def test_postgresql_sweeps_buckets_that_are_full_again(
+    pg_database: str, tmp_path: Path
+) -> None:
+    config = Config(data_dir=str(tmp_path), database_url=pg_database)
+    first = open_store(config)
+    await first.start()
+    try:
+        assert await first.charge_rate("idle", 1, 1000.0, 5) == 0.0  # full again in 1 ms
+        assert await first.charge_rate("busy", 1, SLOW, 5) == 0.0  # full again in 1000 s
+    finally:
+        await first.close()
+    with connect(pg_database) as conn:
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM rate_limits WHERE key = 'idle' AND "
+                           "tat >= extract(epoch FROM clock_timestamp())").fetchone() != (0,):  # fmt: skip
+            assert time.monotonic() < deadline
+            await trio.sleep(0.01)
+        # a node sweeps with its first charge, then about once a minute
+        second = open_store(config)
+        await second.start()
+        try:
+            assert await second.charge_rate("other", 1, SLOW, 5) == 0.0
+        finally:
+            await second.close()
+        keys = {row[0] for row in conn.execute("SELECT key FROM rate_limits")}
+        assert keys == {"busy", "other"}
+
+
 # -- end to end: two nodes on one PostgreSQL --------------------------------------------
 
 PASSWORD = "correct horse battery"

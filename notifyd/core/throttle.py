@@ -128,6 +128,9 @@ class SignInThrottle:
         """Wrap one password check: refuse with :class:`RateLimited` while either
         key is used up, count an :class:`Unauthorized` from the body as a failure,
         and clear the (user, address) key on success."""
+        # bounded, so that a key always fits the engine's index (names and
+        # addresses this long are not valid anyway)
+        name, address = name[:64], address[:128]
         user_key = f"signin:user:{name}@{address}"
         keys = {user_key: PER_USER, f"signin:address:{address}": PER_ADDRESS}
         recent = await self.failures.check(keys)
