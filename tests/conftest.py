@@ -75,6 +75,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("engine", engines, indirect=True, scope="module")
 
 
+#: (tests collected on PostgreSQL, tests of both_engines modules marked sqlite_only)
+ENGINE_COUNTS = pytest.StashKey[tuple[int, int]]()
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m deselected what does not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    on_pg = sum(
+        1 for i in items
+        if (spec := getattr(i, "callspec", None)) is not None
+        and spec.params.get("engine") == "postgresql"
+    )  # fmt: skip
+    only = sum(
+        1 for i in items
+        if i.get_closest_marker("both_engines") and i.get_closest_marker("sqlite_only")
+    )  # fmt: skip
+    config.stash[ENGINE_COUNTS] = (on_pg, only)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """One line on what ran on which engine, so that nothing is left out unseen."""
+    on_pg, only = config.stash.get(ENGINE_COUNTS, (0, 0))
+    if on_pg or only:
+        terminalreporter.write_line(
+            f"engines: {on_pg} tests on PostgreSQL besides SQLite; {only} tests of "
+            "both_engines modules on SQLite only (sqlite_only: each mark says why)"
+        )
+
+
 @pytest.fixture(scope="module")
 def engine(request: pytest.FixtureRequest) -> str:
     """The storage engine of this test's daemons: ``sqlite`` unless the module is marked

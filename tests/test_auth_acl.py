@@ -359,6 +359,7 @@ def test_read_all_through_a_topic_limited_admin_token(daemon: Daemon) -> None:
         ("/v1/acl", {"user": "admin", "pattern": "x\n", "permission": "read"}),
     ],
 )
+@pytest.mark.sqlite_only(reason="request validation, refused before any store call")
 def test_trailing_newline_in_names_and_patterns(daemon: Daemon, path: str, body: dict) -> None:
     with daemon.admin() as c:
         assert_error(c.post(path, json=body), 422, "invalid")

@@ -109,6 +109,7 @@ def test_removing_a_user_ends_their_sessions(daemon: Daemon, alice: str) -> None
 
 
 @pytest.mark.parametrize("path", ["/", "/sw.js", "/manifest.webmanifest"])
+@pytest.mark.sqlite_only(reason="static files and their headers: no store call")
 def test_the_page_is_served_with_a_strict_content_security_policy(
     daemon: Daemon, path: str
 ) -> None:
@@ -122,6 +123,7 @@ def test_the_page_is_served_with_a_strict_content_security_policy(
     assert again.status_code == 304
 
 
+@pytest.mark.sqlite_only(reason="static file paths: no store call")
 def test_static_paths_cannot_escape_the_web_directory(daemon: Daemon) -> None:
     for path in ("/static/../../config.py", "/static/%2e%2e/%2e%2e/config.py", "/static/nope.js"):
         r = httpx.get(daemon.url + path)

@@ -1056,6 +1056,9 @@ async def test_ping_gets_pong(daemon: Daemon) -> None:
 
 
 @pytest.mark.trio
+@pytest.mark.sqlite_only(
+    reason="WebSocket framing limits, decided before any store call (the engine plays no part)"
+)
 async def test_oversized_client_message_is_closed_1009(daemon: Daemon) -> None:
     async with ws_unix(daemon) as ws:
         await ws.send_message("x" * (64 * 1024))  # exactly the limit: fine
@@ -1087,6 +1090,9 @@ def unmasked_text(payload: bytes) -> bytes:
         ([unmasked_text(b"hello")], 1002),  # RFC 6455: client frames must be masked
     ],
     ids=["fragmented-oversized", "unmasked"],
+)
+@pytest.mark.sqlite_only(
+    reason="WebSocket framing rules, decided before any store call (the engine plays no part)"
 )
 async def test_raw_client_frames_breaking_the_rules_are_closed(
     daemon: Daemon, frames: list[bytes], code: int

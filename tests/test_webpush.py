@@ -209,6 +209,7 @@ def alice(daemon: Daemon, push: PushService) -> str:
     return token
 
 
+@pytest.mark.sqlite_only(reason="the VAPID key lives in a file of the data dir on every engine")
 def test_vapid_key_endpoint_and_key_file(daemon: Daemon, alice: str, push: PushService) -> None:
     assert len(push.vapid_public_key or "") == 87
     assert stat.S_IMODE((daemon.data_dir / KEY_FILE).stat().st_mode) == 0o600
@@ -271,6 +272,7 @@ def test_gone_subscription_is_removed(daemon: Daemon, alice: str, push: PushServ
      ({"endpoint": "javascript:alert(1)", "keys": {"p256dh": "x", "auth": "y"}}, "endpoint"),
      ({"endpoint": "https://p.example/1", "keys": {"p256dh": "AAAA", "auth": "y"}}, "keys.p256dh")],
 )  # fmt: skip
+@pytest.mark.sqlite_only(reason="request validation, refused before any store call")
 def test_bad_subscription_json_is_422(daemon: Daemon, alice: str, body: dict, field: str) -> None:
     with daemon.http(alice) as c:
         r = c.post("/v1/webpush/subscriptions", json=body)
