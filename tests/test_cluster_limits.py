@@ -263,6 +263,28 @@ def test_a_success_on_one_node_clears_failures_counted_on_another(
     assert sign_in(b, "erin", PASSWORD).status_code == 200
 
 
+def test_a_phone_app_with_the_right_password_neither_waits_for_nor_clears_the_throttle(
+    daemon: Daemon,
+) -> None:
+    """A Basic-auth success that is remembered (a phone app polling with the right
+    password) skips the throttle: it keeps working while guessers have locked the
+    name out, and it does not wipe the failures they piled up meanwhile."""
+    with_password(daemon, "fay")
+    app = ("fay", PASSWORD)
+    assert httpx.get(f"{daemon.url}/current/user", auth=app, timeout=10).status_code == 200
+    for _ in range(PER_USER - 1):
+        r = httpx.get(f"{daemon.url}/current/user", auth=("fay", "guess"), timeout=10)
+        assert r.status_code == 401, r.text
+    # the app's next poll, remembered: passes and leaves the count as it is
+    assert httpx.get(f"{daemon.url}/current/user", auth=app, timeout=10).status_code == 200
+    r = httpx.get(f"{daemon.url}/current/user", auth=("fay", "guess"), timeout=10)
+    assert r.status_code == 401, r.text  # the fifth failure
+    r = httpx.get(f"{daemon.url}/current/user", auth=("fay", "another guess"), timeout=10)
+    assert r.status_code == 429, r.text  # locked for guessers
+    assert httpx.get(f"{daemon.url}/current/user", auth=app, timeout=10).status_code == 200
+    assert sign_in(daemon, "fay", PASSWORD).status_code == 429  # not remembered: throttled
+
+
 def publish(node: Daemon, token: str, n: int, topic: str) -> httpx.Response:
     events = [{"topic": topic, "title": f"e{i}"} for i in range(n)]
     with node.http(token) as c:

@@ -208,13 +208,15 @@ class Accounts:
         keyed digest of the pair (never the password itself); any account change,
         a new password included, forgets it. Raises :class:`Unauthorized`."""
         name, password = name[:64], password[:1024]
+        # A remembered success is the right password, not a guess: it skips the
+        # throttle (no database round trip per phone request on a cluster), and
+        # it does not clear the failures a guesser elsewhere piles up meanwhile.
+        digest = hmac.new(self._password_key, f"{name}\0{password}".encode(), hashlib.sha256)
+        key = "password:" + digest.hexdigest()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         async with self.signin.attempt(name, address):
-            digest = hmac.new(self._password_key, f"{name}\0{password}".encode(), hashlib.sha256)
-            key = "password:" + digest.hexdigest()
-            hit = self._cache.get(key)
-            now = time.monotonic()
-            if hit is not None and hit[0] > now:
-                return hit[1]
             generation = self._generation
             user = await self.check_password(name, password)
             principal = await self.principal_for(user, via)
