@@ -133,6 +133,11 @@ _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, publisher_id, search) "
     f"VALUES ({', '.join(['%s'] * (N_EVENT + 1))}, %s::tsvector)"
 )
+#: the same rows by COPY: for a batch it takes about half the time of the INSERTs
+#: (the text form of the tsvector goes in as it is)
+_COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}, publisher_id, search) FROM STDIN"
+#: events per transaction from which they are written by COPY
+COPY_FROM = 16
 _LOCK_SEQUENCER = "SELECT last_id, last_created_at FROM event_sequencer WHERE id = 1 FOR UPDATE"
 #: errors after which the statement may succeed on a new try: connection lost or
 #: ended by the server (shutdown, a failover, an idle transaction's timeout), a
@@ -241,11 +246,14 @@ def insert_events(
     if not items:
         return []
     events = [_event(ev, last_id + n, created_at) for n, (ev, _) in enumerate(items, start=1)]
+    rows = [_row(d, publisher) for d, (_, publisher) in zip(events, items, strict=True)]
     with conn.cursor() as cur:
-        cur.executemany(
-            _INSERT_EVENT,
-            [_row(d, publisher) for d, (_, publisher) in zip(events, items, strict=True)],
-        )
+        if len(rows) >= COPY_FROM:
+            with cur.copy(_COPY_EVENTS) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            cur.executemany(_INSERT_EVENT, rows)
         extras = [
             (d["id"], ev._token_id, None if ev._extras is None else Json(ev._extras))
             for (ev, _), d in zip(items, events, strict=True)
