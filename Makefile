@@ -71,8 +71,12 @@ postgresql:
 	  else echo "note: no initdb and we are not root: the PostgreSQL tests will fail unless NOTIFYD_TEST_DATABASE_URL names a server"; fi; \
 	fi
 
+# The whole suite, one run. The modules marked both_engines (tests/conftest.py) start
+# their daemons on SQLite and again on PostgreSQL ([sqlite]/[postgresql] ids). PYTEST_ARGS
+# adds options: make test PYTEST_ARGS='--engine sqlite' (one engine), '--durations=20'.
+PYTEST_ARGS ?=
 test: $(TSTAMP) $(AXE) chromium postgresql
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 screenshots: $(TSTAMP) $(AXE) chromium  # the README's pictures of the web page
 	NOTIFYD_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web.py -k screenshots
