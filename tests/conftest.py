@@ -83,7 +83,8 @@ ENGINE_COUNTS = pytest.StashKey[tuple[int, int]]()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     on_pg = sum(
         1 for i in items
-        if (spec := getattr(i, "callspec", None)) is not None
+        if i.get_closest_marker("both_engines")
+        and (spec := getattr(i, "callspec", None)) is not None
         and spec.params.get("engine") == "postgresql"
     )  # fmt: skip
     only = sum(
@@ -98,8 +99,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     on_pg, only = config.stash.get(ENGINE_COUNTS, (0, 0))
     if on_pg or only:
         terminalreporter.write_line(
-            f"engines: {on_pg} tests on PostgreSQL besides SQLite; {only} tests of "
-            "both_engines modules on SQLite only (sqlite_only: each mark says why)"
+            f"engines: {on_pg} tests of both_engines modules on PostgreSQL besides SQLite, "
+            f"{only} on SQLite only (sqlite_only: each mark says why)"
         )
 
 
