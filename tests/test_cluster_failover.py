@@ -33,11 +33,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import Daemon, wait_for
+from conftest import Daemon, free_port, wait_for
 from pg import PgCluster, PgUnavailable, connect, with_database
 from psycopg import sql
 from test_streams import RawSSE, first_difference, recv, sync, wait_stream_clients, ws_tcp
-from trio_websocket import ConnectionClosed, HandshakeError
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
 
 TESTS = str(Path(__file__).parent)
 DB = "notifyd_outage"
@@ -143,6 +143,19 @@ class Doors:
                       headers={"Authorization": f"Bearer {self.token}"})  # fmt: skip
 
 
+def wait_delivered(node: Daemon, url: str, when: str) -> None:
+    try:
+        wait_for(partial(everything_delivered, node, url), 60, 0.1,
+                 message=f"every delivery made after the {when}")  # fmt: skip
+    except AssertionError as exc:
+        with connect(url) as conn:
+            rows = conn.execute(
+                "SELECT event_id, state, claimed_by, lease_until, next_attempt_at, attempts "
+                "FROM deliveries WHERE state <> 'sent' ORDER BY event_id"
+            ).fetchall()
+        raise AssertionError(f"{exc}: not sent: {rows}") from None
+
+
 def everything_delivered(node: Daemon, url: str) -> bool:
     """Every stored event has its delivery made (the memory channel recorded it and
     the outbox says sent); at least once: a delivery sent after the dump of a
@@ -179,6 +192,20 @@ async def outage_round(
                 assert_503(await sync(call), door)
                 took.append(f"{door} {time.monotonic() - asked:.2f} s")
             print(f"\n{label}: 503s answered in " + ", ".join(took))
+            # a stream asked for meanwhile is refused the same way, before any answer
+            with pytest.raises(ConnectionRejected) as refused:
+                async with ws_tcp(node, doors.token, since=since):
+                    pass
+            assert refused.value.status_code == 503, refused.value
+            assert dict(refused.value.headers or [])[b"retry-after"].isdigit(), refused.value
+            late = await RawSSE.open(node, token=doors.token, since=since)
+            try:
+                assert late.status == 503, late.head
+                assert b"\r\nretry-after: " in late.head.lower(), late.head
+                body = json.loads(await late.rest())
+                assert body["error"]["code"] == "store_unavailable", body
+            finally:
+                await late.aclose()
             # the streams stay open: keepalives go on while the server is away
             for _ in range(3):
                 assert await recv(ws, 10, keepalives=True) == {"type": "keepalive"}
@@ -236,18 +263,25 @@ async def test_a_node_answers_503_while_postgresql_is_away_and_recovers_by_itsel
 
     # the same server stopped and started again
     await outage_round(node, doors, own_server.stop, own_server.start, "restart")
-    await sync(wait_for, partial(everything_delivered, node, url), 60, 0.1,
-               message="every delivery made after the restart")  # fmt: skip
+    await sync(wait_delivered, node, url, "restart")
 
     # a failover: what comes back at the address is another server (another data
-    # directory), with the database restored from a dump taken as the old one
-    # stopped (a standby promoted; nothing committed is lost)
+    # directory) with the database as the old one left it (a standby promoted;
+    # nothing committed is lost): the old server stops, is dumped on a port no node
+    # knows, and the dump is restored into a new cluster
     standbys: list[PgCluster] = []
 
     def dump_and_stop() -> None:
-        dump = own_server.base / "failover.dump"
-        run_tool(own_server, "pg_dump", "-Fc", "-f", str(dump), "-d", url)
+        address = own_server.port
         own_server.stop()
+        own_server.port = free_port()
+        own_server.start()
+        dump = own_server.base / "failover.dump"
+        run_tool(
+            own_server, "pg_dump", "-Fc", "-f", str(dump), "-d", with_database(own_server.url, DB)
+        )
+        own_server.stop()
+        own_server.port = address
         standbys.append(restored(own_server, dump))
 
     def promote() -> None:
@@ -257,8 +291,7 @@ async def test_a_node_answers_503_while_postgresql_is_away_and_recovers_by_itsel
     try:
         await outage_round(node, doors, dump_and_stop, promote, "failover")
         assert standbys[0].running() and not own_server.running()
-        await sync(wait_for, partial(everything_delivered, node, url), 60, 0.1,
-                   message="every delivery made after the failover")  # fmt: skip
+        await sync(wait_delivered, node, url, "failover")
     finally:
         for standby in standbys:
             standby.destroy()

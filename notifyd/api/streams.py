@@ -18,7 +18,7 @@ import orjson
 import trio
 
 from ..core.acl import Principal
-from ..core.errors import Forbidden, ValidationFailed
+from ..core.errors import Forbidden, StoreUnavailable, ValidationFailed
 from ..core.frames import Frame
 from ..core.hub import StreamSlot, Subscriber
 from ..core.models import ascii_int, check_pattern
@@ -27,6 +27,9 @@ from ..core.services import Services
 from .auth import resolve
 
 log = logging.getLogger("notifyd.stream")
+
+#: the resync reason of a stream ended because the database cannot be reached
+STORE_AWAY = "the database cannot be reached right now; reconnect with since=<last id> shortly"
 
 
 class Sink(Protocol):
@@ -113,7 +116,16 @@ class StreamSession:
         self.topics = topics
         self.since = since
         self.prefs: Preferences | None = None
+        self._prefs_loaded = False
         self.slot = slot or svc.hub.reserve(principal, svc.config.max_streams_per_user)
+
+    async def load_preferences(self) -> None:
+        """Read the user's preferences (mutes) now: a door that calls this before it
+        answers refuses the stream with 503 while the database cannot be reached,
+        instead of accepting it and ending it at once."""
+        doc = await self.svc.store.get_preferences(self.principal.user_id)
+        self.prefs = Preferences.from_json(doc) if doc else None
+        self._prefs_loaded = True
 
     def close(self) -> None:
         """Give the stream slot back (idempotent); :meth:`run` does it on return."""
@@ -127,8 +139,12 @@ class StreamSession:
 
     async def _run(self, sink: Sink) -> None:
         hub = self.svc.hub
-        doc = await self.svc.store.get_preferences(self.principal.user_id)
-        self.prefs = Preferences.from_json(doc) if doc else None
+        if not self._prefs_loaded:
+            try:
+                await self.load_preferences()
+            except StoreUnavailable:
+                await self._finish(sink, STORE_AWAY)
+                return
         sub = hub.subscribe(self.principal, self.topics, sink.kind)
         log.debug(
             "stream opened: %s for %s, topics %s, since %s",
@@ -144,8 +160,15 @@ class StreamSession:
             resync = sub.doomed
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+        except StoreUnavailable:
+            # the replay could not read: the client resumes from what it got
+            resync = STORE_AWAY
         finally:
             hub.unsubscribe(sub)
+        await self._finish(sink, resync)
+
+    @staticmethod
+    async def _finish(sink: Sink, resync: str | None) -> None:
         with trio.move_on_after(2):
             try:
                 await sink.finish(resync)
@@ -252,7 +275,13 @@ async def open_session(
     principal = await resolve(svc, via_socket, authorization, token, headers=headers)
     parsed = parse_topics(topics)
     check_access(principal, parsed)
-    return StreamSession(svc, principal, parsed, parse_since(since, last_event_id))
+    session = StreamSession(svc, principal, parsed, parse_since(since, last_event_id))
+    try:
+        await session.load_preferences()  # StoreUnavailable: 503 before any answer
+    except BaseException:
+        session.close()
+        raise
+    return session
 
 
 def resync_frame(reason: str) -> bytes:
