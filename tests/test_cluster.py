@@ -218,8 +218,7 @@ async def test_read_state_archive_and_preferences_changed_on_one_node_reach_stre
         finally:
             await sse.aclose()
     # reconnected on B, carol's stream applies the mute set on A
-    async with ws_tcp(b, carol) as wc:
-        await wait_stream_clients(b, 1)
+    async with ws_tcp(b, carol, since=str(ev["id"])) as wc:
         await sync(publish_on, a, "inbox/noise", "muted")
         ev = await sync(publish_on, a, "inbox/x", "shown")
         assert await recv(wc) == {"type": "event", "event": ev}
