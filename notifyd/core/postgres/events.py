@@ -1164,21 +1164,26 @@ class _Wakeups(threading.Thread):
     def run(self) -> None:
         store = self._store
         listened_before = False
+        listening = False  # the current connection got as far as listening
         while not self._stopping.is_set():
             try:
+                wait = store.poll_interval
                 if self._conn is None or self._conn.closed:
+                    listening = False
                     self._conn = psycopg.connect(
                         store.url, **store._connect_kwargs(), application_name="notifyd-wakeups"
                     )
                     for channel in (EVENTS_CHANNEL, SIGNALS_CHANNEL, self.stop_channel):
                         self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    listening = True
                     if listened_before:  # signals sent while not listening are lost
                         trio.from_thread.run_sync(
                             store._tell_signal, {"kind": "resync"}, trio_token=self._token
                         )
+                        wait = 0.0  # and events committed meanwhile are read at once
                     listened_before = True
                 catch_up = True  # after a poll interval without notifications too
-                for note in self._conn.notifies(timeout=store.poll_interval, stop_after=1):
+                for note in self._conn.notifies(timeout=wait, stop_after=1):
                     if note.channel == SIGNALS_CHANNEL:
                         store._hear_signal(note.payload)
                         catch_up = False
@@ -1194,11 +1199,13 @@ class _Wakeups(threading.Thread):
             except (trio.RunFinishedError, trio.Cancelled):
                 break  # the trio run is ending
             except psycopg.Error as exc:
+                dropped = self._conn is not None and listening
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-                    # dropped: reconnect first (soon), which tells a server gone
-                    # (refused) from a connection ended alone (pg_terminate_backend)
+                if dropped:
+                    # reconnect first (soon), which tells a server gone (refused)
+                    # from a connection ended alone (pg_terminate_backend)
                     self._stopping.wait(min(0.1, store.poll_interval))
                     continue
                 if _connection_lost(exc):
