@@ -24,18 +24,43 @@ import socket
 import trio
 
 from .config import Config
+from .core.errors import StoreUnavailable
 from .core.plugins import Plugins
 from .core.services import Services
 from .core.storage import open_store
+from .core.store import Store
 from .logs import setup_logging
 from .worker_link import DaemonLink, LinkedStore
 
 log = logging.getLogger("notifyd.deliverer")
 
 
+#: seconds between tries to open the store when the database cannot be reached
+START_RETRY = 1.0
+
+
+async def _open_store(config: Config) -> Store:
+    """The worker's store, opened; while the database cannot be reached (a
+    PostgreSQL outage as the worker starts), try again every :data:`START_RETRY`
+    seconds rather than exit and be restarted with a growing backoff. An orphaned
+    worker (its daemon died meanwhile) stops trying."""
+    warned = False
+    while True:
+        local = open_store(config, role="worker")
+        try:
+            await local.start()
+            return local
+        except StoreUnavailable as exc:
+            if os.getppid() == 1:
+                raise
+            if not warned:
+                log.warning("the delivery worker waits for the database: %s", exc)
+                warned = True
+        await trio.sleep(START_RETRY)
+
+
 async def main(config: Config, link_fd: int) -> None:
-    local = open_store(config, role="worker")
-    await local.start()
+    local = await _open_store(config)
     try:
         sock = trio.socket.fromfd(link_fd, socket.AF_UNIX, socket.SOCK_STREAM)
         os.close(link_fd)

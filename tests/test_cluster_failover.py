@@ -296,6 +296,8 @@ async def test_a_node_answers_503_while_postgresql_is_away_and_recovers_by_itsel
         for standby in standbys:
             standby.destroy()
     assert node.proc is not None and node.proc.poll() is None, "the node did not survive"
+    # its delivery worker waited the outages out instead of exiting to be restarted
+    assert "the delivery worker exited" not in node.log()
 
 
 # -- guarantee 7: losing a node loses nothing -------------------------------------------------

@@ -133,55 +133,74 @@ class Outbox:
         self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        store = self.svc.store
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rewrite_unrecorded)
             # what earlier processes of this node had claimed is due now: they are gone
-            try:
-                released = await store.release_claims(self.node)
-            except NotifydError as exc:  # their leases end by themselves
-                log.warning("could not release the claims of earlier runs: %s", exc)
-            else:
-                if released:
-                    log.info("%d deliveries in flight before a restart are due again", released)
+            unreleased = not await self._release_earlier_claims(first=True)
             task_status.started()
             refused = False
             while True:
                 self._wakeup = trio.Event()
-                free = self.max_in_flight - self._in_flight
-                # a claim is a write: take work in batches, not one row per finished send
-                ready = free >= self._claim_min or self._in_flight == 0
-                due = await store.next_due() if ready else None
-                now = self.clock()
-                if due is not None and due <= now:
-                    try:
-                        batch = await store.claim_deliveries(
-                            now, min(free, CLAIM_BATCH), self.owner, self.lease_seconds
-                        )
-                    except NotifydError as exc:
-                        # a claim is a write: while the database refuses writes (disk
-                        # full, locked) nothing new goes out; try again in a while
-                        if not refused:
-                            log.error("could not claim due deliveries (%s); retrying every "
-                                      "%g s", exc, REWRITE_INTERVAL)  # fmt: skip
-                        refused = True
-                        await trio.sleep(REWRITE_INTERVAL)
-                        continue
-                    if refused:
-                        log.warning("claiming due deliveries works again")
-                        refused = False
-                    for due_delivery in batch:
-                        if not self._sending.isdisjoint(due_delivery.ids):
-                            continue  # ours already: its outcome waits to be written
-                        self._sending.update(due_delivery.ids)
-                        self._in_flight += 1
-                        nursery.start_soon(self._send, due_delivery)
-                    if len(batch) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
-                        continue
-                    due = await store.next_due()
+                try:
+                    if unreleased:
+                        unreleased = not await self._release_earlier_claims()
+                    due, more = await self._claim_due(nursery)
+                except NotifydError as exc:
+                    # the database is away or refuses writes (disk full, locked):
+                    # nothing new goes out; try again in a while
+                    if not refused:
+                        log.error("could not claim due deliveries (%s); retrying every "
+                                  "%g s", exc, REWRITE_INTERVAL)  # fmt: skip
+                    refused = True
+                    await trio.sleep(REWRITE_INTERVAL)
+                    continue
+                if refused:
+                    log.warning("claiming due deliveries works again")
+                    refused = False
+                if more:
+                    continue
                 await self._sleep_until(due)
                 # Let a burst of commits settle so one claim picks up many rows.
                 await trio.sleep(COALESCE)
+
+    async def _release_earlier_claims(self, first: bool = False) -> bool:
+        """End the claims of this node's earlier processes; whether that was done
+        (at start, a failure is logged and the caller retries it later)."""
+        try:
+            released = await self.svc.store.release_claims(self.node)
+        except NotifydError as exc:
+            if not first:
+                raise
+            log.warning("could not release the claims of earlier runs yet: %s", exc)
+            return False
+        if released:
+            log.info("%d deliveries in flight before a restart are due again", released)
+        return True
+
+    async def _claim_due(self, nursery: trio.Nursery) -> tuple[float | None, bool]:
+        """Claim what is due and start sending it; return when the next row is due
+        (None: nothing pending), and whether to claim again at once (a full batch
+        was claimed and there is room for more)."""
+        store = self.svc.store
+        free = self.max_in_flight - self._in_flight
+        # a claim is a write: take work in batches, not one row per finished send
+        ready = free >= self._claim_min or self._in_flight == 0
+        due = await store.next_due() if ready else None
+        now = self.clock()
+        if due is None or due > now:
+            return due, False
+        batch = await store.claim_deliveries(
+            now, min(free, CLAIM_BATCH), self.owner, self.lease_seconds
+        )
+        for due_delivery in batch:
+            if not self._sending.isdisjoint(due_delivery.ids):
+                continue  # ours already: its outcome waits to be written
+            self._sending.update(due_delivery.ids)
+            self._in_flight += 1
+            nursery.start_soon(self._send, due_delivery)
+        if len(batch) == CLAIM_BATCH and self._in_flight < self.max_in_flight:
+            return None, True
+        return await store.next_due(), False
 
     async def _sleep_until(self, due: float | None) -> None:
         wait = self.idle_poll
