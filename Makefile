@@ -71,12 +71,32 @@ postgresql:
 	  else echo "note: no initdb and we are not root: the PostgreSQL tests will fail unless NOTIFYD_TEST_DATABASE_URL names a server"; fi; \
 	fi
 
-# The whole suite, one run. The modules marked both_engines (tests/conftest.py) start
-# their daemons on SQLite and again on PostgreSQL ([sqlite]/[postgresql] ids). PYTEST_ARGS
-# adds options: make test PYTEST_ARGS='--engine sqlite' (one engine), '--durations=20'.
+# The whole suite. The modules marked both_engines (tests/conftest.py) start their daemons
+# on SQLite and again on PostgreSQL ([sqlite]/[postgresql] ids). The PostgreSQL half runs
+# in a second pytest beside the first (each half is mostly one process waiting on a daemon,
+# and a second core does the other); its report follows the first's, and either failing
+# fails make test. PYTEST_ARGS adds options to both: PYTEST_ARGS='tests/test_streams.py -x'.
+# TEST_ENGINE=sqlite (or postgresql) runs one half only.
 PYTEST_ARGS ?=
+TEST_ENGINE ?= both
+PG_TEST_LOG := .cache/test-postgresql.log
 test: $(TSTAMP) $(AXE) chromium postgresql
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@mkdir -p .cache; pg=; pgs=0; main=0; \
+	if [ "$(TEST_ENGINE)" != sqlite ]; then \
+	  $(PY) -m pytest -q -p no:cacheprovider --engine postgresql $(PYTEST_ARGS) \
+	    > $(PG_TEST_LOG) 2>&1 & pg=$$!; \
+	  trap 'kill $$pg 2>/dev/null' INT TERM; \
+	fi; \
+	if [ "$(TEST_ENGINE)" != postgresql ]; then \
+	  echo "$(PY) -m pytest -q --engine sqlite $(PYTEST_ARGS)"; \
+	  $(PY) -m pytest -q --engine sqlite $(PYTEST_ARGS) || main=$$?; \
+	fi; \
+	if [ -n "$$pg" ]; then \
+	  wait $$pg || pgs=$$?; [ $$pgs -eq 5 ] && pgs=0; \
+	  echo "--- the PostgreSQL half: pytest -q --engine postgresql $(PYTEST_ARGS) ($(PG_TEST_LOG))"; \
+	  cat $(PG_TEST_LOG); \
+	fi; \
+	[ $$main -eq 0 ] && [ $$pgs -eq 0 ]
 
 screenshots: $(TSTAMP) $(AXE) chromium  # the README's pictures of the web page
 	NOTIFYD_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_web.py -k screenshots

@@ -10,8 +10,9 @@ test that starts a daemon (``daemon``, ``make_daemon`` or anything built on the
 daemon gets a fresh database of its own on the session's server (``pg_server``), the
 way each SQLite daemon has a file of its own. A test there that is SQLite-only by
 nature says so: ``@pytest.mark.sqlite_only(reason="...")`` (the reason is required; the
-test then runs once, ``[sqlite]``). ``pytest --engine sqlite`` (or ``postgresql``) runs
-those modules on one engine only. Every other module runs its daemons on SQLite.
+test then runs once, ``[sqlite]``). ``pytest --engine sqlite`` runs every test with those
+modules on SQLite only; ``--engine postgresql`` runs only their ``[postgresql]`` tests
+(``make test`` runs the two halves side by side). Every other module runs on SQLite.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ ENGINES = ("sqlite", "postgresql")
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--engine", choices=[*ENGINES, "both"], default="both",
-        help="the storage engine(s) the both_engines modules run their daemons on "
-        "(default: both)",
+        help="sqlite: every test, the both_engines modules on SQLite only; postgresql: only "
+        "the both_engines modules' tests on PostgreSQL; both (default): every test, and the "
+        "both_engines modules' daemons on each engine",
     )  # fmt: skip
 
 
@@ -72,6 +74,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     chosen = metafunc.config.getoption("engine")
     if chosen != "both":
         engines = [e for e in engines if e == chosen]
+    if not engines:
+        return  # sqlite_only under --engine postgresql: deselected (collection_modifyitems)
     metafunc.parametrize("engine", engines, indirect=True, scope="module")
 
 
@@ -81,12 +85,20 @@ ENGINE_COUNTS = pytest.StashKey[tuple[int, int]]()
 
 @pytest.hookimpl(trylast=True)  # after -k and -m deselected what does not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    on_pg = sum(
-        1 for i in items
-        if i.get_closest_marker("both_engines")
-        and (spec := getattr(i, "callspec", None)) is not None
-        and spec.params.get("engine") == "postgresql"
-    )  # fmt: skip
+    def on_postgresql(item: pytest.Item) -> bool:
+        spec = getattr(item, "callspec", None)
+        return (
+            item.get_closest_marker("both_engines") is not None
+            and spec is not None
+            and spec.params.get("engine") == "postgresql"
+        )
+
+    if config.getoption("engine") == "postgresql":
+        # the PostgreSQL half alone (make test runs it beside the SQLite half)
+        kept = [i for i in items if on_postgresql(i)]
+        config.hook.pytest_deselected(items=[i for i in items if not on_postgresql(i)])
+        items[:] = kept
+    on_pg = sum(1 for i in items if on_postgresql(i))
     only = sum(
         1 for i in items
         if i.get_closest_marker("both_engines") and i.get_closest_marker("sqlite_only")
@@ -97,11 +109,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """One line on what ran on which engine, so that nothing is left out unseen."""
     on_pg, only = config.stash.get(ENGINE_COUNTS, (0, 0))
-    if on_pg or only:
-        terminalreporter.write_line(
-            f"engines: {on_pg} tests of both_engines modules on PostgreSQL besides SQLite, "
-            f"{only} on SQLite only (sqlite_only: each mark says why)"
-        )
+    said = []
+    if on_pg:
+        said.append(f"{on_pg} tests of both_engines modules ran on PostgreSQL")
+    if only:
+        said.append(f"{only} of theirs are sqlite_only (each mark says why)")
+    if said:
+        terminalreporter.write_line("engines: " + "; ".join(said))
 
 
 @pytest.fixture(scope="module")
