@@ -460,7 +460,13 @@ def test_every_command_has_help_with_examples(path: tuple[str, ...]) -> None:
 
 def test_every_client_command_takes_the_connection_options() -> None:
     for path, command in _commands(cli.main):
-        local = (("serve",), ("migrate",), ("tui",), ("plugins",), ("config", "show"))  # never call a daemon
+        local = (
+            ("serve",),
+            ("migrate",),
+            ("tui",),
+            ("plugins",),
+            ("config", "show"),
+        )  # never call a daemon
         if isinstance(command, click.Group) or path in local:
             continue
         names = {opt for p in command.params for opt in getattr(p, "opts", [])}

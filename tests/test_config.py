@@ -161,7 +161,9 @@ def test_cluster_settings_flags_env_and_config_show(tmp_path: Path) -> None:
     proc = subprocess.run([*serve, "--database-url", url, "--data-dir", str(tmp_path / "pg")],
                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode != 0
-    assert "PostgreSQL" in proc.stderr and "postgresql://app:****@127.0.0.1:1/notifyd" in proc.stderr
+    assert (
+        "PostgreSQL" in proc.stderr and "postgresql://app:****@127.0.0.1:1/notifyd" in proc.stderr
+    )
     assert "hunter2" not in proc.stdout + proc.stderr
     # the file flag is read (missing file: a config error naming the key)
     proc = subprocess.run([*serve, "--database-password-file", str(tmp_path / "nope")], env=env,
