@@ -21,6 +21,7 @@ from .accounts import Accounts
 from .config import Config
 from .hub import Hub
 from .outbox import Outbox
+from .storage import claim_node
 from .store import Event, Signal, Store
 
 log = logging.getLogger("notifyd.plugins")
@@ -92,7 +93,7 @@ class Services:
                 self.channels[kind] = cls(self)
             except Exception:
                 log.exception("channel kind %s failed to start", kind)
-        self.outbox = Outbox(self, self.channels, node=self.config.node_name)
+        self.outbox = Outbox(self, self.channels, node=claim_node(self.config))
         self.wake_delivery = self.outbox.wake
         self.store.add_commit_listener(self._committed)
 

@@ -80,6 +80,18 @@ def node_name() -> str:
     return socket.gethostname() or "localhost"
 
 
+def claim_node(config: Config) -> str:
+    """The node part of this daemon's delivery claims. On PostgreSQL it is
+    ``node_name``: the name of the node's heartbeat, by which the other nodes tell
+    a live node's claims from a dead one's. On SQLite one daemon owns the
+    database, and its claims are named by the host, which stays the same across
+    restarts (the default ``node_name`` carries the process id), so that a
+    restarted daemon ends its predecessor's claims at start."""
+    if engine_name(config) == "postgresql":
+        return config.node_name
+    return node_name()
+
+
 def claim_owner(node: str) -> str:
     """A claim owner unique to this process: ``<node>/<pid>.<random>``."""
     return f"{node}/{os.getpid()}.{os.urandom(4).hex()}"
