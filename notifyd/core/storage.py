@@ -67,6 +67,8 @@ def open_store(
         return PostgresStore(
             config.database_url,
             password=config.database_password(),
+            # the worker hears of commits from its daemon (the link), not from the server
+            listen=role == "daemon",
             pool_size=max(2, pool),
             clock=clock,
             # the daemon is the node (its heartbeat); its delivery worker is not one

@@ -599,6 +599,7 @@ class PostgresEventStore(EventStore):
         url: str,
         *,
         password: str | None = None,
+        listen: bool = True,
         pool_size: int = 4,
         statement_timeout: float = 30.0,
         poll_interval: float = 1.0,
@@ -612,6 +613,9 @@ class PostgresEventStore(EventStore):
         #: heartbeat (a delivery worker, a command-line tool, most tests)
         self.node = node
         self._password = password
+        #: hear other nodes' commits and signals (LISTEN thread and polls); the
+        #: delivery worker does not: its daemon hears them and pokes it
+        self.listen = listen
         #: how often commit listeners look for other nodes' events without a
         #: notification (one lost, or the LISTEN connection down)
         self.poll_interval = poll_interval
@@ -671,8 +675,9 @@ class PostgresEventStore(EventStore):
         self._pool = await self._thread(open_)
         self._heard = await self.last_event_id()
         self._wakeups_token = trio.lowlevel.current_trio_token()
-        self._wakeups = _Wakeups(self, self._wakeups_token)
-        self._wakeups.start()
+        if self.listen:
+            self._wakeups = _Wakeups(self, self._wakeups_token)
+            self._wakeups.start()
         trio.lowlevel.spawn_system_task(self._send_signals)
 
     async def close(self) -> None:
