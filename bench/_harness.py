@@ -349,6 +349,29 @@ class ResponseParser:
             del buf[:total]
 
 
+def start_child(target: Callable[..., None], *args: Any) -> tuple[Any, Any]:
+    """Start ``target(*args, conn)`` in a daemonic process; return the process and
+    this side of the pipe ``conn`` is the other end of (its reports come there)."""
+    import multiprocessing as mp
+
+    parent_end, child_end = mp.Pipe()
+    proc = mp.Process(target=target, args=(*args, child_end), daemon=True)
+    proc.start()
+    child_end.close()
+    return proc, parent_end
+
+
+def wait_children_ready(children: Sequence[tuple[Any, Any]], what: str = "subscriber") -> None:
+    """Wait for every child of :func:`start_child` to report (``{"error": …}`` when it
+    failed) that it is connected."""
+    for _proc, conn in children:
+        if not conn.poll(120):
+            raise RuntimeError(f"a {what} process did not connect in time")
+        msg = conn.recv()
+        if "error" in msg:
+            raise RuntimeError(f"{what} process failed: {msg['error']}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

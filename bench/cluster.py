@@ -75,6 +75,8 @@ from _harness import (  # noqa: E402
     percentile,
     print_table,
     progress,
+    start_child,
+    wait_children_ready,
     write_result,
 )
 from fanout import (  # noqa: E402
@@ -272,19 +274,8 @@ def run_fanout(
     progress(f"(c) {subs} WebSocket subscribers over {len(nodes)} nodes: {shares}")
     children = []
     for d, n in zip(nodes, shares, strict=True):
-        parent_end, child_end = mp.Pipe()
-        p = mp.Process(
-            target=subscriber_worker, args=(d.addr, [(path, 0)] * n, child_end), daemon=True
-        )
-        p.start()
-        child_end.close()
-        children.append((p, parent_end))
-    for _p, conn in children:
-        if not conn.poll(120):
-            raise RuntimeError("a subscriber process did not connect in time")
-        msg = conn.recv()
-        if "error" in msg:
-            raise RuntimeError(f"subscriber process failed: {msg['error']}")
+        children.append(start_child(subscriber_worker, d.addr, [(path, 0)] * n))
+    wait_children_ready(children)
     have = wait_streams(nodes, shares)
     progress(f"(c) stream clients per node {have}; {rate:g} events/s on node A for {duration:g} s")
     for _p, conn in children:
@@ -462,21 +453,8 @@ def run_failover(
     )
     children = []
     for home in range(len(nodes)):
-        parent_end, child_end = mp.Pipe()
-        p = mp.Process(
-            target=failover_worker,
-            args=(addrs, home, subs_per_node, since, a.token, child_end),
-            daemon=True,
-        )
-        p.start()
-        child_end.close()
-        children.append((p, parent_end))
-    for _p, conn in children:
-        if not conn.poll(120):
-            raise RuntimeError("a failover subscriber process did not connect in time")
-        msg = conn.recv()
-        if "error" in msg:
-            raise RuntimeError(f"failover subscriber process failed: {msg['error']}")
+        children.append(start_child(failover_worker, addrs, home, subs_per_node, since, a.token))
+    wait_children_ready(children, "failover subscriber")
     wait_streams(nodes, [subs_per_node] * len(nodes))
     killed_at: list[float] = []
 
