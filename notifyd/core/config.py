@@ -12,6 +12,7 @@ the same names from :mod:`notifyd.config`.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -81,6 +82,39 @@ class Config:
     delivery_backoff_seconds: float = 5.0
     delivery_backoff_max_seconds: float = 3600.0
     session_days: float = 30.0
+    # -- identity from the application (docs/embedding.md) --
+    #: the ``iss`` every accepted JWT carries; "" = JWTs are not accepted
+    jwt_issuer: str = ""
+    #: the ``aud`` every accepted JWT must name
+    jwt_audience: str = ""
+    #: where the issuer's signing keys are (one of the three)
+    jwt_jwks_url: str = ""
+    jwt_public_key_file: str = ""
+    jwt_secret_file: str = ""  # HS256 shared secret
+    jwt_user_claim: str = "sub"
+    jwt_grants_claim: str = "notifyd"
+    jwt_groups_claim: str = "groups"
+    jwt_leeway_seconds: float = 30.0
+    #: users first seen through a JWT, OIDC or the proxy header are created
+    auto_create_users: bool = True
+    #: grants every user holds, "PATTERN:read|write|rw", ``{user}`` = the user's name
+    default_grants: list[str] = field(default_factory=list)
+    #: group name → grants ("PATTERN:PERM") its members hold
+    group_grants: dict[str, list[str]] = field(default_factory=dict)
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret_file: str = ""
+    oidc_scopes: list[str] = field(default_factory=lambda: ["openid", "profile", "email"])
+    oidc_user_claim: str = "preferred_username"
+    oidc_groups_claim: str = "groups"
+    oidc_button_label: str = "single sign-on"
+    #: false: the sign-in page offers only single sign-on, and passwords are refused there
+    password_login: bool = True
+    #: a header naming the user, believed only from ``trusted_proxies`` (e.g. Remote-User)
+    proxy_user_header: str = ""
+    proxy_groups_header: str = ""
+    #: origins (scheme://host[:port]) whose pages may call the API with bearer credentials
+    cors_origins: list[str] = field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
@@ -204,6 +238,15 @@ def _line_of(text: str, key: str) -> int | None:
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = type(getattr(DEFAULTS, key))
     try:
+        if kind is dict:
+            if isinstance(value, str):  # an environment variable or flag: JSON
+                value = json.loads(value)
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+                for k, v in value.items()
+            ):
+                raise ValueError("expected a table of lists of strings")
+            return value
         if kind is list:
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
@@ -279,6 +322,118 @@ def _validate(cfg: Config) -> None:
                 "body_timeout"):  # fmt: skip
         if getattr(cfg, key) <= 0:
             raise bad(key, "must be positive")
+    _validate_identity(cfg, bad)
+
+
+#: a grant in settings: ``PATTERN:PERM``
+GRANT_SETTING = re.compile(r"^(?P<pattern>[^:\s]+):(?P<perm>read|write|rw)$")
+#: an HTTP header name (RFC 9110 token)
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+
+
+def is_local_http(url: str) -> bool:
+    """``http://`` to a loopback host: allowed besides ``https://`` for the JWKS and
+    OpenID provider URLs (a provider on the same machine, and the test suite)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _https_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and bool(parts.hostname)) or is_local_http(url)
+
+
+def _validate_identity(cfg: Config, bad: Any) -> None:
+    keys = [
+        k for k in ("jwt_jwks_url", "jwt_public_key_file", "jwt_secret_file") if getattr(cfg, k)
+    ]
+    if len(keys) > 1:
+        raise ConfigError(f"{' and '.join(keys)} are both set: the issuer's keys come from one")
+    if keys and not (cfg.jwt_issuer and cfg.jwt_audience):
+        raise ConfigError(
+            f"{keys[0]} is set: set jwt_issuer and jwt_audience too (every token's iss and "
+            "aud are checked)"
+        )
+    if cfg.jwt_issuer and not keys:
+        raise bad(
+            "jwt_issuer",
+            "needs the issuer's keys: jwt_jwks_url, jwt_public_key_file or jwt_secret_file",
+        )
+    if cfg.jwt_issuer and not cfg.jwt_audience:
+        raise bad("jwt_issuer", "needs jwt_audience too (every token's aud is checked)")
+    if cfg.jwt_jwks_url and not _https_url(cfg.jwt_jwks_url):
+        raise bad("jwt_jwks_url", "must be an https:// URL (http:// only to localhost)")
+    if not 0 <= cfg.jwt_leeway_seconds <= 600:
+        raise bad("jwt_leeway_seconds", "must be between 0 and 600")
+    for key in ("jwt_user_claim", "jwt_grants_claim", "jwt_groups_claim", "oidc_user_claim",
+                "oidc_groups_claim"):  # fmt: skip
+        if not getattr(cfg, key) or len(getattr(cfg, key)) > 200:
+            raise bad(key, "must name a claim")
+    for grant in cfg.default_grants:
+        if not GRANT_SETTING.match(grant):
+            raise bad(
+                "default_grants", f"{grant!r} is not PATTERN:read, PATTERN:write or PATTERN:rw"
+            )
+    for group, grants in cfg.group_grants.items():
+        for grant in grants:
+            if not GRANT_SETTING.match(grant):
+                raise ConfigError(
+                    f"group_grants.{group} = {grant!r}: not PATTERN:read, PATTERN:write "
+                    "or PATTERN:rw"
+                )
+    if cfg.oidc_issuer:
+        if not _https_url(cfg.oidc_issuer):
+            raise bad("oidc_issuer", "must be an https:// URL (http:// only to localhost)")
+        if not cfg.oidc_client_id:
+            raise bad("oidc_issuer", "needs oidc_client_id too")
+        if "openid" not in cfg.oidc_scopes:
+            raise bad("oidc_scopes", "must include 'openid'")
+    elif cfg.oidc_client_id or cfg.oidc_client_secret_file:
+        raise ConfigError("oidc_client_id/oidc_client_secret_file are set: set oidc_issuer too")
+    if not 1 <= len(cfg.oidc_button_label) <= 64:
+        raise bad("oidc_button_label", "must be 1-64 characters")
+    for key in ("proxy_user_header", "proxy_groups_header"):
+        if getattr(cfg, key) and not HEADER_NAME.match(getattr(cfg, key)):
+            raise bad(key, "must be an HTTP header name such as Remote-User")
+    if cfg.proxy_groups_header and not cfg.proxy_user_header:
+        raise bad("proxy_groups_header", "needs proxy_user_header too")
+    if cfg.proxy_user_header and not cfg.trusted_proxies:
+        raise bad(
+            "proxy_user_header",
+            "is believed only from trusted_proxies: list the proxy's address there",
+        )
+    for origin in cfg.cors_origins:
+        try:
+            parts = urlsplit(origin)
+            ok = (
+                parts.scheme in ("http", "https")
+                and bool(parts.hostname)
+                and parts.path == ""
+                and not parts.query
+                and not parts.fragment
+                and "@" not in parts.netloc
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            raise bad(
+                "cors_origins",
+                f"{origin!r} is not an origin: scheme://host[:port], no path (no '*' either)",
+            )
 
 
 def load_config(
