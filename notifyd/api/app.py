@@ -10,7 +10,18 @@ from .. import __version__
 from ..core.services import Services
 from .compat import gotify, ntfy
 from .responses import JSON, install_error_handlers
-from .routes import accounts, admin, channels, events, preferences, session, stream, system, web
+from .routes import (
+    accounts,
+    admin,
+    channels,
+    events,
+    oidc,
+    preferences,
+    session,
+    stream,
+    system,
+    web,
+)
 
 #: The error object every 4xx/5xx of the API carries (``responses.render_notifyd``).
 ERROR_SCHEMA: dict[str, Any] = {
@@ -85,6 +96,7 @@ def make_app(svc: Services) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(system.router)
     app.include_router(session.router)
+    app.include_router(oidc.router)
     app.include_router(admin.router)
     app.include_router(web.router)
     # last: ntfy's topic routes match any other top-level path
