@@ -791,6 +791,19 @@ async def test_sessions_expire_and_a_new_password_ends_the_others(open_store: Op
 
 
 @pytest.mark.trio
+async def test_a_session_remembers_the_groups_of_its_sign_in(open_store: OpenStore) -> None:
+    async with open_store() as store:
+        alice = await store.create_user("alice", "user", None)
+        await store.create_session(alice.id, "s-sso", None, T0 + 100, ("ops", "dev team"))
+        await store.create_session(alice.id, "s-pw", None, T0 + 100)
+        assert await store.session("s-sso", T0) == (alice.id, ("ops", "dev team"))
+        assert await store.session("s-pw", T0) == (alice.id, ())
+        assert await store.session_user("s-sso", T0) == alice.id
+        assert await store.session("s-sso", T0 + 101) is None  # expired
+        assert await store.session("s-unknown", T0) is None
+
+
+@pytest.mark.trio
 async def test_grants_and_removing_a_user(open_store: OpenStore) -> None:
     async with open_store() as store:
         admin = await store.create_user("admin", "admin", None)

@@ -23,14 +23,21 @@ import trio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .acl import SCOPES, Principal
+from .acl import SCOPES, Grant, Principal
+from .config import Config
 from .errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .hub import Hub
+from .identity import GrantRules, clean_groups
 from .models import check_pattern
 from .store import AclEntry, Signal, Store, Token, User
 from .throttle import SignInThrottle
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_.\-]{0,31}$")
+#: User names are topic-safe: ``{user}`` is substituted into topic patterns
+#: (``default_grants``), so no ``*`` or ``/`` may appear. Up to 64 characters with a
+#: leading digit allowed, so an identity provider's subject fits (Keycloak's ``sub``
+#: is a UUID). One topic segment holds 64 characters, so ``user/{user}/…`` works.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+NAME_RULE = "1–64 characters: a lowercase letter or digit, then a–z 0–9 _ . -"
 TOKEN_PREFIX = "nfy_"
 SESSION_PREFIX = "nfs_"
 CACHE_TTL = 30.0
@@ -45,7 +52,7 @@ def hash_token(token: str) -> str:
 def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
         raise ValidationFailed(
-            "user names are 1–32 characters: a lowercase letter, then a–z 0–9 _ . -",
+            f"user names are {NAME_RULE}",
             field="name",
         )
     return name
@@ -61,9 +68,12 @@ def parse_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 class Accounts:
-    def __init__(self, store: Store, hub: Hub | None = None) -> None:
+    def __init__(self, store: Store, hub: Hub | None = None, config: Config | None = None) -> None:
         self.store = store
         self.hub = hub
+        self.config = config if config is not None else Config()
+        #: default_grants and group_grants (see :mod:`.identity`)
+        self.rules = GrantRules.from_settings(self.config.default_grants, self.config.group_grants)
         self._cache: dict[str, tuple[float, Principal]] = {}
         #: counts the changes heard (signals); see :meth:`_remember`
         self._generation = 0
@@ -103,9 +113,58 @@ class Accounts:
 
     # -- authentication --------------------------------------------------------
 
-    async def principal_for(self, user: User, via: str) -> Principal:
-        grants = await self.store.grants(user.id)
-        return Principal(user.id, user.name, user.role, grants, via=via)
+    async def principal_for(
+        self,
+        user: User,
+        via: str,
+        groups: tuple[str, ...] = (),
+        extra: tuple[Grant, ...] = (),
+    ) -> Principal:
+        """``user`` with every scope their role has: their ACL rows, the
+        ``default_grants``, the ``group_grants`` of ``groups`` and ``extra``."""
+        return Principal(
+            user.id, user.name, user.role, await self.grants_of(user, groups, extra), via=via
+        )
+
+    async def grants_of(
+        self, user: User, groups: tuple[str, ...] = (), extra: tuple[Grant, ...] = ()
+    ) -> tuple[Grant, ...]:
+        """Everything ``user`` may read and write through a credential that names
+        ``groups`` and carries ``extra`` grants (a JWT's claim), ACL rows included."""
+        stored = await self.store.grants(user.id)
+        if self.rules.empty and not extra:
+            return stored
+        return tuple(dict.fromkeys((*stored, *self.rules.for_user(user.name, groups), *extra)))
+
+    async def external_user(self, name: str, via: str, *, source: str | None = None) -> User:
+        """The user an external identity names (a JWT, single sign-on, the proxy
+        header): found, or created (role ``user``, no password) when
+        ``auto_create_users`` is on. ``source`` says where the name came from for
+        the error message (e.g. "the JWT claim 'sub'"). Raises :class:`Unauthorized`:
+        the name is not a usable user name, or the user does not exist and may not
+        be created. Two first requests of the same new user at once both succeed."""
+        where = source or f"the {via} identity"
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            shown = repr(name[:70]) if isinstance(name, str) else "a non-string value"
+            raise Unauthorized(
+                f"{where} holds {shown}, which is not a usable user name: user names are "
+                f"{NAME_RULE} (set the claim or header to one that is)"
+            )
+        user = await self.store.get_user(name)
+        if user is not None:
+            return user
+        if not self.config.auto_create_users:
+            raise Unauthorized(
+                f"no user named {name!r}: auto_create_users is off; an admin creates users "
+                "with `notifyd users add`"
+            )
+        try:
+            return await self.store.create_user(name, "user", None)
+        except Conflict:  # created meanwhile (another request, another node)
+            user = await self.store.get_user(name)
+            if user is None:  # created and removed at once: say so rather than guess
+                raise Unauthorized(f"the user {name!r} was removed meanwhile") from None
+            return user
 
     async def authenticate_token(self, token: str) -> Principal:
         if not token.startswith(TOKEN_PREFIX):
@@ -124,7 +183,7 @@ class Accounts:
         user = await self.store.get_user_by_id(tok.user_id)
         if user is None:
             raise Unauthorized("unknown or revoked token")
-        grants = await self.store.grants(user.id)
+        grants = await self.grants_of(user)
         principal = Principal(
             user.id, user.name, user.role, grants, frozenset(tok.scopes), tok.topics, tok.id
         )
@@ -134,14 +193,19 @@ class Accounts:
 
     # -- web sessions --------------------------------------------------------------
 
-    async def create_session(self, user: User, user_agent: str | None, days: float) -> str:
-        """Start a web session for ``user``; returns its secret (the cookie value)."""
+    async def create_session(
+        self, user: User, user_agent: str | None, days: float, groups: tuple[str, ...] = ()
+    ) -> str:
+        """Start a web session for ``user``; returns its secret (the cookie value).
+        ``groups``: what the sign-in said the user is a member of (single sign-on);
+        their ``group_grants`` hold for as long as the session lasts."""
         secret = SESSION_PREFIX + secrets.token_urlsafe(30)
         await self.store.create_session(
             user.id,
             hash_token(secret),
             (user_agent or "")[:200] or None,
             time.time() + days * 86400,
+            clean_groups(groups),
         )
         return secret
 
@@ -156,11 +220,11 @@ class Accounts:
         if hit is not None and hit[0] > now:
             return hit[1]
         generation = self._generation
-        user_id = await self.store.session_user(digest, time.time())
-        user = None if user_id is None else await self.store.get_user_by_id(user_id)
-        if user is None:
+        found = await self.store.session(digest, time.time())
+        user = None if found is None else await self.store.get_user_by_id(found[0])
+        if user is None or found is None:
             raise Unauthorized("the session has ended; sign in again")
-        principal = await self.principal_for(user, "session")
+        principal = await self.principal_for(user, "session", found[1])
         self._remember(key, principal, generation)
         return principal
 

@@ -383,6 +383,15 @@ def _validate_identity(cfg: Config, bad: Any) -> None:
                 "oidc_groups_claim"):  # fmt: skip
         if not getattr(cfg, key) or len(getattr(cfg, key)) > 200:
             raise bad(key, "must name a claim")
+    from .identity import parse_grant  # lazily: identity imports the models
+
+    for group, grants in [("", cfg.default_grants), *cfg.group_grants.items()]:
+        for grant in grants:
+            try:
+                parse_grant(grant)
+            except ValueError as exc:
+                where = f"group_grants.{group}" if group else "default_grants"
+                raise ConfigError(f"{where} = {grant!r}: {exc}") from None
     for grant in cfg.default_grants:
         if not GRANT_SETTING.match(grant):
             raise bad(

@@ -65,7 +65,7 @@ class Services:
     def build(cls, config: Config, store: Store) -> Services:
         hub = Hub(queue_size=config.stream_queue)
         store.add_commit_listener(hub.publish)
-        svc = cls(config=config, store=store, hub=hub, accounts=Accounts(store, hub))
+        svc = cls(config=config, store=store, hub=hub, accounts=Accounts(store, hub, config))
         store.add_signal_listener(svc._signalled)
         return svc
 

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
+
 from .acl import Grant, Visibility, glob_match
 from .models import EventIn
 
@@ -132,6 +134,24 @@ class EventExtras:
 
     token_id: int | None
     extras: dict[str, Any] | None
+
+
+def encode_groups(groups: tuple[str, ...]) -> str | None:
+    """A session's groups as stored (a JSON list; None for none)."""
+    return orjson.dumps(list(groups)).decode() if groups else None
+
+
+def decode_groups(text: str | None) -> tuple[str, ...]:
+    """What :func:`encode_groups` stored (anything else reads as no groups)."""
+    if not text:
+        return ()
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return ()
+    if not isinstance(value, list):
+        return ()
+    return tuple(g for g in value if isinstance(g, str))
 
 
 @dataclass
@@ -511,12 +531,23 @@ class AccountStore(ABC):
     # web sign-in sessions (only the SHA-256 of the secret is stored)
     @abstractmethod
     async def create_session(
-        self, user_id: int, secret_hash: str, user_agent: str | None, expires_at: float
-    ) -> None: ...
+        self,
+        user_id: int,
+        secret_hash: str,
+        user_agent: str | None,
+        expires_at: float,
+        groups: tuple[str, ...] = (),
+    ) -> None:
+        """``groups``: the groups the sign-in said the user is in (single sign-on);
+        ``group_grants`` apply to them for as long as the session lasts."""
 
     @abstractmethod
     async def session_user(self, secret_hash: str, now: float) -> int | None:
         """The user id of an unexpired session, or None."""
+
+    @abstractmethod
+    async def session(self, secret_hash: str, now: float) -> tuple[int, tuple[str, ...]] | None:
+        """The user id and the groups of an unexpired session, or None."""
 
     @abstractmethod
     async def delete_session(self, secret_hash: str) -> None: ...

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from ..acl import Grant
 from ..errors import Conflict, NotFound
-from ..store import AccountStore, AclEntry, Token, User
+from ..store import AccountStore, AclEntry, Token, User, decode_groups, encode_groups
 from ..timeutil import format_ts, now_rfc3339
 from .events import Conn
 
@@ -281,23 +281,40 @@ class PostgresAccountStore(AccountStore):
     # -- web sessions --
 
     async def create_session(
-        self, user_id: int, secret_hash: str, user_agent: str | None, expires_at: float
+        self,
+        user_id: int,
+        secret_hash: str,
+        user_agent: str | None,
+        expires_at: float,
+        groups: tuple[str, ...] = (),
     ) -> None:
+        group_names = encode_groups(groups)
         await self._run(
             lambda c: c.execute(
-                "INSERT INTO sessions (user_id, hash, user_agent, created_at, expires_at) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (user_id, secret_hash, user_agent, now_rfc3339(), format_ts(expires_at)),
-            )
+                "INSERT INTO sessions (user_id, hash, user_agent, created_at, expires_at, "
+                "group_names) VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    user_id,
+                    secret_hash,
+                    user_agent,
+                    now_rfc3339(),
+                    format_ts(expires_at),
+                    group_names,
+                ),
+            )  # fmt: skip
         )
 
     async def session_user(self, secret_hash: str, now: float) -> int | None:
-        def fn(conn: Conn) -> int | None:
+        found = await self.session(secret_hash, now)
+        return None if found is None else found[0]
+
+    async def session(self, secret_hash: str, now: float) -> tuple[int, tuple[str, ...]] | None:
+        def fn(conn: Conn) -> tuple[int, tuple[str, ...]] | None:
             row = conn.execute(
-                "SELECT user_id FROM sessions WHERE hash = %s AND expires_at > %s",
+                "SELECT user_id, group_names FROM sessions WHERE hash = %s AND expires_at > %s",
                 (secret_hash, format_ts(now)),
             ).fetchone()
-            return None if row is None else int(row[0])
+            return None if row is None else (int(row[0]), decode_groups(row[1]))
 
         return await self._run(fn)
 

@@ -15,7 +15,8 @@ far as the roles built so far need them. Migration 1 (the event role): ``events`
 :mod:`notifyd.core.postgres.events`). Migration 2 (the account role): ``users``,
 ``tokens``, ``sessions``, ``acl``. Migration 3 (the outbox role): ``channels``,
 ``deliveries`` (with ``claimed_by``/``lease_until``). Migration 4 (the cluster):
-``nodes`` (heartbeats), ``rate_limits`` and ``failures`` (limits counted across nodes). Times are RFC 3339 strings as in SQLite
+``nodes`` (heartbeats), ``rate_limits`` and ``failures`` (limits counted across nodes).
+Migration 5: the groups of a single sign-on session (``sessions.group_names``). Times are RFC 3339 strings as in SQLite
 (``timeutil.format_ts``: fixed width, UTC, so they compare as text), so that both
 engines answer the same filters with the same values.
 """
@@ -251,8 +252,14 @@ _M004_CLUSTER = [
     "CREATE INDEX idx_failures_at ON failures (at)",
 ]
 
+# A session signed in through single sign-on remembers the groups the provider named
+# (a JSON list), so group_grants hold for as long as the session lasts.
+_M005_SESSION_GROUPS = ["ALTER TABLE sessions ADD COLUMN group_names TEXT"]
+
 #: each migration: the statements it runs, in order
-MIGRATIONS: list[list[str]] = [_M001_EVENTS, _M002_ACCOUNTS, _M003_OUTBOX, _M004_CLUSTER]
+MIGRATIONS: list[list[str]] = [
+    _M001_EVENTS, _M002_ACCOUNTS, _M003_OUTBOX, _M004_CLUSTER, _M005_SESSION_GROUPS,
+]  # fmt: skip
 
 
 def _version(conn: psycopg.Connection[Any]) -> int:

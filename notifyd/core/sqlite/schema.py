@@ -285,6 +285,12 @@ def _m009_claims(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m010_session_groups(db: sqlite_utils.Database) -> None:
+    # A session signed in through single sign-on remembers the groups the provider
+    # named (a JSON list), so group_grants hold for as long as the session lasts.
+    db.execute("ALTER TABLE sessions ADD COLUMN group_names TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
@@ -295,6 +301,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m007_event_extras,
     _m008_bulk_fts_delete,
     _m009_claims,
+    _m010_session_groups,
 ]
 
 

@@ -37,6 +37,8 @@ from ..store import (
     Store,
     Token,
     User,
+    decode_groups,
+    encode_groups,
 )
 from ..timeutil import format_ts, now_rfc3339
 from .delivery import DeliveryStore, enqueue_deliveries, load_preferences
@@ -831,23 +833,40 @@ class SQLiteStore(DeliveryStore, SQLiteLimitStore, Store):
         return await self._read(fn)
 
     async def create_session(
-        self, user_id: int, secret_hash: str, user_agent: str | None, expires_at: float
+        self,
+        user_id: int,
+        secret_hash: str,
+        user_agent: str | None,
+        expires_at: float,
+        groups: tuple[str, ...] = (),
     ) -> None:
+        group_names = encode_groups(groups)
         await self.write(
             lambda c: c.execute(
-                "INSERT INTO sessions (user_id, hash, user_agent, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (user_id, secret_hash, user_agent, now_rfc3339(), format_ts(expires_at)),
-            )
+                "INSERT INTO sessions (user_id, hash, user_agent, created_at, expires_at, "
+                "group_names) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    user_id,
+                    secret_hash,
+                    user_agent,
+                    now_rfc3339(),
+                    format_ts(expires_at),
+                    group_names,
+                ),
+            )  # fmt: skip
         )
 
     async def session_user(self, secret_hash: str, now: float) -> int | None:
-        def fn(conn: sqlite3.Connection) -> int | None:
+        found = await self.session(secret_hash, now)
+        return None if found is None else found[0]
+
+    async def session(self, secret_hash: str, now: float) -> tuple[int, tuple[str, ...]] | None:
+        def fn(conn: sqlite3.Connection) -> tuple[int, tuple[str, ...]] | None:
             row = conn.execute(
-                "SELECT user_id FROM sessions WHERE hash = ? AND expires_at > ?",
+                "SELECT user_id, group_names FROM sessions WHERE hash = ? AND expires_at > ?",
                 (secret_hash, format_ts(now)),
             ).fetchone()
-            return None if row is None else row[0]
+            return None if row is None else (row[0], decode_groups(row[1]))
 
         return await self._read(fn)
 
