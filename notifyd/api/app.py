@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..core.services import Services
 from .compat import gotify, ntfy
+from .cors import CORSMiddleware
 from .responses import JSON, install_error_handlers
 from .routes import (
     accounts,
@@ -89,6 +90,9 @@ def make_app(svc: Services) -> FastAPI:
     )
     app.state.services = svc
     install_error_handlers(app)
+    # answers other origins may read (cors_origins); the publish fast path and the
+    # raw SSE stream add the same headers through api/cors.py
+    app.add_middleware(CORSMiddleware, svc=svc)
     app.include_router(events.router)
     app.include_router(accounts.router)
     app.include_router(channels.router)

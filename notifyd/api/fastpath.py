@@ -20,6 +20,7 @@ import orjson
 from ..core import inbox
 from ..core.errors import BadRequest, NotifydError
 from ..core.services import Services
+from . import cors
 from .auth import SOCKET_SCOPE_KEY, resolve
 from .compat import ntfy, ntfy_publish
 from .responses import render_notifyd
@@ -54,13 +55,15 @@ class PublishFastPath:
         await self.app(scope, receive, send)
 
     async def _publish(self, scope: dict, receive: Any, send: Any) -> None:
-        authorization = idempotency_key = None
+        authorization = idempotency_key = origin = None
         cookie_headers: dict[str, str] | None = None
         has_body = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name in (b"cookie", b"origin", b"host", b"x-csrf-token"):
+                if name == b"origin":
+                    origin = value.decode("latin-1")
                 if cookie_headers is None:
                     cookie_headers = {}
                 cookie_headers[name.decode()] = value.decode("latin-1")
@@ -69,6 +72,8 @@ class PublishFastPath:
             elif name in (b"content-length", b"transfer-encoding"):
                 has_body = True
         body_read = False
+        # an application in cors_origins may publish from its pages
+        send = cors.wrap_send(send, cors.response_headers(self.svc.config, origin))
         try:
             caller = await resolve(
                 self.svc, bool(scope.get(SOCKET_SCOPE_KEY)), authorization,

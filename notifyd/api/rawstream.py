@@ -18,6 +18,7 @@ import trio
 from ..core.errors import BadRequest, NotifydError
 from ..core.frames import Frame, ws_close, ws_frame
 from ..core.services import Services
+from . import cors
 from .responses import render_notifyd, status_error
 from .streams import StreamSession, open_session, resync_frame
 from .transport import (
@@ -75,6 +76,10 @@ async def serve_raw_stream(
     websocket = head.path == STREAM_PATH
     ws: WebSocketProtocol | None = None
     handshake: bytes | None = None
+    # an application in cors_origins reads the SSE stream (and its refusals, a 401
+    # telling it to fetch a fresh token) with fetch(); browsers apply no CORS to
+    # WebSockets
+    shared = [] if websocket else cors.response_headers(svc.config, head.headers.get("origin"))
     try:
         if websocket:
             problem = websocket_problem(head)
@@ -103,11 +108,11 @@ async def serve_raw_stream(
                 session.close()
                 raise
     except NotifydError as exc:
-        await refuse(stream, render_notifyd(exc).raw())
+        await refuse(stream, render_notifyd(exc, headers=dict(shared)).raw())
         return
 
     try:
-        await _serve_session(session, stream, head, ws, handshake)
+        await _serve_session(session, stream, head, ws, handshake, cors.raw_lines(shared))
     finally:
         session.close()  # if the handshake failed before the session ran
 
@@ -118,6 +123,7 @@ async def _serve_session(
     head: RequestHead,
     ws: WebSocketProtocol | None,
     handshake: bytes | None,
+    extra_head: bytes = b"",
 ) -> None:
     sink: WebSocketSink | SSESink
     if ws is not None:
@@ -126,7 +132,7 @@ async def _serve_session(
     else:
         handshake = (
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-            b"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n: connected\n\n"
+            b"X-Accel-Buffering: no\r\nConnection: close\r\n" + extra_head + b"\r\n: connected\n\n"
         )
         sink = SSESink(stream)
     first = head.detach()

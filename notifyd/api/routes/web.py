@@ -1,8 +1,10 @@
 """The notification center: static files from ``notifyd/web`` (no build step).
 
 Served at the top level are only ``/``, ``/sw.js`` (a service worker's scope is
-its own path, so it must live at the root), ``/manifest.webmanifest`` and
-``/static/…``: every other top-level name stays free for the ntfy-compatible
+its own path, so it must live at the root), ``/manifest.webmanifest``,
+``/static/…`` and ``/embed/notifyd-inbox.js`` (the ``<notifyd-inbox>`` component
+that applications import into their own pages, cross-origin: see ``api/cors.py``
+and docs/embedding.md): every other top-level name stays free for the ntfy-compatible
 topic URLs. Each response carries a Content-Security-Policy that allows no inline
 script or style, and files are revalidated by ETag so that an upgrade of the
 daemon reaches browsers at once.
@@ -86,3 +88,10 @@ async def manifest(request: Request) -> Response:
 @router.get("/static/{path:path}")
 async def static(path: str, request: Request) -> Response:
     return serve_file(request, "static/" + path)
+
+
+@router.get("/embed/notifyd-inbox.js")
+async def inbox_component(request: Request) -> Response:
+    # an ES module: the importing page (another origin, in cors_origins) fetches it
+    # in CORS mode; the CORS middleware adds Access-Control-Allow-Origin
+    return serve_file(request, "embed/notifyd-inbox.js")
