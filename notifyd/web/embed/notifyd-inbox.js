@@ -98,6 +98,7 @@ button { font: inherit; color: inherit; cursor: pointer; }
   border: 1px solid var(--_border); border-radius: var(--notifyd-radius, 0.75rem);
   box-shadow: var(--_shadow); overflow: hidden;
 }
+.panel[data-align="start"] { inset-inline-end: auto; inset-inline-start: 0; }
 .panel:focus { outline: none; }
 .header {
   display: flex; align-items: center; gap: 0.5rem;
@@ -303,12 +304,27 @@ export class NotifydInbox extends HTMLElement {
     if (this.isOpen) return;
     this.isOpen = true;
     this.$panel.hidden = false;
+    this.placePanel();
     this.$bell.setAttribute("aria-expanded", "true");
     document.addEventListener("pointerdown", this._onDocPointer, true);
     this.renderTimes();
     const first = this.$list.querySelector('li[tabindex="0"]');
     (first ?? this.$panel).focus();
     this.emit("notifyd-toggle", { open: true });
+  }
+
+  /** Open the panel towards the side with room (the `align` attribute forces one). */
+  placePanel() {
+    const forced = this.getAttribute("align");
+    if (forced === "start" || forced === "end") {
+      this.$panel.dataset.align = forced;
+      return;
+    }
+    const bell = this.$bell.getBoundingClientRect();
+    const rtl = getComputedStyle(this).direction === "rtl";
+    const width = this.$panel.offsetWidth;
+    const roomBefore = rtl ? innerWidth - bell.left : bell.right; // room when aligned to the end
+    this.$panel.dataset.align = roomBefore >= width || roomBefore >= innerWidth / 2 ? "end" : "start";
   }
 
   close({ restoreFocus = true } = {}) {
