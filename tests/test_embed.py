@@ -31,7 +31,8 @@ pytestmark = pytest.mark.skipif(
 
 HOST_PAGE = """<!doctype html>
 <html lang="en">
-<head><meta charset="utf-8"><title>Acme app</title></head>
+<head><meta charset="utf-8"><meta name="color-scheme" content="light dark">
+<title>Acme app</title></head>
 <body>
 <header><p>Acme</p>
 <notifyd-inbox id="inbox" server="{server}" topics="{topics}" {theme}></notifyd-inbox></header>
@@ -301,6 +302,14 @@ def test_accessible_in_light_and_dark(context: BrowserContext, daemon: Daemon, a
         page.get_by_role("button", name="Notifications, 2 unread").click()
         expect(page.get_by_role("dialog", name="Notifications")).to_be_visible()
         assert axe_violations(page) == [], scheme
+        # docs/img/embed-{light,dark}.png come from here
+        page.locator("notifyd-inbox").evaluate(
+            "el => el.closest('header').style.minHeight = '26rem'"
+        )
+        page.screenshot(
+            path=ARTIFACTS / f"embed-{scheme}.png",
+            clip={"x": 0, "y": 0, "width": 480, "height": 440},
+        )
         background = page.evaluate(
             "getComputedStyle(document.querySelector('notifyd-inbox').shadowRoot"
             ".querySelector('.panel')).backgroundColor"

@@ -211,14 +211,20 @@ function markdownAsText(text) {
     .replace(/(\*\*|__|~~|`)/g, "");
 }
 
-/** The `exp` of a JWT in ms since the epoch, or null (an nfy_ token, no exp). */
-function jwtExpiry(token) {
+/**
+ * How long a token lives, in ms: a JWT's `exp - iat` (or `exp` - now without
+ * `iat`); null for a token without `exp` (an nfy_ token). Using the token's own
+ * lifetime rather than its `exp` keeps a skewed browser clock from refreshing too
+ * late or in a loop. The payload is only read, not verified: notifyd verifies it.
+ */
+function tokenLifetime(token) {
   const parts = token.split(".");
   if (parts.length !== 3) return null;
   try {
     const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
     const claims = JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
-    return typeof claims.exp === "number" ? claims.exp * 1000 : null;
+    if (typeof claims.exp !== "number") return null;
+    return typeof claims.iat === "number" ? (claims.exp - claims.iat) * 1000 : claims.exp * 1000 - Date.now();
   } catch {
     return null;
   }
@@ -255,12 +261,14 @@ export class NotifydInbox extends HTMLElement {
     super();
     this.uid = `ni${++instances}`;
     this.events = new Map(); // id → event (with this user's read/archived state)
+    this.notes = new Map(); // id → what happened to its last action
     this.unread = 0;
     this.cursor = null;
     this.status = "idle";
     this.isOpen = false;
     this._provider = null;
     this._token = null;
+    this._refreshAt = Infinity;
     this._pendingToken = null;
     this._generation = 0;
     this._abort = null;
@@ -275,6 +283,11 @@ export class NotifydInbox extends HTMLElement {
     };
     this._onOnline = () => this.reconnect();
     this.render();
+    this.addEventListener("focusout", (e) => {
+      // focus moved to the host page (inside the shadow root, relatedTarget is this element)
+      const to = e.relatedTarget;
+      if (this.isOpen && to && to !== this && !this.contains(to)) this.close({ restoreFocus: false });
+    });
   }
 
   // -- public API -------------------------------------------------------------
@@ -399,6 +412,7 @@ export class NotifydInbox extends HTMLElement {
     if (this._wake) this._wake();
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
+    this._news = [];
     clearTimeout(this._recountTimer);
     clearTimeout(this._refreshTimer);
     clearInterval(this._clock);
@@ -428,7 +442,7 @@ export class NotifydInbox extends HTMLElement {
       const attr = this.getAttribute("token");
       return attr ? attr : SIGNED_OUT;
     }
-    if (!force && this._token && !this.expiresSoon(this._token)) return this._token;
+    if (!force && this._token && !this.expiresSoon()) return this._token;
     if (!this._pendingToken) {
       const generation = this._generation;
       this._pendingToken = (async () => {
@@ -446,26 +460,22 @@ export class NotifydInbox extends HTMLElement {
     return this._pendingToken;
   }
 
-  expiresSoon(token) {
-    const exp = jwtExpiry(token);
-    return exp !== null && exp - Date.now() < this.refreshMargin(token);
+  expiresSoon() {
+    return Date.now() >= this._refreshAt;
   }
 
-  refreshMargin(token) {
-    // refresh at 80 % of the token's life, and no earlier than a minute before exp
-    const exp = jwtExpiry(token);
-    if (exp === null) return 0;
-    const lifetime = exp - (this._tokenIssued ?? Date.now());
-    return Math.max(500, Math.min(60_000, lifetime * 0.2));
-  }
-
+  /** Ask for the next token when 80 % of this one's life has passed (at most a minute before its end). */
   scheduleRefresh(generation) {
     clearTimeout(this._refreshTimer);
-    const token = this._token;
-    this._tokenIssued = Date.now();
-    const exp = token ? jwtExpiry(token) : null;
-    if (exp === null) return;
-    const wait = Math.max(0, exp - Date.now() - this.refreshMargin(token));
+    const lifetime = this._token ? tokenLifetime(this._token) : null;
+    if (lifetime === null) {
+      this._refreshAt = Infinity;
+      return;
+    }
+    const margin = Math.max(500, Math.min(60_000, lifetime * 0.2));
+    // at least a second: a token that is (or looks) expired must not make a loop
+    const wait = Math.max(1000, lifetime - margin);
+    this._refreshAt = Date.now() + wait;
     this._refreshTimer = setTimeout(async () => {
       if (!this.alive(generation)) return;
       try {
@@ -806,7 +816,8 @@ export class NotifydInbox extends HTMLElement {
     const wasUnread = !ev.read;
     ev.read = true;
     if (wasUnread) this.setUnread(Math.max(0, this.unread - 1));
-    this.renderList();
+    // after the click's default action (following the link) has run
+    setTimeout(() => this.renderList(), 0);
     try {
       await this.api("POST", `/v1/events/${ev.id}/click`, { body: action ? { action } : {} });
     } catch {
@@ -820,18 +831,23 @@ export class NotifydInbox extends HTMLElement {
     this.clicked(ev);
   }
 
-  async runAction(ev, action, note) {
+  async runAction(ev, action) {
     const url = safeUrl(action.url);
     if (!url) return;
-    note.textContent = "Sending…";
+    const note = (text) => {
+      this.notes.set(ev.id, text);
+      const el = this.$list.querySelector(`li[data-id="${ev.id}"] .note`);
+      if (el) el.textContent = text;
+    };
+    note("Sending…");
     try {
       // another origin's endpoint: its answer is not readable (no-cors), and no
       // cookie of this page travels with it
       await fetch(url, { method: "POST", mode: "no-cors", credentials: "omit", keepalive: true });
-      note.textContent = `${action.label}: sent`;
+      note(`${action.label}: sent`);
       await this.clicked(ev, action.label);
     } catch {
-      note.textContent = `${action.label}: could not be sent`;
+      note(`${action.label}: could not be sent`);
     }
   }
 
@@ -909,7 +925,6 @@ export class NotifydInbox extends HTMLElement {
     const items = this.sorted().map((ev) => this.renderItem(ev));
     this.$list.replaceChildren(...items);
     this.$empty.hidden = items.length > 0;
-    this.$markAll.disabled = this.unread === 0 && !this.sorted().some((ev) => !ev.read);
     let current = focusedId ? this.$list.querySelector(`li[data-id="${focusedId}"]`) : null;
     current ??= this.$list.firstElementChild;
     if (current) current.tabIndex = 0;
@@ -936,8 +951,10 @@ export class NotifydInbox extends HTMLElement {
         })
       : title;
     const when = h("time", { class: "time", part: "time", datetime: ev.created_at, title: new Date(ev.created_at).toLocaleString(), text: ago(ev.created_at) });
+    const urgency = ev.priority >= 5 ? "Urgent" : ev.priority === 4 ? "High priority" : null;
+    const meta = urgency ? h("p", { class: "meta", part: "meta", text: urgency }) : null;
     const body = ev.body ? h("p", { class: "body", part: "body", text: ev.format === "markdown" ? markdownAsText(ev.body) : ev.body }) : null;
-    const note = h("span", { class: "note", part: "note", role: "status" });
+    const note = h("span", { class: "note", part: "note", role: "status", text: this.notes.get(ev.id) ?? "" });
     const actions = (ev.actions ?? []).slice(0, 3).flatMap((action, index) => {
       const url = safeUrl(action?.url);
       if (!url || typeof action.label !== "string") return [];
@@ -964,7 +981,7 @@ export class NotifydInbox extends HTMLElement {
           "data-role": `action-${index}`,
           title: `${method} ${new URL(url).host}`,
           text: action.label,
-          onclick: () => this.runAction(ev, action, note),
+          onclick: () => this.runAction(ev, action),
         }),
       ];
     });
@@ -987,6 +1004,7 @@ export class NotifydInbox extends HTMLElement {
         when,
       ),
       h("span", { class: "sr-only", id: `${id}-state`, text: unread ? "Unread" : "Read" }),
+      meta,
       body,
       h(
         "div",
@@ -1044,7 +1062,6 @@ export class NotifydInbox extends HTMLElement {
     this.$badge.textContent = count > 99 ? "99+" : String(count);
     this.$badge.hidden = count === 0 || this.status === "signed-out";
     this.updateLabel();
-    this.$markAll.disabled = count === 0 && !this.sorted().some((ev) => !ev.read);
     if (changed) this.emit("notifyd-unread-change", { count });
   }
 
@@ -1076,8 +1093,19 @@ export class NotifydInbox extends HTMLElement {
     this.emit("notifyd-status", { status });
   }
 
+  /** Tell screen readers about new notifications, one sentence per burst. */
   announce(ev) {
-    this.say(`New notification: ${ev.title || ev.body?.slice(0, 120) || ev.topic}`);
+    this._news = [...(this._news ?? []), ev];
+    if (this._news.length > 1) return;
+    const t = setTimeout(() => {
+      this._timers.delete(t);
+      const news = this._news;
+      this._news = [];
+      const latest = news[news.length - 1];
+      const what = latest.title || latest.body?.slice(0, 120) || latest.topic;
+      this.say(news.length === 1 ? `New notification: ${what}` : `${news.length} new notifications. The latest: ${what}`);
+    }, 300);
+    this._timers.add(t);
   }
 
   say(message) {
