@@ -1,4 +1,10 @@
-"""``/v1/session``: signing in to the web page with a user name and password.
+"""``/v1/session``: signing in to the web page with a user name and password
+(single sign-on is in ``oidc.py`` and ends in the same cookie), and which ways
+to sign in this server offers (``GET /v1/session/methods``, for the page).
+
+``password_login = false`` refuses ``POST /v1/session`` (403) and the page hides
+its password form; tokens, the socket and the ntfy/Gotify apps' Basic auth are
+not affected.
 
 The session secret travels only in an HttpOnly, SameSite=Strict cookie (Secure
 when the page is served over HTTPS); the page gets the anti-CSRF value to send
@@ -12,7 +18,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from ...core.errors import Unauthorized
+from ...core.errors import Forbidden, Unauthorized
 from ...core.store import User
 from ..auth import SESSION_COOKIE, check_cookie_request, services, session_cookie
 from ..responses import JSON
@@ -25,9 +31,18 @@ class SignIn(BaseModel):
     password: str = Field(max_length=1024)
 
 
-def _secure(request: Request) -> bool:
+def secure_cookies(request: Request) -> bool:
+    """Whether cookies get the Secure flag: the page is served over HTTPS."""
     base = services(request).config.base_url
     return request.url.scheme == "https" or base.startswith("https://")
+
+
+def set_session_cookie(request: Request, response: Response, secret: str, days: float) -> None:
+    """The session cookie, the same for every way of signing in."""
+    response.set_cookie(
+        SESSION_COOKIE, secret, max_age=int(days * 86400), path="/", httponly=True,
+        samesite="strict", secure=secure_cookies(request),
+    )  # fmt: skip
 
 
 def _body(user: User, csrf: str) -> dict:
@@ -42,17 +57,35 @@ def _body(user: User, csrf: str) -> dict:
 )  # fmt: skip
 async def sign_in(body: SignIn, request: Request) -> Response:
     svc = services(request)
+    if not svc.config.password_login:
+        raise Forbidden(
+            "password sign-in is turned off on this server (password_login = false): "
+            + ("use single sign-on" if svc.config.oidc_issuer else "use a token"),
+            code="password_login_disabled",
+        )
     address = request.client.host if request.client else "local"
     async with svc.accounts.signin.attempt(body.username, address):
         user = await svc.accounts.check_password(body.username, body.password)
     days = svc.config.session_days
     secret = await svc.accounts.create_session(user, request.headers.get("user-agent"), days)
     response = JSON(_body(user, svc.accounts.csrf_token(secret)))
-    response.set_cookie(
-        SESSION_COOKIE, secret, max_age=int(days * 86400), path="/", httponly=True,
-        samesite="strict", secure=_secure(request),
-    )  # fmt: skip
+    set_session_cookie(request, response, secret, days)
     return response
+
+
+@router.get(
+    "/session/methods",
+    summary="The ways to sign in to the web page (anonymous)",
+    responses={200: {"description": '`{"password": bool, "sso": null | {"label", "start"}}`'}},
+)
+async def methods(request: Request) -> Response:
+    """What the sign-in page offers: the password form (``password_login``) and
+    single sign-on (``oidc_issuer``) with its button's label."""
+    cfg = services(request).config
+    sso = None
+    if cfg.oidc_issuer:
+        sso = {"label": cfg.oidc_button_label, "start": "/v1/session/oidc/start"}
+    return JSON({"password": cfg.password_login, "sso": sso})
 
 
 @router.get("/session", summary="The signed-in user and the page's anti-CSRF value")
@@ -77,5 +110,5 @@ async def sign_out(request: Request) -> Response:
         await svc.accounts.end_session(secret)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=_secure(request))  # fmt: skip
+                           secure=secure_cookies(request))  # fmt: skip
     return response

@@ -132,6 +132,11 @@ export async function getSession() {
   return session;
 }
 
+/** The ways to sign in: {password: bool, sso: null | {label, start}} (anonymous). */
+export async function getSignInMethods() {
+  return send("GET", "/v1/session/methods");
+}
+
 export async function signIn(username, password) {
   const session = await send("POST", "/v1/session", { body: { username, password } });
   csrfToken = session.csrf;

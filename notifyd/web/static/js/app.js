@@ -7,6 +7,7 @@ import {
   NetworkError,
   api,
   getSession,
+  getSignInMethods,
   hasCsrf,
   serverReachable,
   sessionEvents,
@@ -181,6 +182,54 @@ async function onSignIn(e) {
   }
 }
 
+// What a failed single sign-on (the callback's ?sso_error=<kind>) tells the person.
+const SSO_ERRORS = {
+  denied: "Sign-in was cancelled at the identity provider.",
+  state: "That sign-in attempt does not belong to this browser, or was replaced by a newer one (e.g. in another tab). Please try again.",
+  expired: "That sign-in attempt took too long. Please try again.",
+  code: "The identity provider did not accept this sign-in (it was used already or has expired). Please try again.",
+  token: "The identity provider's answer could not be verified. Please try again; if this persists, tell the administrator of this server.",
+  claim: "Your account at the identity provider does not say who you are in a way this server understands. Tell the administrator of this server.",
+  user: "Your account cannot sign in to this server. Ask its administrator for access.",
+  unavailable: "The identity provider cannot be reached right now. Try again in a moment.",
+  provider: "The identity provider reported an error. Please try again.",
+  off: "Single sign-on is not enabled on this server.",
+};
+
+/** Offer the ways to sign in this server has, and show why a single sign-on failed. */
+async function setUpSignIn() {
+  const params = new URLSearchParams(location.search);
+  const failed = params.get("sso_error");
+  if (failed !== null) {
+    $("#sso-error").textContent = SSO_ERRORS[failed] ?? "Single sign-on failed. Please try again.";
+    // a reload must not show it again
+    history.replaceState(null, "", location.pathname + location.hash);
+  }
+  let methods;
+  try {
+    methods = await getSignInMethods();
+  } catch {
+    return; // unreachable server: the password form stays, the boot says why
+  }
+  const sso = methods.sso;
+  $("#signin-sso").hidden = !sso;
+  $("#signin-form").hidden = !methods.password;
+  $("#signin-or").hidden = !(sso && methods.password);
+  if (sso) {
+    $("#sso-label").textContent = sso.label;
+    const start = $("#sso-start");
+    start.href = sso.start;
+    // come back to the view that was open (the hash never reaches the server)
+    start.addEventListener("click", () => {
+      if (location.hash) start.href = `${sso.start}?next=${encodeURIComponent(`/${location.hash}`)}`;
+    });
+  }
+  if (!sso && !methods.password) {
+    $("#signin-note").textContent = "Signing in to this page is turned off on this server; use a token with the API, the CLI or an app.";
+    $("#signin-note").hidden = false;
+  }
+}
+
 async function onSignOut() {
   const button = $("#sign-out");
   button.disabled = true;
@@ -251,6 +300,7 @@ async function boot() {
   });
   navigator.serviceWorker?.addEventListener("message", onWorkerMessage);
   setOfflineBanner();
+  const signInReady = setUpSignIn();
 
   try {
     const session = await getSession();
@@ -267,6 +317,7 @@ async function boot() {
       showView("signin", { focus: false });
     }
   }
+  await signInReady;
   document.body.dataset.ready = "true";
 }
 
