@@ -381,6 +381,13 @@ export class NotifydInbox extends HTMLElement {
   // -- lifecycle --------------------------------------------------------------
 
   connectedCallback() {
+    // a page may set tokenProvider before this module defined the element: that
+    // own property hides the class's setter until it is moved over
+    if (Object.prototype.hasOwnProperty.call(this, "tokenProvider")) {
+      const provider = this.tokenProvider;
+      delete this.tokenProvider;
+      this.tokenProvider = provider;
+    }
     addEventListener("online", this._onOnline);
     this.restartSoon();
   }
@@ -414,6 +421,8 @@ export class NotifydInbox extends HTMLElement {
     this._timers.clear();
     this._news = [];
     clearTimeout(this._recountTimer);
+    this._recountTimer = null;
+    this._pendingToken = null;
     clearTimeout(this._refreshTimer);
     clearInterval(this._clock);
   }
@@ -444,18 +453,21 @@ export class NotifydInbox extends HTMLElement {
     }
     if (!force && this._token && !this.expiresSoon()) return this._token;
     if (!this._pendingToken) {
+      // one provider call at a time; stop() forgets it, so a restart asks again
       const generation = this._generation;
-      this._pendingToken = (async () => {
+      const pending = (async () => {
+        await null; // `pending` is assigned before the finally below runs
         try {
           const token = await this._provider();
-          if (generation !== this._generation) return this._token ?? SIGNED_OUT;
+          if (generation !== this._generation) return SIGNED_OUT; // a restart asks again
           this._token = typeof token === "string" && token.trim() ? token.trim() : null;
           this.scheduleRefresh(generation);
           return this._token ?? SIGNED_OUT;
         } finally {
-          this._pendingToken = null;
+          if (this._pendingToken === pending) this._pendingToken = null;
         }
       })();
+      this._pendingToken = pending;
     }
     return this._pendingToken;
   }
