@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from browser import CHROMIUM, launch, publish, watch_errors
+from browser import CHROMIUM, axe_violations, launch, publish, watch_errors
 from conftest import Daemon, free_port, wait_for
 from oidc_provider_mock import run_server_in_thread
 from playwright.sync_api import (
@@ -269,6 +269,29 @@ def test_replayed_code_is_refused(context: BrowserContext, provider: str) -> Non
     assert session_status(page) == 401 and not session_cookies(context)
 
 
+def test_wrong_nonce_is_refused(context: BrowserContext, daemon: Daemon, provider: str) -> None:
+    """The provider is made to put another nonce in the ID token (the browser's
+    form post to it is rewritten): the token is refused, no session."""
+    register(provider, "frank-sub", preferred_username="frank")
+    page = context.new_page()
+
+    def other_nonce(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        parts = urlsplit(route.request.url)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()} | {"nonce": "replayed"}
+        route.continue_(url=parts._replace(query=urlencode(query)).geturl())
+
+    page.route(re.compile(r"/oauth2/authorize"), other_nonce)
+    page.goto("/")
+    sso_button(page).click()
+    authorize_at_provider(page, "frank-sub")
+    expect(page.locator("#sso-error")).to_contain_text("could not be verified")
+    assert session_status(page) == 401 and not session_cookies(context)
+    assert "nonce is not this sign-in's" in daemon.log()
+
+
 def test_provider_errors_come_back_as_messages(context: BrowserContext) -> None:
     page = context.new_page()
     page.goto("/v1/session/oidc/start")
@@ -328,7 +351,8 @@ def test_password_login_off_and_expired_id_token(
             message="start to redirect once the provider is up",
         )
     register(expiring_provider, "erin-sub", preferred_username="erin")
-    ctx = browser.new_context(base_url=sso_only.url)
+    # bypass_csp: axe-core is an injected script, which the page's CSP refuses
+    ctx = browser.new_context(base_url=sso_only.url, bypass_csp=True)
     errors = watch_errors(ctx)
     try:
         page = ctx.new_page()
@@ -336,9 +360,11 @@ def test_password_login_off_and_expired_id_token(
         expect(sso_button(page)).to_be_visible()
         expect(page.locator("#signin-form")).to_be_hidden()
         expect(page.get_by_label("Password", exact=True)).to_be_hidden()
-        sso_button(page).click()
+        sso_button(page).focus()  # a real link: reachable and started from the keyboard
+        page.keyboard.press("Enter")
         authorize_at_provider(page, "erin-sub")
         expect(page.locator("#sso-error")).to_contain_text("could not be verified")
+        assert axe_violations(page) == []
         assert session_status(page) == 401
         assert not session_cookies(ctx)
         assert "ID token is not valid" in sso_only.log()
