@@ -8,15 +8,26 @@ daemon and a real JWKS server over HTTP (tests/jwks.py), with keys made per run.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
+import httpx
+import jwks
 import pytest
 import trio
+import trio_websocket
+from conftest import Daemon, wait_for
+from joserfc.jwk import OctKey, RSAKey
 
 from notifyd.core.accounts import Accounts
 from notifyd.core.config import Config
 from notifyd.core.errors import Unauthorized
+from notifyd.core.jwt import JwtVerifier, KeyFileError, load_key_file
 from notifyd.core.storage import open_store
 from notifyd.core.store import Store
 
@@ -100,3 +111,310 @@ async def test_rule_grants_reach_every_credential_and_are_limited_like_acl_rows(
     p = await acc.authenticate_token(secret)
     assert not p.can_read("user/alice/x") and not p.can_write("announce")
     assert token.scopes == ("publish",)
+
+
+# -- PEM key files (in process: the verifier alone) --------------------------------------
+
+
+@pytest.mark.trio
+async def test_pem_keys_of_each_kind_verify_and_refuse_algorithm_confusion(
+    tmp_path: Path,
+) -> None:
+    for name, key in jwks.new_keys().items():
+        pem = tmp_path / f"{name}.pem"
+        pem.write_bytes(key.as_pem(private=False))
+        verifier = JwtVerifier(
+            jwks.ISSUER, jwks.AUDIENCE, 30, key=load_key_file(str(pem), secret=False)
+        )
+        verified = await verifier.verify(jwks.mint(key, "pem-user"))
+        assert verified.claims["sub"] == "pem-user"
+        if isinstance(key, RSAKey):
+            forged = jwks.forge_hs256(key, jwks.claims("mallory"))
+            with pytest.raises(Unauthorized, match="algorithm 'HS256' does not fit"):
+                await verifier.verify(forged)
+    short = tmp_path / "short.secret"
+    short.write_bytes(b"too short\n")
+    with pytest.raises(KeyFileError, match="at least 32 bytes"):
+        load_key_file(str(short), secret=True)
+    with pytest.raises(KeyFileError, match="not a PEM public key"):
+        load_key_file(str(short), secret=False)
+
+
+# -- a daemon trusting a JWKS server ------------------------------------------------------
+
+GRANTS = {"default_grants": ["user/{user}/*:read"], "group_grants": {"ops": ["alerts/*:rw"]}}
+
+
+def _toml(settings: dict[str, object]) -> str:
+    """A config file: scalars and lists first, then one table per dict."""
+    plain = {k: v for k, v in settings.items() if not isinstance(v, dict)}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in plain.items()]
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{json.dumps(name)} = {json.dumps(value)}" for name, value in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+def start_daemon(folder: Path, settings: dict[str, object]) -> Daemon:
+    folder.mkdir(exist_ok=True)
+    config = folder / "notifyd.toml"
+    config.write_text(_toml(settings))
+    data = folder / "data"
+    data.mkdir()
+    return Daemon(data, extra_args=["--config", str(config)]).start()
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, Any]:
+    return jwks.new_keys()
+
+
+@pytest.fixture(scope="module")
+def issuer(keys: dict[str, Any]) -> Iterator[jwks.JwksServer]:
+    with jwks.JwksServer(list(keys.values())) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def jwt_daemon(
+    tmp_path_factory: pytest.TempPathFactory, issuer: jwks.JwksServer
+) -> Iterator[Daemon]:
+    d = start_daemon(
+        tmp_path_factory.mktemp("jwt"),
+        {
+            "jwt_issuer": jwks.ISSUER,
+            "jwt_audience": jwks.AUDIENCE,
+            "jwt_jwks_url": issuer.url,
+            **GRANTS,
+        },
+    )
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def publish(d: Daemon, token: str, topic: str, **kw: Any) -> httpx.Response:
+    with d.http(token) as c:
+        return c.post("/v1/events", json={"topic": topic, "title": "hi", **kw})
+
+
+def refused(r: httpx.Response, words: str) -> None:
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["code"] == "unauthorized"
+    assert words in r.json()["error"]["message"], r.json()
+
+
+def basic(password: str, user: str = "") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def first_sse_event(d: Daemon, token: str, topics: str) -> dict[str, Any]:
+    def read() -> dict[str, Any]:
+        params = {"token": token, "topics": topics, "since": "0"}
+        with httpx.stream("GET", d.url + "/v1/stream/sse", params=params, timeout=10) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    frame = json.loads(line[5:])
+                    if frame["type"] == "event":
+                        return frame["event"]
+        raise AssertionError("the stream ended without an event")
+
+    return await trio.to_thread.run_sync(read)
+
+
+async def first_ws_event(d: Daemon, token: str, topics: str) -> dict[str, Any]:
+    url = (
+        d.url.replace("http://", "ws://")
+        + "/v1/stream?"
+        + urlencode({"token": token, "topics": topics, "since": "0"})
+    )
+    async with trio_websocket.open_websocket_url(url, connect_timeout=10) as ws:
+        with trio.fail_after(10):
+            while True:
+                frame = json.loads(await ws.get_message())
+                if frame["type"] == "event":
+                    return frame["event"]
+
+
+@pytest.mark.trio
+async def test_a_jwt_is_accepted_on_every_door(jwt_daemon: Daemon, keys: dict[str, Any]) -> None:
+    d = jwt_daemon
+    grants = {"notifyd": {"read": ["doors*"], "write": ["doors*"]}}
+    rsa, ec, ed = (jwks.mint(keys[k], "door-user", **grants) for k in ("rsa", "ec", "ed"))
+    # notifyd: Bearer publish (each key kind), then both streams with ?token=
+    for token in (rsa, ec, ed):
+        r = publish(d, token, "doors/a")
+        assert r.status_code == 201, r.text
+    event = r.json()
+    assert (await first_sse_event(d, ec, "doors/a"))["topic"] == "doors/a"
+    assert (await first_ws_event(d, ed, "doors/a"))["topic"] == "doors/a"
+    with d.http(rsa) as c:
+        assert c.get(f"/v1/events/{event['id']}").status_code == 200
+        # ntfy: Bearer publish, Basic with the token as the password (empty user name)
+        r = c.post("/other-ntfy", content=b"from ntfy")
+        assert r.status_code == 403, r.text  # outside the token's grants: not a 401
+        r = c.post("/doors-ntfy", content=b"from ntfy")
+    assert r.status_code == 200, r.text
+    with httpx.Client(base_url=d.url, timeout=10) as c:
+        r = c.get("/doors-ntfy/json", params={"poll": "1"}, headers=basic(ec))
+        assert r.status_code == 200, r.text
+        assert [json.loads(line)["message"] for line in r.text.splitlines()] == ["from ntfy"]
+        r = c.post("/doors-ntfy", content=b"again", headers=basic(ed))
+        assert r.status_code == 200, r.text
+        # Gotify: the token as ?token= and as X-Gotify-Key
+        r = c.get("/message", params={"token": rsa})
+        assert r.status_code == 200, r.text
+        assert c.get("/current/user", headers={"X-Gotify-Key": ec}).json()["name"] == "door-user"
+        # a JWT-shaped password with a user name stays a password
+        r = c.get("/doors-ntfy/json", params={"poll": "1"}, headers=basic(ec, "door-user"))
+        assert r.status_code == 401 and "user name or password" in r.json()["error"], r.text
+
+
+@pytest.mark.trio
+async def test_each_invalid_token_is_refused_with_401(
+    jwt_daemon: Daemon, keys: dict[str, Any]
+) -> None:
+    d, rsa = jwt_daemon, keys["rsa"]
+    good = jwks.mint(rsa, "carol")
+    head, body, sig = good.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=="))
+    payload["sub"] = "admin"
+    tampered_body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "rsa"})  # same kid, other key
+    cases = {
+        "expired": (jwks.mint(rsa, lifetime=-120), "expired"),
+        "not yet valid": (jwks.mint(rsa, nbf=int(time.time()) + 600), "not valid yet"),
+        "wrong issuer": (jwks.mint(rsa, iss="https://evil.example"), "issuer"),
+        "wrong audience": (jwks.mint(rsa, aud="another-app"), "audience"),
+        "no expiry": (jwks.mint(rsa, exp=None), "'exp'"),
+        "unknown key": (jwks.mint(rsa, header={"kid": "nobody-knows"}), "signing key"),
+        "signed by another key": (jwks.mint(stranger), "signature does not verify"),
+        "alg none": (jwks.unsigned(jwks.claims()), "alg 'none'"),
+        "HS256 with the RSA public key": (
+            jwks.forge_hs256(rsa, jwks.claims()),
+            "algorithm 'HS256' does not fit",
+        ),
+        "tampered payload": (f"{head}.{tampered_body}.{sig}", "signature does not verify"),
+        "not JSON inside": ("e30.bm90IGpzb24.c2ln", "well-formed"),
+        "huge": ("a" * 9000 + ".b.c", "longer than 8 KiB"),
+        "no user claim": (jwks.mint(rsa, None), "'sub'"),
+        "unusable user name": (jwks.mint(rsa, "Carol@Example.com"), "not a usable user name"),
+        "bad grants claim": (jwks.mint(rsa, notifyd={"write": "x"}), "'notifyd' claim"),
+        "bad pattern in grants": (jwks.mint(rsa, notifyd={"read": ["a b"]}), "not a topic"),
+    }
+    for name, (token, words) in cases.items():
+        r = publish(d, token, "user/carol/x")
+        assert r.status_code == 401, (name, r.text)
+        assert words in r.json()["error"]["message"], (name, r.json())
+    # the stream doors and ntfy's refuse them the same way
+    with httpx.Client(base_url=d.url, timeout=10) as c:
+        token = cases["expired"][0]
+        r = c.get("/v1/stream/sse", params={"token": token})
+        assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+        assert c.post("/carol", content=b"x", headers=basic(token)).status_code == 401
+    assert "Traceback" not in d.log()
+
+
+@pytest.mark.trio
+async def test_grants_come_from_claims_defaults_and_groups_limited_like_acls(
+    jwt_daemon: Daemon, keys: dict[str, Any]
+) -> None:
+    d, rsa = jwt_daemon, keys["rsa"]
+    dave = jwks.mint(rsa, "dave", groups=["ops", "unmapped"], notifyd={"write": ["dave-out/*"]})
+    admin_event = d.publish("user/dave/inbox", title="for dave")
+    d.publish("user/erin/inbox", title="for erin")
+    with d.http(dave) as c:
+        # default_grants: user/{user}/*:read — his own inbox only, read only
+        listed = c.get("/v1/events").json()["events"]
+        assert [e["id"] for e in listed] == [admin_event["id"]]
+        assert c.get("/v1/events", params={"topic": "user/erin/inbox"}).json()["events"] == []
+        assert publish(d, dave, "user/dave/inbox").status_code == 403
+        # group_grants: ops → alerts/*:rw; the grants claim: write dave-out/*
+        assert publish(d, dave, "alerts/disk").status_code == 201
+        assert publish(d, dave, "dave-out/x").status_code == 201
+        assert publish(d, dave, "dave-outside").status_code == 403
+        assert publish(d, dave, "elsewhere").status_code == 403
+        assert c.get("/v1/users").status_code == 403
+    # a group the token does not name gives nothing; stored ACL rows count too
+    frank = jwks.mint(rsa, "frank", groups="dev")
+    assert publish(d, frank, "alerts/disk").status_code == 403
+    with d.admin() as c:
+        r = c.post("/v1/acl", json={"user": "frank", "pattern": "team/*", "permission": "rw"})
+        assert r.status_code == 201, r.text
+    assert publish(d, frank, "team/x").status_code == 201
+    # role admin in the claim: an admin for this token
+    boss = jwks.mint(rsa, "boss", notifyd={"role": "admin"})
+    assert publish(d, boss, "anything/at/all").status_code == 201
+    with d.http(boss) as c:
+        assert c.get("/v1/users").status_code == 200
+    # scope: ours narrow the token; an identity provider's own leave it whole
+    reader = jwks.mint(rsa, "dave", scope="subscribe openid", groups=["ops"])
+    assert publish(d, reader, "alerts/disk").status_code == 403
+    with d.http(reader) as c:
+        assert c.get("/v1/events").status_code == 200
+    oidc_like = jwks.mint(rsa, "dave", scope="openid profile email", groups=["ops"])
+    assert publish(d, oidc_like, "alerts/disk").status_code == 201
+    not_admin = jwks.mint(rsa, "dave", scope=["publish", "admin"], groups=["ops"])
+    assert publish(d, not_admin, "alerts/disk").status_code == 201
+    with d.http(not_admin) as c:
+        assert c.get("/v1/users").status_code == 403
+
+
+@pytest.mark.trio
+async def test_key_rotation_is_picked_up_and_refetching_is_rate_limited(
+    jwt_daemon: Daemon, keys: dict[str, Any], issuer: jwks.JwksServer
+) -> None:
+    d = jwt_daemon
+    assert publish(d, jwks.mint(keys["rsa"], "gina"), "user/gina/x").status_code == 403  # known
+    fetched = issuer.fetches
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "rsa-2"})
+    issuer.serve([*keys.values(), rotated])
+    token = jwks.mint(rotated, "gina", groups=["ops"])
+    attempts = []
+
+    def accepted() -> bool:
+        attempts.append(publish(d, token, "alerts/rotated").status_code)
+        return attempts[-1] == 201
+
+    # an unknown kid fetches the set again at once, unless it was fetched less than
+    # 10 s ago: then the token is refused until that time has passed
+    await trio.to_thread.run_sync(lambda: wait_for(accepted, timeout=30, interval=0.5))
+    assert set(attempts[:-1]) <= {401}
+    assert issuer.fetches == fetched + 1, (issuer.fetches, fetched, attempts)
+    # right after a fetch, a kid nobody knows does not make the daemon fetch again
+    assert publish(d, jwks.mint(rotated, header={"kid": "rsa-3"}), "x").status_code == 401
+    assert issuer.fetches == fetched + 1
+
+
+# -- a daemon with a shared HS256 secret, creating no users -------------------------------
+
+
+@pytest.mark.trio
+async def test_hs256_secret_and_auto_create_users_off(tmp_path: Path, keys: dict[str, Any]) -> None:
+    secret = OctKey.import_key(b"s3cret-" * 8)
+    secret_file = tmp_path / "jwt.secret"
+    secret_file.write_bytes(b"s3cret-" * 8 + b"\n")  # a trailing newline is not part of it
+    d = start_daemon(
+        tmp_path / "hs",
+        {
+            "jwt_issuer": jwks.ISSUER,
+            "jwt_audience": jwks.AUDIENCE,
+            "jwt_secret_file": str(secret_file),
+            "auto_create_users": False,
+            "default_grants": ["user/{user}/*:rw"],
+        },
+    )
+    try:
+        token = jwks.mint(secret, "henry")
+        refused(publish(d, token, "user/henry/x"), "auto_create_users is off")
+        d.user("henry")
+        assert publish(d, token, "user/henry/x").status_code == 201
+        assert publish(d, token, "user/other/x").status_code == 403
+        wrong = jwks.mint(OctKey.import_key(b"another-secret-" * 4), "henry")
+        refused(publish(d, wrong, "user/henry/x"), "signature does not verify")
+        refused(publish(d, jwks.mint(keys["rsa"], "henry"), "user/henry/x"), "does not fit")
+    finally:
+        d.stop()

@@ -1,5 +1,6 @@
-"""Who is calling: the Unix socket (acts as ``socket_user``), a bearer token, or
-the web page's session cookie.
+"""Who is calling: the Unix socket (acts as ``socket_user``), a bearer token (a
+notifyd token or a JWT), the user a trusted reverse proxy names, or the web page's
+session cookie.
 
 A cookie is sent by the browser on its own, so requests it authenticates get two
 extra checks: state-changing methods must carry ``X-CSRF-Token`` (the value the
@@ -18,6 +19,7 @@ from fastapi import Request
 from ..core.acl import Principal
 from ..core.errors import Forbidden, Unauthorized
 from ..core.services import Services
+from .clientaddr import ProxyIdentity, proxy_identity
 
 SOCKET_SCOPE_KEY = "notifyd.via_socket"
 SESSION_COOKIE = "notifyd_session"
@@ -85,6 +87,16 @@ def check_cookie_request(
             )
 
 
+async def proxy_principal(svc: Services, identity: ProxyIdentity) -> Principal:
+    """The caller a trusted reverse proxy names (:mod:`.clientaddr`)."""
+    if identity.repeated:
+        raise Unauthorized(
+            f"the header {svc.config.proxy_user_header} came more than once: neither copy is "
+            "believed (check the reverse proxy's configuration)"
+        )
+    return await svc.accounts.proxy_principal(identity.user, identity.groups)
+
+
 async def resolve(
     svc: Services,
     via_socket: bool,
@@ -95,12 +107,16 @@ async def resolve(
     headers: Mapping[str, str] | None = None,
 ) -> Principal:
     """The caller. ``headers`` (lower-case names) are needed only to accept the
-    session cookie: a bearer token, the socket or ``?token=`` come first."""
+    session cookie: the socket, a bearer token (``nfy_…`` or a JWT) or ``?token=``,
+    and then a trusted proxy's identity header, come first."""
     if via_socket:
         return await svc.accounts.socket_principal(svc.config.socket_user)
     token = bearer(authorization) or query_token
     if token is not None:
         return await svc.accounts.authenticate_token(token)
+    identity = proxy_identity()
+    if identity is not None:
+        return await proxy_principal(svc, identity)
     secret = session_cookie(headers.get("cookie")) if headers is not None else None
     if secret is not None and headers is not None:
         check_cookie_request(svc, secret, method, headers)

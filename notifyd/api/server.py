@@ -36,7 +36,13 @@ from ..config import Config
 from ..core.errors import NotifydError, PayloadTooLarge
 from ..core.services import Services
 from .auth import SOCKET_SCOPE_KEY, resolve
-from .clientaddr import client_address, with_client_address
+from .clientaddr import (
+    client_address,
+    set_proxy_identity,
+    take_head_identity,
+    with_client_address,
+    with_proxy_identity,
+)
 from .compat import gotify, ntfy
 from .compat import ntfy_stream as ntfy_streams
 from .compat.ntfy_params import NtfyError
@@ -686,6 +692,9 @@ class Front:
             return
         if head is not None and not (conn.door == GOTIFY and not head.is_websocket()):
             buf = b""  # a stream lives long: keep nothing of its head but RequestHead
+            # the proxy identity headers: believed from a trusted proxy, gone for all
+            identity = take_head_identity(None if via_socket else conn.peer, head.headers, config)
+            set_proxy_identity(identity)  # this connection's task serves only this stream
             conn.what = f"{head.method} {head.path}"
             watched = conn.watched = _Watched(stream)
             if conn.door == NTFY:
@@ -708,6 +717,7 @@ class Front:
             self.socket_app if via_socket else self.app, guard, self.svc, self.ntfy_reserved,
             via_socket,
         )  # fmt: skip
+        app = with_proxy_identity(app, lambda: self.svc.config, None if via_socket else conn.peer)
         await self.hypercorn.serve(app, guard)
 
     def _stream_door(self, buf: bytes) -> str | None:

@@ -27,7 +27,14 @@ from .acl import SCOPES, Grant, Principal
 from .config import Config
 from .errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from .hub import Hub
-from .identity import GrantRules, clean_groups
+from .identity import (
+    GrantRules,
+    clean_groups,
+    grants_from_claim,
+    groups_from_claim,
+    scopes_from_claim,
+)
+from .jwt import MAX_TOKEN, JwtVerifier, looks_like_jwt
 from .models import check_pattern
 from .store import AclEntry, Signal, Store, Token, User
 from .throttle import SignInThrottle
@@ -74,6 +81,8 @@ class Accounts:
         self.config = config if config is not None else Config()
         #: default_grants and group_grants (see :mod:`.identity`)
         self.rules = GrantRules.from_settings(self.config.default_grants, self.config.group_grants)
+        #: checks JWTs from jwt_issuer; None: JWTs are not accepted
+        self.jwt = JwtVerifier.from_config(self.config)
         self._cache: dict[str, tuple[float, Principal]] = {}
         #: counts the changes heard (signals); see :meth:`_remember`
         self._generation = 0
@@ -102,14 +111,17 @@ class Accounts:
             self._generation += 1
             self._cache.pop(message["key"], None)
 
-    def _remember(self, key: str, principal: Principal, generation: int) -> None:
-        """Cache ``principal`` under ``key`` unless a change was heard since the
-        lookup began (``generation``): what it read may already be stale."""
-        if generation != self._generation:
+    def _remember(
+        self, key: str, principal: Principal, generation: int, ttl: float = CACHE_TTL
+    ) -> None:
+        """Cache ``principal`` under ``key`` for ``ttl`` seconds (at most
+        :data:`CACHE_TTL`) unless a change was heard since the lookup began
+        (``generation``): what it read may already be stale."""
+        if generation != self._generation or ttl <= 0:
             return
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (time.monotonic() + CACHE_TTL, principal)
+        self._cache[key] = (time.monotonic() + min(ttl, CACHE_TTL), principal)
 
     # -- authentication --------------------------------------------------------
 
@@ -167,7 +179,12 @@ class Accounts:
             return user
 
     async def authenticate_token(self, token: str) -> Principal:
+        """The principal of a bearer credential: a notifyd token (``nfy_…``) or a
+        JWT from ``jwt_issuer`` (told apart by shape). Every door that takes a
+        token comes here. Raises :class:`Unauthorized`."""
         if not token.startswith(TOKEN_PREFIX):
+            if looks_like_jwt(token):
+                return await self.authenticate_jwt(token)
             raise Unauthorized("that is not a notifyd token (they start with 'nfy_')")
         digest = hash_token(token)
         hit = self._cache.get(digest)
@@ -189,6 +206,67 @@ class Accounts:
         )
         self._remember(digest, principal, generation)
         self.token_uses[tok.id] = time.time()
+        return principal
+
+    async def authenticate_jwt(self, token: str) -> Principal:
+        """The principal of a JWT from ``jwt_issuer`` (see :mod:`.jwt` for what is
+        checked): the user its ``jwt_user_claim`` names (created on first sight
+        when ``auto_create_users``), with their ACL rows, the grants of its
+        ``jwt_grants_claim``, ``default_grants`` and the ``group_grants`` of its
+        ``jwt_groups_claim``; its role from the grants claim if it says one; its
+        scopes from ``scope`` (:func:`.identity.scopes_from_claim`). Remembered
+        until it expires or :data:`CACHE_TTL` passes, whichever is first, and
+        forgotten on any account change like the rest."""
+        if self.jwt is None:
+            raise Unauthorized(
+                "this server accepts no JWTs (jwt_issuer is not set): use a notifyd token (nfy_…)"
+            )
+        if len(token) > MAX_TOKEN:
+            raise Unauthorized(f"the token is longer than {MAX_TOKEN // 1024} KiB")
+        key = "jwt:" + hash_token(token)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        generation = self._generation
+        verified = await self.jwt.verify(token)
+        principal = await self._jwt_principal(verified.claims)
+        left = verified.expires_at + self.jwt.leeway - time.time()
+        self._remember(key, principal, generation, left)
+        return principal
+
+    async def _jwt_principal(self, claims: dict[str, object]) -> Principal:
+        cfg = self.config
+        name = claims.get(cfg.jwt_user_claim)
+        if not isinstance(name, str):
+            raise Unauthorized(
+                f"the token has no {cfg.jwt_user_claim!r} claim naming the user (jwt_user_claim)"
+            )
+        extra, role = grants_from_claim(claims.get(cfg.jwt_grants_claim), cfg.jwt_grants_claim)
+        groups = groups_from_claim(claims.get(cfg.jwt_groups_claim), cfg.jwt_groups_claim)
+        user = await self.external_user(
+            name, "jwt", source=f"the token's claim {cfg.jwt_user_claim!r}"
+        )
+        role = role or user.role
+        grants = await self.grants_of(user, groups, extra)
+        scopes = scopes_from_claim(claims.get("scope"), role)
+        return Principal(user.id, user.name, role, grants, scopes, via="jwt")
+
+    async def proxy_principal(self, name: str, groups: tuple[str, ...]) -> Principal:
+        """The principal a trusted reverse proxy names (``proxy_user_header``, and
+        ``proxy_groups_header``'s groups): like a web session, every scope the
+        role has; users are created on first sight as for JWTs. The caller has
+        made sure the proxy is trusted (``trusted_proxies``)."""
+        groups = clean_groups(groups)
+        key = "proxy:" + "\0".join((name[:200], *groups))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        generation = self._generation
+        user = await self.external_user(
+            name, "proxy", source=f"the header {self.config.proxy_user_header}"
+        )
+        principal = await self.principal_for(user, "proxy", groups)
+        self._remember(key, principal, generation)
         return principal
 
     # -- web sessions --------------------------------------------------------------

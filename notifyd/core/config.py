@@ -375,6 +375,14 @@ def _validate_identity(cfg: Config, bad: Any) -> None:
         )
     if cfg.jwt_issuer and not cfg.jwt_audience:
         raise bad("jwt_issuer", "needs jwt_audience too (every token's aud is checked)")
+    for key in ("jwt_public_key_file", "jwt_secret_file"):
+        if getattr(cfg, key):
+            from .jwt import KeyFileError, load_key_file  # lazily: joserfc only when used
+
+            try:
+                load_key_file(getattr(cfg, key), secret=key == "jwt_secret_file")
+            except KeyFileError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
     if cfg.jwt_jwks_url and not _https_url(cfg.jwt_jwks_url):
         raise bad("jwt_jwks_url", "must be an https:// URL (http:// only to localhost)")
     if not 0 <= cfg.jwt_leeway_seconds <= 600:

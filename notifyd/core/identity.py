@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .acl import Grant
+from .acl import SCOPES, Grant
+from .errors import Unauthorized
 from .models import check_pattern
 
 #: the placeholder in a ``default_grants`` / ``group_grants`` pattern
@@ -100,3 +101,73 @@ class GrantRules:
             for t, r, w in self.groups.get(group, ()):
                 out.append(_expand(t, r, w, name))
         return tuple(dict.fromkeys(out))
+
+
+def grants_from_claim(value: object, claim: str) -> tuple[tuple[Grant, ...], str | None]:
+    """The grants and the role a JWT's grants claim (``jwt_grants_claim``) gives:
+    ``{"read": [patterns], "write": [patterns], "role": "user" | "admin"}``, every
+    key optional. Absent (``None``): nothing. Raises :class:`Unauthorized` naming
+    the claim for any other shape: an issuer's mistake must not widen or silently
+    narrow what a token does."""
+    if value is None:
+        return (), None
+    if not isinstance(value, dict):
+        raise Unauthorized(f"the token's {claim!r} claim must be an object")
+    unknown = sorted(k for k in value if k not in ("read", "write", "role"))
+    if unknown:
+        raise Unauthorized(
+            f"the token's {claim!r} claim has unknown keys ({', '.join(unknown)[:60]}): "
+            "it takes read, write and role"
+        )
+    role = value.get("role")
+    if role is not None and role not in ("user", "admin"):
+        raise Unauthorized(f"the token's {claim!r} claim: role must be 'user' or 'admin'")
+    grants: list[Grant] = []
+    for mode in ("read", "write"):
+        patterns = value.get(mode, [])
+        if not isinstance(patterns, list) or len(patterns) > MAX_GROUPS:
+            raise Unauthorized(
+                f"the token's {claim!r} claim: {mode} must be a list of topic patterns"
+            )
+        for pattern in patterns:
+            try:
+                checked = check_pattern(pattern)
+            except ValueError:
+                shown = repr(pattern[:40]) if isinstance(pattern, str) else "a non-string"
+                raise Unauthorized(
+                    f"the token's {claim!r} claim: {mode} holds {shown}, not a topic pattern"
+                ) from None
+            grants.append(Grant(checked, mode == "read", mode == "write"))
+    return tuple(grants), role
+
+
+def groups_from_claim(value: object, claim: str) -> tuple[str, ...]:
+    """The groups a JWT's groups claim names: a list of strings, or one string.
+    Absent: none. Raises :class:`Unauthorized` naming the claim for other shapes."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return clean_groups([value])
+    if isinstance(value, list) and all(isinstance(g, str) for g in value[:MAX_GROUPS]):
+        return clean_groups(value[:MAX_GROUPS])
+    raise Unauthorized(f"the token's {claim!r} claim must be a list of group names")
+
+
+def scopes_from_claim(value: object, role: str) -> frozenset[str]:
+    """What a JWT may do, from its ``scope`` claim (a space-separated string, or a
+    list). When it names any of notifyd's scopes, exactly those (``admin`` only for
+    an admin); when it is absent or names none of ours (an identity provider's
+    ``openid profile email``), every scope, like a web session: the grants and the
+    role still bound what the token reaches."""
+    if isinstance(value, str):
+        named = set(value.split()[:MAX_GROUPS])
+    elif isinstance(value, list):
+        named = {s for s in value[:MAX_GROUPS] if isinstance(s, str)}
+    else:
+        named = set()
+    ours = named & set(SCOPES)
+    if not ours:
+        return frozenset(SCOPES)
+    if role != "admin":
+        ours.discard("admin")
+    return frozenset(ours)

@@ -48,7 +48,8 @@ from ...core.models import BODY_MAX, TITLE_MAX, ascii_int
 from ...core.services import Services
 from ...core.store import EventExtras, Token
 from ...core.timeutil import format_ts
-from ..auth import SOCKET_SCOPE_KEY
+from ..auth import SOCKET_SCOPE_KEY, proxy_principal
+from ..clientaddr import proxy_identity
 from ..responses import JSON, carries_body, render_gotify, status_error
 from ..streams import StreamSession
 from ..transport import (
@@ -136,8 +137,10 @@ def _credentials(conn: HTTPConnection) -> tuple[str | None, tuple[str, str] | No
 
 
 async def authenticate(conn: HTTPConnection, need: Literal["client", "app"]) -> Caller:
-    """The caller of a client endpoint (a token with scope ``subscribe``, Basic, or
-    the socket) or of ``POST /message`` (a token with scope ``publish``)."""
+    """The caller of a client endpoint (a token with scope ``subscribe``, Basic, a
+    trusted proxy's user, or the socket) or of ``POST /message`` (a token with scope
+    ``publish``). Tokens are notifyd's or JWTs from ``jwt_issuer``, in every place
+    Gotify takes one."""
     svc = _services(conn)
     token, basic = _credentials(conn)
     if token is not None:
@@ -163,6 +166,9 @@ async def authenticate(conn: HTTPConnection, need: Literal["client", "app"]) -> 
                 "application token (scope 'publish')"
             )
         return Caller(principal)
+    identity = proxy_identity()
+    if need == "client" and identity is not None:  # a trusted reverse proxy's user
+        return Caller(await proxy_principal(svc, identity))
     if need == "client" and conn.scope.get(SOCKET_SCOPE_KEY):
         return Caller(await svc.accounts.socket_principal(svc.config.socket_user))
     raise Unauthorized(

@@ -4,9 +4,11 @@ ntfy's clients authenticate with ``Authorization: Bearer <token>``, with
 ``Basic user:password``, with ``Basic :<token>`` (a token as the password, the user
 name empty), or with any of these as ``?auth=`` — the base64 of the whole
 ``Authorization`` value, for WebSocket clients that cannot set headers. notifyd's
-tokens (``nfy_…``) play ntfy's ``tk_…`` tokens; user names and passwords are
-notifyd's (argon2, checked in a worker thread, failures throttled like the web
-sign-in). The Unix socket and the web page's session cookie work as everywhere.
+tokens (``nfy_…``) play ntfy's ``tk_…`` tokens, and so do JWTs from ``jwt_issuer``
+(as the password only with an empty user name: a password may look like one);
+user names and passwords are notifyd's (argon2, checked in a worker thread,
+failures throttled like the web sign-in). The Unix socket, a trusted proxy's identity header and the web page's
+session cookie work as everywhere.
 Anonymous requests are refused: 401.
 """
 
@@ -16,10 +18,13 @@ import base64
 import binascii
 from collections.abc import Mapping
 
+from ...core.accounts import TOKEN_PREFIX
 from ...core.acl import Principal
 from ...core.errors import NotifydError, RateLimited, Unauthorized
+from ...core.jwt import looks_like_jwt
 from ...core.services import Services
 from ..auth import resolve, session_cookie
+from ..clientaddr import proxy_identity
 from .ntfy_params import NtfyError, from_notifyd
 
 UNAUTHORIZED = (401, 40101, "unauthorized")
@@ -46,7 +51,8 @@ async def _credentials(svc: Services, value: str, address: str) -> Principal:
             raise Unauthorized("malformed Basic credentials") from None
         if not sep:
             raise Unauthorized("malformed Basic credentials")
-        if password.startswith("nfy_"):  # a token as the password (ntfy: empty user name)
+        if password.startswith(TOKEN_PREFIX) or (not name and looks_like_jwt(password)):
+            # a token as the password (ntfy: empty user name); a JWT too
             principal = await svc.accounts.authenticate_token(password)
             if name and name != principal.name:
                 raise Unauthorized("that token belongs to another user")
@@ -73,7 +79,11 @@ async def authenticate(
         value = _b64(raw).decode("utf-8", "replace") if raw else headers.get("authorization", "")
         if value.strip():
             return await _credentials(svc, value, address)
-        if not via_socket and session_cookie(headers.get("cookie")) is None:
+        if (
+            not via_socket
+            and session_cookie(headers.get("cookie")) is None
+            and proxy_identity() is None
+        ):
             raise Unauthorized(
                 "this server needs credentials: send 'Authorization: Basic' (user name and "
                 "password, or an empty user name and a token) or 'Bearer <token>', or ?auth="
