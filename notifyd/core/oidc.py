@@ -19,7 +19,9 @@ depend on HTTP routing:
 Every request to the provider goes through the destination policy
 (``private_destinations``; the provider is the operator's choice, so it is
 treated like an admin's channel: only ``nobody`` keeps it off private addresses),
-with a timeout, no redirects and a capped answer.
+with a timeout, no redirects and a capped answer. The HTTP client itself is the
+front end's (:class:`Transport`, given to :class:`RelyingParty`): the core names
+the requests and judges the answers, and imports no HTTP library.
 
 Errors are :class:`ProviderUnavailable` (the provider cannot be asked: 503) and
 :class:`SignInRefused` (this attempt fails). Their ``reason`` is for the log and
@@ -37,16 +39,14 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-import httpx
 import trio
 from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
-from .. import __version__
 from . import destinations
 from .config import Config, is_local_http
 from .errors import NotifydError
@@ -87,6 +87,26 @@ class OIDCError(Exception):
         self.reason = reason
         if kind is not None:
             self.kind = kind
+
+
+class TransportFailed(Exception):
+    """Raised by a :class:`Transport`: no answer (connection refused, DNS, TLS, a
+    reset) or one larger than the cap. The message names what failed, never the
+    URL's query or a body."""
+
+
+class Transport(Protocol):
+    """One HTTP request to the provider, without following redirects; the answer's
+    status and body, read up to ``cap`` bytes.
+
+    Raises:
+        TransportFailed: no answer, or a body over ``cap``.
+    """
+
+    async def __call__(
+        self, method: str, url: str, *, form: dict[str, str] | None,
+        auth: tuple[str, str] | None, cap: int,
+    ) -> tuple[int, bytes]: ...  # fmt: skip
 
 
 class ProviderUnavailable(OIDCError):
@@ -287,7 +307,8 @@ class RelyingParty:
     the key set (see the module docstring) and is safe to use from many tasks.
     """
 
-    def __init__(self, config: Config, client_secret: str | None) -> None:
+    def __init__(self, config: Config, client_secret: str | None, transport: Transport) -> None:
+        self.transport = transport
         self.issuer = config.oidc_issuer
         self.client_id = config.oidc_client_id
         self.client_secret = client_secret
@@ -305,7 +326,7 @@ class RelyingParty:
         self._lock = trio.Lock()
 
     @classmethod
-    def from_config(cls, config: Config) -> RelyingParty:
+    def from_config(cls, config: Config, transport: Transport) -> RelyingParty:
         """The relying party for ``config`` (reads ``oidc_client_secret_file``).
 
         Raises:
@@ -326,7 +347,7 @@ class RelyingParty:
                 raise ProviderUnavailable(
                     f"oidc_client_secret_file {config.oidc_client_secret_file} is empty"
                 )
-        return cls(config, secret)
+        return cls(config, secret, transport)
 
     # -- HTTP to the provider --------------------------------------------------
 
@@ -339,38 +360,27 @@ class RelyingParty:
 
         Raises:
             ProviderUnavailable: unreachable, refused by the destination policy,
-                too slow, redirected, or an answer over :data:`ANSWER_CAP`.
+                slower than :data:`REQUEST_TIMEOUT`, redirected, or an answer over
+                :data:`ANSWER_CAP`.
         """
         allow = destinations.may_reach_private(self.policy, owner_is_admin=True)
         host = urlsplit(url).netloc
         with destinations.outbound(allow, self.policy) as rule:
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
-                    async with (
-                        _client() as client,
-                        client.stream(method, url, data=form, auth=auth) as resp,
-                    ):
-                        body = bytearray()
-                        async for chunk in resp.aiter_bytes():
-                            body += chunk
-                            if len(body) > ANSWER_CAP:
-                                raise ProviderUnavailable(
-                                    f"{what} at {host}: the answer is larger than "
-                                    f"{ANSWER_CAP // 1024} KiB"
-                                )
-                        status = resp.status_code
+                    status, body = await self.transport(
+                        method, url, form=form, auth=auth, cap=ANSWER_CAP
+                    )
             except trio.TooSlowError:
                 raise ProviderUnavailable(f"{what} at {host} timed out") from None
-            except httpx.HTTPError as exc:
+            except TransportFailed as exc:
                 if rule.refused:
                     raise ProviderUnavailable(f"{what}: refused: {rule.refusal()}") from None
-                raise ProviderUnavailable(
-                    f"cannot reach {what} at {host}: {type(exc).__name__}"
-                ) from None
+                raise ProviderUnavailable(f"cannot reach {what} at {host}: {exc}") from None
         if 300 <= status < 400:
             raise ProviderUnavailable(f"{what} at {host} answered a redirect ({status})")
         try:
-            return status, json.loads(bytes(body))
+            return status, json.loads(body)
         except ValueError:
             return status, None
 
@@ -574,16 +584,6 @@ class RelyingParty:
                 kind="claim",
             ) from None
         return Identity(name=name.strip(), groups=groups, subject=str(claims.get("sub", "")))
-
-
-def _client() -> httpx.AsyncClient:
-    # one per request: sign-ins are rare, and no connection outlives its send's
-    # destination policy
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=5.0),
-        follow_redirects=False,
-        headers={"User-Agent": f"notifyd/{__version__}", "Accept": "application/json"},
-    )
 
 
 def _form_quote(value: str) -> str:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import html
 import logging
 
+import httpx
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from ... import __version__
 from ...core.errors import NotifydError
 from ...core.oidc import (
     Identity,
@@ -34,6 +36,7 @@ from ...core.oidc import (
     ProviderUnavailable,
     RelyingParty,
     SignInRefused,
+    TransportFailed,
     safe_next,
 )
 from ...core.services import Services
@@ -42,7 +45,9 @@ from .session import secure_cookies, set_session_cookie
 
 log = logging.getLogger("notifyd.oidc")
 
-router = APIRouter(prefix="/v1/session/oidc", tags=["session"])
+# Not in the OpenAPI document: these are pages for a browser (HTML and redirects),
+# not API operations with JSON errors. docs/sso.md describes them.
+router = APIRouter(prefix="/v1/session/oidc", tags=["session"], include_in_schema=False)
 
 PATH = "/v1/session/oidc"
 PENDING_COOKIE = "notifyd_oidc"
@@ -73,10 +78,36 @@ def relying_party(svc: Services, app_state: object) -> RelyingParty | None:
     )  # fmt: skip
     cached = getattr(app_state, "oidc", None)
     if cached is None or cached[0] != key:
-        cached = (key, RelyingParty.from_config(cfg))
+        cached = (key, RelyingParty.from_config(cfg, transport=_http))
         setattr(app_state, "oidc", cached)  # noqa: B010 - Starlette's State is attribute-based
     rp: RelyingParty = cached[1]
     return rp
+
+
+async def _http(
+    method: str, url: str, *, form: dict[str, str] | None, auth: tuple[str, str] | None,
+    cap: int,
+) -> tuple[int, bytes]:  # fmt: skip
+    """The relying party's HTTP (:class:`~notifyd.core.oidc.Transport`): a client per
+    request (sign-ins are rare, and no pooled connection outlives the destination
+    policy of the request that opened it), no redirects, the body read up to ``cap``."""
+    try:
+        async with (
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(10.0, connect=5.0),
+                follow_redirects=False,
+                headers={"User-Agent": f"notifyd/{__version__}", "Accept": "application/json"},
+            ) as client,
+            client.stream(method, url, data=form, auth=auth) as resp,
+        ):
+            body = bytearray()
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > cap:
+                    raise TransportFailed(f"the answer is larger than {cap // 1024} KiB")
+            return resp.status_code, bytes(body)
+    except httpx.HTTPError as exc:  # the message may quote the URL: the type only
+        raise TransportFailed(type(exc).__name__) from None
 
 
 def _base_url(request: Request) -> str:

@@ -53,6 +53,7 @@ def _body(user: User, csrf: str) -> dict:
     "/session",
     summary="Sign in (web page): sets the session cookie",
     responses={401: {"description": "wrong user name or password"},
+               403: {"description": "password sign-in is off (password_login = false)"},
                429: {"description": "too many failed attempts (see Retry-After)"}},
 )  # fmt: skip
 async def sign_in(body: SignIn, request: Request) -> Response:
