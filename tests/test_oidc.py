@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -87,23 +88,41 @@ def provider() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def daemon(provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = _start_daemon(tmp_path_factory.mktemp("oidc"), provider)
-    yield d
-    d.stop()
-
-
-@pytest.fixture(scope="module")
 def expiring_port() -> int:
     return free_port()
 
 
 @pytest.fixture(scope="module")
-def sso_only(expiring_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("oidc-only")
-    d = _start_daemon(tmp, f"http://localhost:{expiring_port}", password_login=False)
-    yield d
-    d.stop()
+def daemons(
+    provider: str, expiring_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Daemon, Daemon]]:
+    """``daemon`` and ``sso_only``, started side by side (a start takes seconds on a
+    busy machine)."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(_start_daemon, tmp_path_factory.mktemp("oidc"), provider),
+            pool.submit(_start_daemon, tmp_path_factory.mktemp("oidc-only"),
+                        f"http://localhost:{expiring_port}", password_login=False),
+        ]  # fmt: skip
+        wait(futures)
+    started = [f.result() for f in futures if f.exception() is None]
+    try:
+        for future in futures:
+            future.result()  # raises the first failure
+        yield started[0], started[1]
+    finally:
+        for d in started:
+            d.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(daemons: tuple[Daemon, Daemon]) -> Daemon:
+    return daemons[0]
+
+
+@pytest.fixture(scope="module")
+def sso_only(daemons: tuple[Daemon, Daemon]) -> Daemon:
+    return daemons[1]
 
 
 @pytest.fixture(scope="module")

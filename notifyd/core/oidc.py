@@ -543,6 +543,7 @@ class RelyingParty:
             aud={"essential": True, "value": self.client_id},
             exp={"essential": True},
             iat={"essential": True},
+            sub={"essential": True},
             nonce={"essential": True},
         )
         try:

@@ -163,6 +163,7 @@ async function onSignIn(e) {
     const session = await signIn(form.elements.username.value.trim(), form.elements.password.value);
     form.reset();
     $("#signin-note").hidden = true;
+    $("#sso-error").textContent = "";
     await startSession(session.user, { focus: true });
   } catch (err) {
     if (err instanceof ApiError && err.status === 429) {
