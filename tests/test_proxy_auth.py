@@ -68,6 +68,11 @@ def test_a_trusted_proxy_names_the_user_and_their_groups(daemon: Daemon) -> None
             "/v1/events", json={"topic": "user/ivan/inbox", "title": "t"}, headers=as_user("ivan")
         )
         assert r.status_code == 403
+        # the browser behind the proxy sends the header's credential on its own, so a
+        # page of another origin may not use it
+        evil = {**as_user("ivan", "ops"), "Origin": "https://evil.example"}
+        r = c.post("/v1/events", json=post, headers=evil)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "csrf", r.text
         # the ntfy door believes it too
         r = c.get("/alerts-x/json", params={"poll": "1"}, headers=as_user("ivan", "ops"))
         assert r.status_code == 200, r.text

@@ -68,16 +68,23 @@ def _netloc(url: str) -> str | None:
         return None
 
 
-def check_cookie_request(
-    svc: Services, secret: str, method: str, headers: Mapping[str, str]
-) -> None:
-    """The CSRF and origin checks of a cookie-authenticated request."""
+def check_origin(svc: Services, headers: Mapping[str, str]) -> None:
+    """When the browser says where a request comes from (``Origin``), it must be
+    this server: for credentials the browser adds on its own (the session cookie,
+    and whatever a forward-auth proxy adds for it)."""
     origin = headers.get("origin")
     if origin:
         allowed = {headers.get("host", "").lower(), _netloc(svc.config.base_url or "")}
         netloc = _netloc(origin)
         if not netloc or netloc not in allowed:
             raise Forbidden("cross-origin request refused", code="csrf")
+
+
+def check_cookie_request(
+    svc: Services, secret: str, method: str, headers: Mapping[str, str]
+) -> None:
+    """The CSRF and origin checks of a cookie-authenticated request."""
+    check_origin(svc, headers)
     if method.upper() not in SAFE_METHODS:
         sent = headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent, svc.accounts.csrf_token(secret)):
@@ -116,6 +123,8 @@ async def resolve(
         return await svc.accounts.authenticate_token(token)
     identity = proxy_identity()
     if identity is not None:
+        if headers is not None:
+            check_origin(svc, headers)  # the proxy vouches for a browser: not cross-site
         return await proxy_principal(svc, identity)
     secret = session_cookie(headers.get("cookie")) if headers is not None else None
     if secret is not None and headers is not None:
