@@ -272,7 +272,7 @@ def test_wrong_state_is_refused(context: BrowserContext, provider: str) -> None:
     assert session_status(page) == 401
 
 
-def test_replayed_code_is_refused(context: BrowserContext, provider: str) -> None:
+def test_replayed_code_is_refused(context: BrowserContext, daemon: Daemon, provider: str) -> None:
     register(provider, "dave-sub", preferred_username="dave")
     page = context.new_page()
     callback = _callback_url(page, "dave-sub")
@@ -286,6 +286,10 @@ def test_replayed_code_is_refused(context: BrowserContext, provider: str) -> Non
     page.goto(_with(callback, state=state))
     expect(page.locator("#sso-error")).to_contain_text("used already")
     assert session_status(page) == 401 and not session_cookies(context)
+    log = daemon.log()
+    assert "refused the code (invalid_grant)" in log
+    sent = parse_qs(urlsplit(callback).query)
+    assert sent["code"][0] not in log and sent["state"][0] not in log and state not in log
 
 
 def test_wrong_nonce_is_refused(context: BrowserContext, daemon: Daemon, provider: str) -> None:
