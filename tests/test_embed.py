@@ -23,6 +23,8 @@ import httpx
 import pytest
 from browser import ARTIFACTS, CHROMIUM, axe_violations, launch, watch_errors
 from conftest import Daemon, free_port, wait_for
+from joserfc import jwt
+from joserfc.jwk import OctKey
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 pytestmark = pytest.mark.skipif(
@@ -123,13 +125,33 @@ def serve_app(daemon_url: str, port: int = 0) -> App:
 
 
 APP_PORT = free_port()
+#: the application signs its users' tokens with a secret it shares with notifyd
+SECRET = b"an-hs256-secret-of-the-application-0123456789"
+ISSUER, AUDIENCE = "https://app.example.test", "notifyd"
+#: how long the application's JWTs live: short, so that the test sees them renewed
+JWT_SECONDS = 3
+
+
+def mint(user: str, *, lifetime: float = JWT_SECONDS) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": user, "iat": now, "exp": now + lifetime}
+    return jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(SECRET))
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("embed")
+    (root / "jwt.secret").write_bytes(SECRET + b"\n")
     d = Daemon(
-        tmp_path_factory.mktemp("embed") / "data",
-        extra_env={"NOTIFYD_CORS_ORIGINS": f"http://127.0.0.1:{APP_PORT}"},
+        root / "data",
+        extra_env={
+            "NOTIFYD_CORS_ORIGINS": f"http://127.0.0.1:{APP_PORT}",
+            "NOTIFYD_JWT_ISSUER": ISSUER,
+            "NOTIFYD_JWT_AUDIENCE": AUDIENCE,
+            "NOTIFYD_JWT_SECRET_FILE": str(root / "jwt.secret"),
+            "NOTIFYD_JWT_LEEWAY_SECONDS": "0",
+            "NOTIFYD_DEFAULT_GRANTS": "user/{user}/*:read",
+        },
     )
     d.data_dir.mkdir()
     d.start()
@@ -325,7 +347,41 @@ def test_accessible_in_light_and_dark(context: BrowserContext, daemon: Daemon, a
     assert page.evaluate(f"getComputedStyle({panel}).backgroundColor") == "rgb(17, 24, 39)"
 
 
-def test_token_refresh_keeps_the_stream(context: BrowserContext, daemon: Daemon, app: App) -> None:
+def test_short_lived_jwts_are_renewed(context: BrowserContext, daemon: Daemon, app: App) -> None:
+    """The application hands out JWTs that live 3 s (notifyd allows no leeway here):
+    the component asks its provider for the next one before each expires and resumes
+    the stream with since=, so an event published after the first token expired
+    arrives. The user is created on first sight, reading user/<name>/* through
+    default_grants."""
+    name = f"jwt{next(_people)}"
+    issued: list[str] = []
+
+    def fresh() -> str:
+        issued.append(mint(name))
+        return issued[-1]
+
+    app.tokens[name] = fresh
+    backend = daemon.user(f"backend-{name}", grants={"user/*": "write"}, scopes=["publish"])
+    who = Person(name, backend, other="")
+    page = open_page(context, app, who)
+    first = issued[0]
+    first_exp = jwt.decode(first, OctKey.import_key(SECRET)).claims["exp"]
+    early = publish(daemon, who, title="While the first token holds")
+    expect(item(page, early["id"])).to_be_attached()
+    # the first token runs out; by then the provider was asked for the next one
+    wait_for(lambda: time.time() > first_exp + 0.5, timeout=JWT_SECONDS + 5, message="expiry")
+    with daemon.http(first) as c:
+        assert c.get("/v1/events").status_code == 401  # it is really expired
+    assert page.evaluate("window.providerCalls") >= 2
+    late = publish(daemon, who, title="After the first token expired")
+    expect(item(page, late["id"])).to_be_attached(timeout=10_000)
+    expect(page.locator("notifyd-inbox .badge")).to_have_text("2")
+    assert page.evaluate("document.getElementById('inbox').dataset.status") == "live"
+    # the stream was opened again with the new token
+    assert page.evaluate("window.statuses").count("live") >= 2
+
+
+def test_a_refused_token_is_replaced(context: BrowserContext, daemon: Daemon, app: App) -> None:
     """A 401 (here: the token was revoked) makes the component ask its provider for
     a new token and resume with since=, so an event published meanwhile arrives."""
     who = person(daemon, app)
