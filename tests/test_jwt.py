@@ -26,6 +26,7 @@ from joserfc.jwk import OctKey, RSAKey
 
 from notifyd.core.accounts import Accounts
 from notifyd.core.config import Config
+from notifyd.core.doctor import check_jwks
 from notifyd.core.errors import Unauthorized
 from notifyd.core.jwt import JwtVerifier, KeyFileError, load_key_file
 from notifyd.core.storage import open_store
@@ -268,6 +269,8 @@ async def test_a_jwt_is_accepted_on_every_door(jwt_daemon: Daemon, keys: dict[st
         r = c.get("/message", params={"token": rsa})
         assert r.status_code == 200, r.text
         assert c.get("/current/user", headers={"X-Gotify-Key": ec}).json()["name"] == "door-user"
+        r = c.post("/message", params={"token": ed}, json={"message": "hi"})
+        assert r.status_code == 403 and "not a Gotify application" in r.text, r.text
         # a JWT-shaped password with a user name stays a password
         r = c.get("/doors-ntfy/json", params={"poll": "1"}, headers=basic(ec, "door-user"))
         assert r.status_code == 401 and "user name or password" in r.json()["error"], r.text
@@ -387,6 +390,15 @@ async def test_key_rotation_is_picked_up_and_refetching_is_rate_limited(
     # right after a fetch, a kid nobody knows does not make the daemon fetch again
     assert publish(d, jwks.mint(rotated, header={"kid": "rsa-3"}), "x").status_code == 401
     assert issuer.fetches == fetched + 1
+
+
+def test_doctor_fetches_the_jwk_set_like_the_daemon(issuer: jwks.JwksServer) -> None:
+    config = Config(jwt_jwks_url=issuer.url)
+    check = check_jwks(config)
+    assert check.status == "ok" and "signing key(s) (rsa, ec, ed" in check.detail, check
+    assert check.data is not None and check.data["max_age"] == 300
+    check = check_jwks(Config(jwt_jwks_url=issuer.url.replace("/jwks", "/missing")))
+    assert check.status == "fail" and "answered 404" in check.detail, check
 
 
 # -- a daemon with a shared HS256 secret, creating no users -------------------------------

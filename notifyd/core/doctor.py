@@ -193,6 +193,30 @@ def check_database_offline(config: Config) -> Check:
     )
 
 
+def check_jwks(config: Config) -> Check:
+    """Whether ``jwt_jwks_url`` answers with usable signing keys, fetched the way the
+    daemon does (its destination policy, timeout and size cap). Runs its own trio
+    loop: call it outside one."""
+    import trio
+
+    from .jwt import FetchFailed, fetch_json, parse_key_set
+
+    async def fetch() -> Check:
+        try:
+            data, max_age = await fetch_json(
+                config.jwt_jwks_url, config.destination_policy, "the JWK set"
+            )
+            keys = parse_key_set(data)
+        except FetchFailed as exc:
+            return Check("jwks", "fail", f"jwt_jwks_url: {exc}; JWTs are refused until it works")
+        kids = ", ".join(str(k.kid) for k in keys if k.kid) or "no key ids"
+        cache = f"max-age {max_age:.0f} s" if max_age is not None else "no max-age"
+        return Check("jwks", "ok", f"{len(keys)} signing key(s) ({kids}); {cache}",
+                     {"keys": len(keys), "max_age": max_age})  # fmt: skip
+
+    return trio.run(fetch)
+
+
 # --- cluster checks (PostgreSQL) ------------------------------------------------
 
 #: a round trip to the server slower than this (ms) is a warning: every publish
@@ -436,6 +460,8 @@ def run_checks(
         checks.append(check_vapid(config.data_path))
         sock = socket_path if socket_path is not None else config.socket_path
         checks.append(check_socket(sock, config.socket_mode))
+        if config.jwt_jwks_url:
+            checks.append(check_jwks(config))
     else:
         skipped = "not checked: the configuration did not load"
         checks += [Check(n, "warn", skipped) for n in ("disk", "vapid", "socket")]

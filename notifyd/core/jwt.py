@@ -173,7 +173,10 @@ class JwksKeys:
     async def candidates(self, kid: str | None) -> list[Key]:
         """The keys that may have signed a token naming ``kid``."""
         now = time.monotonic()
-        if not self.fetched or now >= self._fresh_until:
+        if not self.fetched:
+            await self.refresh()
+        elif now >= self._fresh_until and not self._lock.locked():
+            # stale: refresh; while one request does, the others use the keys there are
             await self.refresh()
         found = self._matching(kid)
         if not found and kid is not None:

@@ -151,6 +151,11 @@ async def authenticate(conn: HTTPConnection, need: Literal["client", "app"]) -> 
                 "this is an application token (scope 'publish'); "
                 "reading needs a client token (scope 'subscribe') or user credentials"
             )
+        if need == "app" and principal.via == "jwt":
+            raise Forbidden(
+                "a JWT is not a Gotify application: POST /message needs an application "
+                "token; a JWT publishes with POST /v1/events or ntfy's POST /<topic>"
+            )
         if need == "app" and not scopes & {"publish", "admin"}:
             raise Unauthorized(
                 "this is a client token (scope 'subscribe'); "
