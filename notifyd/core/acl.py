@@ -3,6 +3,8 @@
 A :class:`Principal` is the caller of an operation: a user, seen through the
 credential it used (a token narrows the user's rights by scopes and an optional
 topic pattern; the Unix socket and a web session carry the user's full rights).
+Its grants are the user's ACL rows plus the rule grants of :mod:`.identity` and,
+for a JWT, those of its claims.
 ACL patterns are globs where ``*`` matches any run of characters, ``/`` included.
 """
 
@@ -59,7 +61,7 @@ class Principal:
     scopes: frozenset[str] = frozenset(SCOPES)
     token_pattern: str | None = None
     token_id: int | None = None
-    via: str = "token"  # "token" | "socket" | "session"
+    via: str = "token"  # "token" | "socket" | "session" | "basic" | "jwt" | "proxy"
     _cache: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False, compare=False)
 
     @property
