@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,35 @@ def _start_daemon(tmp: Path, issuer: str, **extra: Any) -> Daemon:
     return d.start()
 
 
+class Provider:
+    """oidc-provider-mock on a fixed port; :meth:`restart` makes it a new one there
+    (a new signing key, no users), as a provider rotating its keys looks."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.issuer = f"http://localhost:{self.port}"
+        self._running = ExitStack()
+
+    def start(self) -> Provider:
+        self._running.enter_context(run_server_in_thread(self.port))
+        return self
+
+    def restart(self) -> None:
+        self._running.close()
+        self.start()
+
+
 @pytest.fixture(scope="module")
-def provider() -> Iterator[str]:
-    """A provider issuing ordinary ID tokens; its issuer URL."""
-    with run_server_in_thread() as server:
-        yield f"http://localhost:{server.server_port}"
+def provider_server() -> Iterator[Provider]:
+    server = Provider().start()
+    yield server
+    server._running.close()
+
+
+@pytest.fixture(scope="module")
+def provider(provider_server: Provider) -> str:
+    """The issuer URL of a provider issuing ordinary ID tokens."""
+    return provider_server.issuer
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +350,21 @@ def test_provider_errors_come_back_as_messages(context: BrowserContext) -> None:
     )
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert session_status(page) == 401
+
+
+def test_rotated_provider_keys_are_fetched(
+    context: BrowserContext, daemon: Daemon, provider_server: Provider
+) -> None:
+    """The provider signs with a new key (new kid) while notifyd holds its old key
+    set: the unknown kid makes notifyd fetch the keys again, and the sign-in works."""
+    page = context.new_page()
+    page.goto("/")
+    expect(sso_button(page)).to_be_visible()
+    provider_server.restart()
+    register(provider_server.issuer, "gina-sub", preferred_username="gina")
+    sso_button(page).click()
+    authorize_at_provider(page, "gina-sub")
+    expect(page.locator("#whoami")).to_have_text("gina")
 
 
 def test_next_must_be_a_local_path(daemon: Daemon, provider: str) -> None:

@@ -10,11 +10,12 @@ depend on HTTP routing:
   than in server memory: any node of a cluster can take the callback.
 - :class:`RelyingParty`: the provider's discovery document and signing keys
   (fetched lazily, so the daemon starts while the provider is down, and cached;
-  the keys are fetched again, at most every :data:`JWKS_REFETCH_SECONDS`, when an
-  ID token names a key id they lack, so key rotation just works), the
-  authorization URL, the code exchange at the token endpoint, and the ID token's
-  verification (signature against the provider's JWKS with joserfc; ``iss``,
-  ``aud``, ``azp``, ``exp``, ``iat``, ``nonce``).
+  the keys are fetched again when an ID token names a key id they lack or,
+  without a key id, fails to verify: at once the first time, then at most every
+  :data:`JWKS_REFETCH_SECONDS`, so key rotation just works), the authorization
+  URL, the code exchange at the token endpoint, and the ID token's verification
+  (signature against the provider's JWKS with joserfc; ``iss``, ``aud``, ``azp``,
+  ``exp``, ``iat``, ``sub``, ``nonce``).
 
 Every request to the provider goes through the destination policy
 (``private_destinations``; the provider is the operator's choice, so it is
@@ -44,7 +45,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 import trio
 from joserfc import jwt
-from joserfc.errors import InvalidKeyIdError, JoseError
+from joserfc.errors import BadSignatureError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
 from . import destinations
@@ -322,7 +323,7 @@ class RelyingParty:
         self._failure = ""
         self._keys: KeySet | None = None
         self._keys_until = 0.0
-        self._keys_fetched = -JWKS_REFETCH_SECONDS
+        self._keys_refetched = -JWKS_REFETCH_SECONDS
         self._lock = trio.Lock()
 
     @classmethod
@@ -424,15 +425,19 @@ class RelyingParty:
 
     async def _key_set(self, provider: Provider, *, refetch: bool = False) -> KeySet:
         """The provider's signing keys; ``refetch``: a token named a key id they
-        lack (fetched again at most every :data:`JWKS_REFETCH_SECONDS`)."""
+        lack, so they are fetched again, at once the first time and then at most
+        every :data:`JWKS_REFETCH_SECONDS` (a rotation needs one fetch; a provider
+        that keeps naming unknown keys does not get one per sign-in)."""
         async with self._lock:
             now = trio.current_time()
             fresh = self._keys is not None and now < self._keys_until
-            if fresh and not (refetch and now - self._keys_fetched >= JWKS_REFETCH_SECONDS):
+            again = refetch and now - self._keys_refetched >= JWKS_REFETCH_SECONDS
+            if fresh and not again:
                 assert self._keys is not None
                 return self._keys
+            if again:
+                self._keys_refetched = now
             status, document = await self._request("GET", provider.jwks_uri, what="the JWKS")
-            self._keys_fetched = now
             if status != 200 or not isinstance(document, dict):
                 raise ProviderUnavailable(f"the JWKS answered {status}, not a key set")
             try:
@@ -525,7 +530,9 @@ class RelyingParty:
         try:
             try:
                 token = jwt.decode(id_token, keys, algorithms=list(provider.algorithms))
-            except InvalidKeyIdError:
+            except (InvalidKeyIdError, BadSignatureError):
+                # an unknown kid, or (tokens without kid) a key that no longer
+                # verifies: the provider may have rotated its keys
                 keys = await self._key_set(provider, refetch=True)
                 token = jwt.decode(id_token, keys, algorithms=list(provider.algorithms))
         except JoseError as exc:
