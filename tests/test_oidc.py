@@ -226,8 +226,11 @@ def test_sign_in_with_the_button_then_live_events_and_group_grants(
     expect(page.locator(f'li.event[data-id="{after["id"]}"]')).to_be_visible()
     expect(page.locator(f'li.event[data-id="{hidden["id"]}"]')).to_have_count(0)
 
-    # the same user signing in again keeps the same account; a user outside the
-    # group does not read ops/*
+    # signing out, then in again: the same account
+    page.get_by_role("button", name="Sign out").click()
+    sso_button(page).click()
+    authorize_at_provider(page, "alice-sub")
+    expect(page.locator("#whoami")).to_have_text("alice")
     with daemon.admin() as c:
         assert [u["name"] for u in c.get("/v1/users").json()["users"]].count("alice") == 1
 
