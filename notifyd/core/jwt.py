@@ -33,17 +33,18 @@ with the token (expired, wrong issuer, unknown key, …) without echoing it.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import time
+import urllib.error
+import urllib.request
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 import trio
 from joserfc import jws
@@ -236,49 +237,64 @@ def parse_key_set(data: Any) -> list[Key]:
     return keys
 
 
-def _max_age(headers: Mapping[str, str]) -> float | None:
-    match = _MAX_AGE.search(headers.get("cache-control", ""))
-    return float(match.group(1)) if match else None
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:  # fmt: skip
+        raise urllib.error.HTTPError(req.full_url, code, "redirect refused", headers, fp)
+
+
+#: plain urllib (the core imports no HTTP client library): no redirects, and no
+#: proxy from the environment (the destination policy sees the real host)
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def _get(url: str) -> tuple[int, bytes, str]:
+    """One blocking GET (run in a worker thread inside :func:`.destinations.outbound`,
+    which guards the address and caps what is read): status, body, Cache-Control."""
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/json", "User-Agent": "notifyd"}
+    )
+    try:
+        with _opener.open(request, timeout=FETCH_TIMEOUT) as resp:
+            return resp.status, resp.read(), resp.headers.get("Cache-Control", "")
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code, b"", ""
+
+
+_fetch_limiter = trio.CapacityLimiter(2)
 
 
 async def fetch_json(url: str, policy: str, what: str) -> tuple[Any, float | None]:
     """GET ``url`` (a setting an admin wrote, so it may reach what an admin's
     channels may): the JSON answer and its ``Cache-Control`` max-age. Raises
-    :class:`FetchFailed` (unreachable, refused, slow, redirected, not 200, too
-    large, not JSON)."""
+    :class:`FetchFailed` (unreachable, refused, slow, redirected, not 200, over
+    :data:`JWKS_CAP`, not JSON)."""
     allow = destinations.may_reach_private(policy, owner_is_admin=True)
     host = urlsplit(url).netloc
-    body = bytearray()
     with destinations.outbound(allow, policy) as rule:
+        rule.response_cap = JWKS_CAP
         try:
-            with trio.fail_after(FETCH_TIMEOUT):
-                async with (
-                    httpx.AsyncClient(
-                        timeout=httpx.Timeout(FETCH_TIMEOUT, connect=3.0),
-                        follow_redirects=False,
-                        headers={"Accept": "application/json"},
-                    ) as client,
-                    client.stream("GET", url) as resp,
-                ):
-                    if resp.status_code != 200:
-                        raise FetchFailed(f"{what} at {host} answered {resp.status_code}")
-                    async for chunk in resp.aiter_bytes():
-                        body += chunk
-                        if len(body) > JWKS_CAP:
-                            raise FetchFailed(
-                                f"{what} at {host} is larger than {JWKS_CAP // 1024} KiB"
-                            )
-                    max_age = _max_age(resp.headers)
+            with trio.fail_after(FETCH_TIMEOUT + 1):
+                status, body, cache_control = await trio.to_thread.run_sync(
+                    _get, url, abandon_on_cancel=True, limiter=_fetch_limiter
+                )
         except trio.TooSlowError:
             raise FetchFailed(
                 f"{what} at {host} did not answer within {FETCH_TIMEOUT:g} s"
             ) from None
-        except httpx.HTTPError as exc:
+        except destinations.ResponseTooLarge:
+            raise FetchFailed(f"{what} at {host} is larger than {JWKS_CAP // 1024} KiB") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             if rule.refused:
                 raise FetchFailed(f"{what}: {rule.refusal()}") from None
-            raise FetchFailed(f"cannot reach {what} at {host}: {type(exc).__name__}") from None
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            raise FetchFailed(f"cannot reach {what} at {host}: {reason}") from None
+    if status != 200:
+        raise FetchFailed(f"{what} at {host} answered {status}")
+    match = _MAX_AGE.search(cache_control)
     try:
-        return orjson.loads(bytes(body)), max_age
+        return orjson.loads(body), float(match.group(1)) if match else None
     except orjson.JSONDecodeError:
         raise FetchFailed(f"{what} at {host} is not JSON") from None
 
