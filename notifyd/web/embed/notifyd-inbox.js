@@ -201,6 +201,34 @@ function safeUrl(url) {
   }
 }
 
+/**
+ * Whether `topic` matches the glob `pattern` (`*`: any run of characters, `/`
+ * included), as notifyd matches them. Greedy with one backtrack point: at most
+ * pattern × topic steps, never exponential.
+ */
+function globMatch(pattern, topic) {
+  let p = 0;
+  let t = 0;
+  let star = -1;
+  let mark = 0;
+  while (t < topic.length) {
+    if (p < pattern.length && pattern[p] === "*") {
+      star = p++;
+      mark = t;
+    } else if (p < pattern.length && pattern[p] === topic[t]) {
+      p++;
+      t++;
+    } else if (star >= 0) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.length && pattern[p] === "*") p++;
+  return p === pattern.length;
+}
+
 /** Markdown as plain text: the marks that would only be noise go, the words stay. */
 function markdownAsText(text) {
   return text
@@ -722,9 +750,16 @@ export class NotifydInbox extends HTMLElement {
 
   onState(frame) {
     if (frame.all) {
-      for (const ev of this.events.values()) if (ev.id <= frame.upto) ev.read = true;
-      // a read-all elsewhere may have had other filters: the server's count decides
-      this.renderList();
+      const filter = frame.filter ?? {};
+      if (Object.keys(filter).some((key) => key !== "topic")) {
+        // read-all by category, priority or search elsewhere: ask the server which
+        this.reloadSoon();
+      } else {
+        for (const ev of this.events.values()) {
+          if (ev.id <= frame.upto && (!filter.topic || globMatch(filter.topic, ev.topic))) ev.read = true;
+        }
+        this.renderList();
+      }
       this.recountSoon(0);
       return;
     }
