@@ -4,7 +4,8 @@ origin's page, in headless Chromium against a real daemon.
 An "application" is a small HTTP server on 127.0.0.1 (another port, so another
 origin, listed in ``cors_origins``): its page imports the component from the daemon
 and hands it a ``tokenProvider`` that fetches a token from the application's own
-``/token`` endpoint, as a real backend would. A second application server on yet
+``/token`` endpoint, as a real backend would: an ``nfy_`` token, or a short-lived
+HS256 JWT the application signs with a secret it shares with notifyd. A second application server on yet
 another port is not listed: its pages cannot read the API. One daemon, one browser
 and the two application servers serve the whole module.
 """
