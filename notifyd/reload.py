@@ -24,6 +24,7 @@ LIVE_KEYS = frozenset({
     "replay_page", "retention_days", "session_days", "graceful_timeout",
     "ntfy_keepalive_seconds", "publish_rate", "publish_burst", "max_channels_per_user",
     "max_streams_per_user", "header_timeout", "body_timeout", "trusted_proxies",
+    "cors_origins",
 })  # fmt: skip
 
 
