@@ -141,6 +141,27 @@ async def test_pem_keys_of_each_kind_verify_and_refuse_algorithm_confusion(
         load_key_file(str(short), secret=False)
 
 
+@pytest.mark.trio
+async def test_a_jwt_principal_knows_when_it_ends_and_is_forgotten_on_changes(
+    store: Store, tmp_path: Path
+) -> None:
+    key = jwks.new_keys()["ed"]
+    pem = tmp_path / "ed.pem"
+    pem.write_bytes(key.as_pem(private=False))
+    acc = accounts(
+        store, jwt_issuer=jwks.ISSUER, jwt_audience=jwks.AUDIENCE, jwt_public_key_file=str(pem)
+    )
+    exp = int(time.time()) + 120
+    token = jwks.mint(key, "lena", exp=exp)
+    first = await acc.authenticate_token(token)
+    assert first.via == "jwt" and first.expires_at == exp + 30  # exp + leeway
+    assert await acc.authenticate_token(token) is first  # remembered
+    acc.hear_signal({"kind": "rights", "user": first.user_id})
+    assert await acc.authenticate_token(token) is not first  # forgotten on a change
+    with pytest.raises(Unauthorized, match="no JWTs"):
+        await accounts(store).authenticate_token(token)
+
+
 # -- a daemon trusting a JWKS server ------------------------------------------------------
 
 GRANTS = {"default_grants": ["user/{user}/*:read"], "group_grants": {"ops": ["alerts/*:rw"]}}

@@ -230,8 +230,8 @@ class Accounts:
         generation = self._generation
         verified = await self.jwt.verify(token)
         principal = await self._jwt_principal(verified.claims)
-        left = verified.expires_at + self.jwt.leeway - time.time()
-        self._remember(key, principal, generation, left)
+        principal.expires_at = verified.expires_at + self.jwt.leeway
+        self._remember(key, principal, generation, principal.expires_at - time.time())
         return principal
 
     async def _jwt_principal(self, claims: dict[str, object]) -> Principal:

@@ -62,6 +62,9 @@ class Principal:
     token_pattern: str | None = None
     token_id: int | None = None
     via: str = "token"  # "token" | "socket" | "session" | "basic" | "jwt" | "proxy"
+    #: when the credential stops being valid (unix time; a JWT's exp plus leeway),
+    #: for what outlives a request (streams); None: until revoked
+    expires_at: float | None = None
     _cache: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False, compare=False)
 
     @property
