@@ -116,3 +116,21 @@ def test_the_raw_stream_door_strips_the_header_too(daemon: Daemon) -> None:
             if line.startswith("data:") and json.loads(line[5:])["type"] == "event":
                 assert json.loads(line[5:])["event"]["title"] == "for kim"
                 break
+
+
+def test_the_web_page_is_signed_in_by_the_proxy(daemon: Daemon) -> None:
+    """GET /v1/session, the page's first question, begins a session for the proxy's
+    user; the same cookie answers again while the proxy names that user, and a
+    different user from the proxy gets a session of their own."""
+    with client(daemon) as c:
+        r = c.get("/v1/session", headers=as_user("wanda"))
+        assert r.status_code == 200, r.text
+        assert r.json()["user"]["name"] == "wanda"
+        cookie, csrf = r.cookies.get("notifyd_session"), r.json()["csrf"]
+        assert cookie
+        again = c.get("/v1/session", headers=as_user("wanda"))
+        assert again.json()["csrf"] == csrf and "notifyd_session" not in again.cookies
+        other = c.get("/v1/session", headers=as_user("xavier"))
+        assert other.json()["user"]["name"] == "xavier" and other.json()["csrf"] != csrf
+    with client(daemon, UNTRUSTED) as c:
+        assert c.get("/v1/session", headers=as_user("wanda")).status_code == 401

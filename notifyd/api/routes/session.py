@@ -18,9 +18,18 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from ...core.acl import Principal
 from ...core.errors import Forbidden, Unauthorized
 from ...core.store import User
-from ..auth import SESSION_COOKIE, check_cookie_request, services, session_cookie
+from ..auth import (
+    SESSION_COOKIE,
+    check_cookie_request,
+    check_origin,
+    proxy_principal,
+    services,
+    session_cookie,
+)
+from ..clientaddr import proxy_identity
 from ..responses import JSON
 
 router = APIRouter(prefix="/v1", tags=["session"])
@@ -91,8 +100,15 @@ async def methods(request: Request) -> Response:
 
 @router.get("/session", summary="The signed-in user and the page's anti-CSRF value")
 async def current(request: Request) -> Response:
+    """The page's session. Behind a forward-auth proxy (``proxy_user_header``) the
+    proxy's user is signed in here: a session is begun for them (or the page's
+    own kept, when it is theirs), so the page works as after any sign-in."""
     svc = services(request)
     secret = session_cookie(request.headers.get("cookie"))
+    identity = proxy_identity()
+    if identity is not None:
+        check_origin(svc, request.headers)
+        return await _proxy_session(request, await proxy_principal(svc, identity), secret)
     if secret is None:
         raise Unauthorized("not signed in")
     caller = await svc.accounts.authenticate_session(secret)
@@ -100,6 +116,31 @@ async def current(request: Request) -> Response:
     if user is None:
         raise Unauthorized("not signed in")
     return JSON(_body(user, svc.accounts.csrf_token(secret)))
+
+
+async def _proxy_session(request: Request, principal: Principal, secret: str | None) -> Response:
+    svc = services(request)
+    if secret is not None:
+        try:
+            mine = (await svc.accounts.authenticate_session(secret)).user_id == principal.user_id
+        except Unauthorized:
+            mine = False
+        if mine:
+            user = await svc.store.get_user_by_id(principal.user_id)
+            if user is not None:
+                return JSON(_body(user, svc.accounts.csrf_token(secret)))
+    user = await svc.store.get_user_by_id(principal.user_id)
+    if user is None:
+        raise Unauthorized("not signed in")
+    days = svc.config.session_days
+    identity = proxy_identity()
+    groups = identity.groups if identity is not None else ()
+    secret = await svc.accounts.create_session(
+        user, request.headers.get("user-agent"), days, groups=tuple(groups)
+    )
+    response = JSON(_body(user, svc.accounts.csrf_token(secret)))
+    set_session_cookie(request, response, secret, days)
+    return response
 
 
 @router.delete("/session", status_code=204, summary="Sign out: ends the session")
