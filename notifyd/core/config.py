@@ -115,6 +115,20 @@ class Config:
     proxy_groups_header: str = ""
     #: origins (scheme://host[:port]) whose pages may call the API with bearer credentials
     cors_origins: list[str] = field(default_factory=list)
+    # -- native mobile push (docs/mobile.md) --
+    #: the Firebase service account's JSON key; "" = no FCM
+    fcm_service_account_file: str = ""
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    #: the APNs signing key (.p8) and its identifiers; "" = no APNs
+    apns_key_file: str = ""
+    apns_key_id: str = ""
+    apns_team_id: str = ""
+    apns_topic: str = ""  # the app's bundle id
+    apns_environment: str = "production"  # production | sandbox
+    apns_endpoint: str = ""  # "" = Apple's, per apns_environment
+    #: an ntfy server that wakes the ntfy iOS app (e.g. https://ntfy.sh); "" = none
+    upstream_base_url: str = ""
+    upstream_access_token: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -433,6 +447,7 @@ def _validate_identity(cfg: Config, bad: Any) -> None:
             "proxy_user_header",
             "is believed only from trusted_proxies: list the proxy's address there",
         )
+    _validate_mobile(cfg, bad)
     for origin in cfg.cors_origins:
         try:
             parts = urlsplit(origin)
@@ -486,3 +501,24 @@ def load_config(
             setattr(cfg, key, _coerce(key, env[name], f"environment {name}"))
     _validate(cfg)
     return cfg
+
+
+def _validate_mobile(cfg: Config, bad: Any) -> None:
+    for key in ("fcm_endpoint", "apns_endpoint", "upstream_base_url"):
+        url = getattr(cfg, key)
+        if url and not _https_url(url):
+            raise bad(key, "must be an https:// URL (http:// only to localhost)")
+    if cfg.apns_environment not in ("production", "sandbox"):
+        raise bad("apns_environment", "must be production or sandbox")
+    apns = ("apns_key_file", "apns_key_id", "apns_team_id", "apns_topic")
+    given = [k for k in apns if getattr(cfg, k)]
+    if given and len(given) != len(apns):
+        missing = ", ".join(k for k in apns if not getattr(cfg, k))
+        raise ConfigError(f"{given[0]} is set: APNs needs {missing} too")
+    if cfg.upstream_base_url and not cfg.base_url:
+        raise bad(
+            "upstream_base_url",
+            "needs base_url (the upstream is told a hash of base_url and the topic)",
+        )
+    if cfg.upstream_access_token and not cfg.upstream_base_url:
+        raise bad("upstream_access_token", "is set without upstream_base_url")
