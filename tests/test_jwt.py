@@ -413,6 +413,60 @@ async def test_key_rotation_is_picked_up_and_refetching_is_rate_limited(
     assert issuer.fetches == fetched + 1
 
 
+@pytest.mark.trio
+async def test_streams_end_when_their_token_expires(
+    jwt_daemon: Daemon, keys: dict[str, Any]
+) -> None:
+    """Grants from a token last as long as the token: every stream opened with a JWT
+    ends at its ``exp`` plus ``jwt_leeway_seconds`` (30 here), notifyd's with a
+    resync saying why. The token expired 27 s ago, so it is still accepted for 3 s."""
+    d = jwt_daemon
+    exp = int(time.time()) - 27
+    token = jwks.mint(keys["ec"], "ivan", exp=exp, notifyd={"read": ["expiring"]})
+    ends_at = exp + 30
+    ended: dict[str, Any] = {}
+
+    def sse() -> None:
+        params = {"token": token, "topics": "expiring"}
+        with httpx.stream("GET", d.url + "/v1/stream/sse", params=params, timeout=15) as r:
+            assert r.status_code == 200, r.read()
+            frames = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+        ended["sse"] = (time.time(), frames)
+
+    def ntfy() -> None:
+        with httpx.stream("GET", d.url + "/expiring/json", headers=basic(token), timeout=15) as r:
+            assert r.status_code == 200, r.read()
+            events = [json.loads(line)["event"] for line in r.iter_lines() if line]
+        ended["ntfy"] = (time.time(), events)
+
+    async def ws() -> None:
+        url = d.url.replace("http://", "ws://") + "/v1/stream?" + urlencode({"token": token})
+        async with trio_websocket.open_websocket_url(url, connect_timeout=10) as conn:
+            frames = []
+            with trio.fail_after(15), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                while True:
+                    frames.append(json.loads(await conn.get_message()))
+        ended["ws"] = (time.time(), frames, closed.value.reason)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, sse)
+        nursery.start_soon(trio.to_thread.run_sync, ntfy)
+        nursery.start_soon(ws)
+    reason = "the token has expired; reconnect with a fresh token and since=<last id>"
+    resync = {"type": "resync", "reason": reason}
+    at, frames, close = ended["ws"]
+    assert frames[-1] == resync and (close.code, close.reason) == (4000, "resync")
+    assert at >= ends_at - 0.5
+    at, frames = ended["sse"]
+    assert frames[-1] == resync and at >= ends_at - 0.5
+    at, events = ended["ntfy"]
+    assert events[0] == "open" and at >= ends_at - 0.5  # ntfy's stream just ends
+    # a fresh token opens the stream again
+    fresh = jwks.mint(keys["ec"], "ivan", notifyd={"read": ["expiring"], "write": ["expiring"]})
+    assert publish(d, fresh, "expiring").status_code == 201
+    assert (await first_sse_event(d, fresh, "expiring"))["topic"] == "expiring"
+
+
 def test_doctor_fetches_the_jwk_set_like_the_daemon(issuer: jwks.JwksServer) -> None:
     config = Config(jwt_jwks_url=issuer.url)
     check = check_jwks(config)

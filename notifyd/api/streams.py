@@ -11,6 +11,8 @@ client that asks for a stream on a reused keep-alive connection.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Awaitable, Mapping
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +32,9 @@ log = logging.getLogger("notifyd.stream")
 
 #: the resync reason of a stream ended because the database cannot be reached
 STORE_AWAY = "the database cannot be reached right now; reconnect with since=<last id> shortly"
+#: the resync reason of a stream whose credential (a JWT) expired: grants from a
+#: token last as long as the token
+TOKEN_EXPIRED = "the token has expired; reconnect with a fresh token and since=<last id>"
 
 
 class Sink(Protocol):
@@ -118,6 +123,8 @@ class StreamSession:
         self.prefs: Preferences | None = None
         self._prefs_loaded = False
         self.slot = slot or svc.hub.reserve(principal, svc.config.max_streams_per_user)
+        #: when the stream ends because its credential does (trio clock; inf: never)
+        self.deadline = math.inf
 
     async def load_preferences(self) -> None:
         """Read the user's preferences (mutes) now: a door that calls this before it
@@ -145,6 +152,10 @@ class StreamSession:
             except StoreUnavailable:
                 await self._finish(sink, STORE_AWAY)
                 return
+        if self.principal.expires_at is not None:
+            # a wall-clock instant turned into the trio clock once, so the live loop
+            # waits under a plain deadline
+            self.deadline = trio.current_time() + (self.principal.expires_at - time.time())
         sub = hub.subscribe(self.principal, self.topics, sink.kind)
         log.debug(
             "stream opened: %s for %s, topics %s, since %s",
@@ -190,6 +201,8 @@ class StreamSession:
         page = self.svc.config.replay_page
         while True:
             while cursor < sub.start_id:
+                if self._expired(sub):
+                    return cursor
                 events = await self.svc.store.events_after(
                     cursor, sub.start_id, vis, self.topics, page
                 )
@@ -219,7 +232,17 @@ class StreamSession:
         sub.direct = None if direct is None else direct.send_nowait
         timeout = self.svc.config.stream_send_timeout
         while True:
-            frames = await sub.next_batch()
+            frames: list[Frame]
+            if self.deadline == math.inf:
+                frames = await sub.next_batch()
+            else:
+                # Only the wait is cut at the deadline, never a write: a frame cut
+                # halfway would leave no way to tell the client why its stream ended.
+                frames = []
+                with trio.CancelScope(deadline=self.deadline):
+                    frames = await sub.next_batch()
+                if self._expired(sub):
+                    return
             if sub.doomed or sub.closed:
                 return
             if sub.unflushed:
@@ -246,6 +269,15 @@ class StreamSession:
                 sent = direct.flush()
             if not await self._wait_send(sub, sent, timeout):
                 return
+
+    def _expired(self, sub: Subscriber) -> bool:
+        """Doom the stream if its credential has expired (the client is told
+        :data:`TOKEN_EXPIRED` in a resync, as when its rights change); True if so."""
+        if trio.current_time() < self.deadline or sub.closed:
+            return False
+        if not sub.doomed:
+            sub.doom(TOKEN_EXPIRED)
+        return True
 
     @staticmethod
     async def _wait_send(sub: Subscriber, sending: Awaitable[None], timeout: float) -> bool:
