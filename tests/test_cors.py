@@ -117,6 +117,24 @@ def test_answers_carry_the_origin_when_listed(daemon: Daemon, token: str) -> Non
         not_shared(c.get("/v1/events", headers=auth))
 
 
+def test_a_large_body_refused_before_it_is_read_is_shared(daemon: Daemon) -> None:
+    """A request whose body is large is authenticated from its head before the
+    body is read (``server._authenticate_first``, outside the CORS middleware): a
+    listed origin still reads the 401, so the page fetches a fresh token instead of
+    seeing a network error."""
+    body = b'{"topic": "user/carol/x", "message": "' + b"x" * 16_000 + b'"}'
+    bad = {"Authorization": "Bearer nfy_wrong", "Content-Type": "application/json"}
+    with httpx.Client(base_url=daemon.url) as c:
+        for method, path in (("POST", "/v1/events"), ("PUT", "/v1/preferences")):
+            r = c.request(method, path, content=body, headers={**bad, "Origin": APP})
+            assert r.status_code == 401, (path, r.text)
+            assert r.json()["error"]["code"] == "unauthorized"
+            shared_with(r, APP)
+        r = c.put("/v1/preferences", content=body, headers={**bad, "Origin": FOREIGN})
+        assert r.status_code == 401
+        not_shared(r)
+
+
 def test_publish_fast_path_is_shared(daemon: Daemon, token: str) -> None:
     auth = {"Authorization": f"Bearer {token}", "Origin": APP}
     with httpx.Client(base_url=daemon.url) as c:

@@ -35,6 +35,7 @@ import trio
 from ..config import Config
 from ..core.errors import NotifydError, PayloadTooLarge
 from ..core.services import Services
+from . import cors
 from .auth import SOCKET_SCOPE_KEY, resolve
 from .clientaddr import (
     client_address,
@@ -78,9 +79,20 @@ STREAM_PREFIXES = (b"GET /v1/stream ", b"GET /v1/stream?", b"GET /v1/stream/sse"
 GOTIFY_STREAM_PREFIXES = (b"GET /stream ", b"GET /stream?")
 
 
-def _timeout_response(what: str, seconds: float) -> bytes:
+def _timeout_response(what: str, seconds: float, headers: list[tuple[str, str]]) -> bytes:
     message = f"the request {what} took longer than {seconds:g} s"
-    return render_notifyd(status_error(408, message, code="timeout")).raw()
+    return render_notifyd(status_error(408, message, code="timeout"), headers=dict(headers)).raw()
+
+
+def _cors_headers(config: Config, scope: dict) -> list[tuple[str, str]]:
+    """The CORS headers (:mod:`.cors`) of an answer written here, outside
+    :class:`.cors.CORSMiddleware` (a large body's early 401, the guard's 500, a body
+    timeout): without them a page on a listed origin sees a network error instead
+    of the status."""
+    if not config.cors_origins or scope["type"] != "http" or not cors.applies(scope["path"]):
+        return []
+    origin = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"), None)
+    return cors.response_headers(config, origin)
 
 
 # -- the connection guard ------------------------------------------------------------
@@ -190,6 +202,8 @@ class _Guard(trio.abc.Stream):
         self.responded = False
         #: the current request's path and method (which door answers a failure)
         self.path, self.method = "/", "GET"
+        #: the CORS headers of a body timeout's answer to the current request
+        self.cors: list[tuple[str, str]] = []
         #: a send_all or send_eof is under way (hypercorn's close does not wait for
         #: the app's writes; see send_all)
         self._sending = False
@@ -253,7 +267,8 @@ class _Guard(trio.abc.Stream):
             self._sending = True
             with trio.move_on_after(2):
                 try:
-                    await self.inner.send_all(_timeout_response(what, seconds))
+                    cors_headers = self.cors if phase == "body" else []
+                    await self.inner.send_all(_timeout_response(what, seconds, cors_headers))
                     await self.inner.send_eof()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
@@ -394,10 +409,12 @@ def _guarded_app(
             try:
                 await app(scope, receive, send)
             except* Exception as group:
-                await _request_failed(scope, send, group, reserved, guard.responded)
+                failed = cors.wrap_send(send, _cors_headers(config, scope))
+                await _request_failed(scope, failed, group, reserved, guard.responded)
             finally:
                 guard.request_done()
             return
+        guard.cors = _cors_headers(config, scope)
         limit = config.max_request_bytes
         received = 0
         body_done = not has_body
@@ -443,12 +460,14 @@ def _guarded_app(
             if (chunked or length > AUTH_FIRST_BYTES) and not via_socket:
                 refusal = await _authenticate_first(svc, scope, reserved)
                 if refusal is not None:
+                    refuse_send = cors.wrap_send(guarded_send, guard.cors)
                     for message in refusal:
-                        await guarded_send(message)
+                        await refuse_send(message)
                     return
             await app(scope, guarded_receive, guarded_send)
         except* Exception as group:
-            await _request_failed(scope, guarded_send, group, reserved, guard.responded)
+            failed = cors.wrap_send(guarded_send, guard.cors)
+            await _request_failed(scope, failed, group, reserved, guard.responded)
         finally:
             guard.request_done()
 
@@ -682,7 +701,7 @@ class Front:
                         return
             if timer.cancelled_caught:
                 with trio.move_on_after(2):
-                    await stream.send_all(_timeout_response("head", config.header_timeout))
+                    await stream.send_all(_timeout_response("head", config.header_timeout, []))
                     await stream.send_eof()
                 return
         except _GONE:
