@@ -140,6 +140,9 @@ def test_users_tokens_and_acl_crud(daemon: Daemon) -> None:
         users = c.get("/v1/users").json()["users"]
         assert [u["name"] for u in users] == ["admin", "dave", "erin"]
         assert all("password_hash" not in u and "argon2" not in str(u) for u in users)
+        # the longest name is taken (and removed again, for what follows)
+        assert c.post("/v1/users", json={"name": "d" * 64}).status_code == 201
+        assert c.delete("/v1/users/" + "d" * 64).status_code == 204
 
         # tokens: the secret only in the answer to create
         r = c.post("/v1/tokens", json={"user": "dave", "label": "laptop"})

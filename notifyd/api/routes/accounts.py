@@ -39,7 +39,7 @@ async def me(caller: Caller) -> JSON:
 
 
 class UserIn(BaseModel):
-    name: str = Field(max_length=32)
+    name: str = Field(max_length=64)  # accounts.NAME_RE: 1–64 characters
     role: Literal["admin", "user"] = "user"
     password: str | None = Field(None, max_length=1024)
 
