@@ -419,7 +419,7 @@ async def test_streams_end_when_their_token_expires(
 ) -> None:
     """Grants from a token last as long as the token: every stream opened with a JWT
     ends at its ``exp`` plus ``jwt_leeway_seconds`` (30 here), notifyd's with a
-    resync saying why. The token expired 27 s ago, so it is still accepted for 3 s."""
+    resync saying why, ntfy's and Gotify's as on revocation. The token expired 27 s ago, so it is still accepted for 3 s."""
     d = jwt_daemon
     exp = int(time.time()) - 27
     token = jwks.mint(keys["ec"], "ivan", exp=exp, notifyd={"read": ["expiring"]})
@@ -439,19 +439,20 @@ async def test_streams_end_when_their_token_expires(
             events = [json.loads(line)["event"] for line in r.iter_lines() if line]
         ended["ntfy"] = (time.time(), events)
 
-    async def ws() -> None:
-        url = d.url.replace("http://", "ws://") + "/v1/stream?" + urlencode({"token": token})
+    async def ws(door: str, path: str) -> None:
+        url = d.url.replace("http://", "ws://") + path + "?" + urlencode({"token": token})
         async with trio_websocket.open_websocket_url(url, connect_timeout=10) as conn:
             frames = []
             with trio.fail_after(15), pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 while True:
                     frames.append(json.loads(await conn.get_message()))
-        ended["ws"] = (time.time(), frames, closed.value.reason)
+        ended[door] = (time.time(), frames, closed.value.reason)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.to_thread.run_sync, sse)
         nursery.start_soon(trio.to_thread.run_sync, ntfy)
-        nursery.start_soon(ws)
+        nursery.start_soon(ws, "ws", "/v1/stream")
+        nursery.start_soon(ws, "gotify", "/stream")
     reason = "the token has expired; reconnect with a fresh token and since=<last id>"
     resync = {"type": "resync", "reason": reason}
     at, frames, close = ended["ws"]
@@ -461,6 +462,8 @@ async def test_streams_end_when_their_token_expires(
     assert frames[-1] == resync and at >= ends_at - 0.5
     at, events = ended["ntfy"]
     assert events[0] == "open" and at >= ends_at - 0.5  # ntfy's stream just ends
+    at, _, close = ended["gotify"]
+    assert close.code == 4000 and at >= ends_at - 0.5  # as on revocation
     # a fresh token opens the stream again
     fresh = jwks.mint(keys["ec"], "ivan", notifyd={"read": ["expiring"], "write": ["expiring"]})
     assert publish(d, fresh, "expiring").status_code == 201
