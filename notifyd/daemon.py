@@ -30,6 +30,7 @@ from .core.housekeeping import run_checkpointer, run_pruner, run_scheduler, run_
 from .core.plugins import Plugins
 from .core.services import Services
 from .core.storage import open_store
+from .core.upstream import ensure_upstream
 from .logs import setup_logging
 from .reload import reload_and_report
 from .worker_link import WorkerLink
@@ -175,6 +176,7 @@ async def serve(
         svc.started_at = time.time()
         svc.hub.last_id = await store.last_event_id()
         user, created = await svc.accounts.ensure_user(config.socket_user, "admin")
+        await ensure_upstream(config, store)  # the ntfy-upstream channel (docs/mobile.md)
         svc.start_delivery(Plugins(modules=config.plugins))
         assert svc.outbox is not None and svc.plugins is not None
         app = make_app(svc)

@@ -100,6 +100,9 @@ ICON_URL = 40021
 
 TOPIC_RE = re.compile(rf"^{TOPIC_SEGMENT}$")
 SEQUENCE_RE = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
+#: a message id a subscriber may filter on: notifyd's are decimal event ids (and
+#: ``s<N>`` for scheduled ones); ntfy's own are 12 letters and digits
+MESSAGE_ID_RE = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
 
 
 def check_topic_name(name: str) -> str:
@@ -375,6 +378,15 @@ class Filters:
     def __post_init__(self) -> None:
         self.active = bool(self.id or self.message or self.title or self.priorities or self.tags)
 
+    @property
+    def event_id(self) -> int | None:
+        """The event the ``id`` filter names, if it names a stored one the way
+        notifyd writes ids (decimal, no leading zero: ``007`` matches nothing, as
+        ntfy compares ids as strings); None otherwise."""
+        if self.id.isdigit() and self.id.isascii() and not self.id.startswith("0"):
+            return int(self.id)
+        return None
+
     def passes(self, msg: dict[str, Any], title: str | None = None) -> bool:
         """Whether ntfy message ``msg`` passes; ``title``: the event's own title (an
         event with a title and no body shows the title as ntfy's message)."""
@@ -400,8 +412,12 @@ def parse_filters(params: Params) -> Filters:
             value = parse_priority(p)
             priorities.add(3 if value is None else value)
     tags = map_tags(split_tags(params.get("x-tags", "tags", "tag", "ta")))
+    message_id = params.get("x-id", "id")
+    if message_id and not MESSAGE_ID_RE.fullmatch(message_id):
+        raise bad(INVALID, "invalid request: id invalid",
+                  "a message id is 1–64 of A–Z a–z 0–9 _ -")  # fmt: skip
     return Filters(
-        id=params.get("x-id", "id"),
+        id=message_id,
         message=params.get("x-message", "message", "m"),
         title=params.get("x-title", "title", "t"),
         priorities=frozenset(priorities),

@@ -8,7 +8,8 @@ messages (replayed ones first, after ``since``), and a ``keepalive`` event every
 ``ntfy_keepalive_seconds``. Each event's ntfy encodings are built once per event
 (:meth:`Frame.derived`) and shared by every ntfy subscriber; only the filters
 (``id``, ``message``, ``title``, ``priority``, ``tags``) are applied per client.
-``poll=1`` answers what is stored and ends.
+``poll=1`` answers what is stored and ends; with ``id=<message id>`` it reads just
+that event (how the ntfy iOS app fetches what a poll request announced).
 
 New connections are served on the raw socket by the connection front like
 notifyd's own streams (:func:`serve_raw`); a stream asked for on a reused
@@ -273,6 +274,15 @@ async def _poll(svc: Services, sub: Subscription, sink: NtfySink) -> None:
     # the newest committed id, not this node's hub's: in a cluster the hub may not
     # have heard yet what another node just stored
     cursor, upto = sub.cursor or 0, await svc.store.last_event_id()
+    if sub.filters.id:
+        # ``?poll=1&id=<message id>``: the ntfy iOS app fetching the message a poll
+        # request (docs/mobile.md) announced. Read that one event, not the topic's
+        # whole history: the same visibility, topics and mutes apply, so a caller
+        # who may not read it, or asks on another topic, gets no lines (as in ntfy).
+        wanted = sub.filters.event_id
+        if wanted is None or not cursor < wanted <= upto:
+            return
+        cursor, upto = wanted - 1, wanted
     while cursor < upto:
         events = await svc.store.events_after(cursor, upto, vis, sub.topics, svc.config.replay_page)
         if not events:
