@@ -20,7 +20,7 @@ from .channels import Channel
 
 log = logging.getLogger("notifyd.plugins")
 
-DEFAULT_PLUGINS = ("notifyd.plugins.webpush", "notifyd.plugins.apprise")
+DEFAULT_PLUGINS = ("notifyd.plugins.webpush", "notifyd.plugins.apprise", "notifyd.plugins.mobile")
 ENTRY_POINT_GROUP = "notifyd"
 
 
