@@ -20,7 +20,12 @@ from .channels import Channel
 
 log = logging.getLogger("notifyd.plugins")
 
-DEFAULT_PLUGINS = ("notifyd.plugins.webpush", "notifyd.plugins.apprise", "notifyd.plugins.mobile")
+DEFAULT_PLUGINS = (
+    "notifyd.plugins.webpush",
+    "notifyd.plugins.apprise",
+    "notifyd.plugins.mobile",
+    "notifyd.plugins.upstream",
+)
 ENTRY_POINT_GROUP = "notifyd"
 
 
