@@ -13,7 +13,6 @@ plugins do not pay for httpx, google-auth or FastAPI.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from notifyd.core.hookspecs import hookimpl
@@ -21,14 +20,10 @@ from notifyd.core.hookspecs import hookimpl
 
 @hookimpl
 def register_channels() -> list[type]:
+    from .apns import ApnsChannel
     from .fcm import FcmChannel
 
-    kinds: list[type] = [FcmChannel]
-    if importlib.util.find_spec(f"{__name__}.apns") is not None:
-        from .apns import ApnsChannel  # type: ignore[import-not-found,unused-ignore]
-
-        kinds.append(ApnsChannel)
-    return kinds
+    return [FcmChannel, ApnsChannel]
 
 
 @hookimpl
