@@ -8,6 +8,14 @@
 (2) Email: 10 Apprise ``mailto://`` channels (``--mail-channels``) to an aiosmtpd
     server on 127.0.0.1; 50 events (``--mail-events``), i.e. 500 emails; the same
     figures.
+(4) FCM and (5) APNs: 50 devices each (``--mobile-devices``) registered with
+    ``POST /v1/devices`` for the admin, 100 events (``--mobile-events``) in batches
+    of 50, i.e. 5,000 pushes each; the same figures as (1). They run against the
+    test suite's fakes (tests/fakefcm.py: HTTP/1.1, an OAuth2 token endpoint that
+    verifies the signed assertion, a send endpoint that checks the bearer token and
+    the message's shape; tests/fakeapns.py: HTTP/2 over TLS, verifying the ES256
+    provider token, the headers and the payload), each in its own process. A push
+    counts as checked when the fake answered it 200 after its checks.
 (3) Added publish cost: single-event ``POST /v1/events`` from 32 keep-alive
     connections (the raw client of bench/publish.py) for 2 s of warm-up + 8 s, first
     with no channel at all, then with users who may read the topic, each with 3
@@ -26,7 +34,7 @@ event. The SMTP server is aiosmtpd in its own process; it accepts and counts
 every message, and this script checks the subject of a sample. Both report their
 CPU use.
 
-Run:  .venv/bin/python bench/delivery.py [--only push,email,publish] [--profile]
+Run:  .venv/bin/python bench/delivery.py [--only push,email,publish,fcm,apns] [--profile]
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ from _harness import (  # noqa: E402
 from publish import SINGLE_EVENT, build_request, closed_loop_worker, summarize  # noqa: E402
 
 TARGET_PUBLISH_RATIO = 0.90
+MOBILE_LABELS = {"fcm": "(4) FCM", "apns": "(5) APNs"}
 PUSH_TOPIC = "bench.push"
 MAIL_TOPIC = "bench.mail"
 FROM_ADDR = "notifyd@example.com"
@@ -302,6 +311,100 @@ class Sink:
         if not self.pipe.poll(30):
             raise RuntimeError(f"the {self.name} did not answer")
         return self.pipe.recv()
+
+
+# -- the fake FCM and APNs (run in a child process) ---------------------------------------
+
+APNS_KEY_ID = "BENCHKEY01"
+APNS_TEAM_ID = "BENCHTEAM1"
+APNS_TOPIC = "org.notifyd.bench"
+
+
+def mobile_sink_worker(kind: str, directory: str, pipe: Any) -> None:
+    """tests/fakefcm.py (``kind`` "fcm") or tests/fakeapns.py ("apns") in this
+    process. Sends ``("ready", settings)`` with the daemon settings that point at it,
+    then answers the push service's commands: ``("reset", _)`` starts counting
+    anew, ``("stats",)`` answers the pushes since (count of 200s, arrival times,
+    per device, refused ones and why) and this process's CPU seconds."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(REPO))
+    where = Path(directory)
+    fake: Any
+    if kind == "fcm":
+        from tests.fakefcm import FakeFcm
+
+        fake = FakeFcm(project="notifyd-bench")
+        fake.__enter__()
+        account = fake.account(where / "fcm-key.json")
+        settings = {"NOTIFYD_FCM_SERVICE_ACCOUNT_FILE": str(account.path),
+                    "NOTIFYD_FCM_ENDPOINT": fake.origin}  # fmt: skip
+
+        def pushes() -> list[tuple[float, str, int, str]]:
+            with fake._lock:
+                return [(x.at, str(x.message.get("token")), x.status, x.error or "")
+                        for x in fake.sent]  # fmt: skip
+    else:
+        from tests.fakeapns import FakeApns, write_p8
+
+        key = write_p8(where / "apns-key.p8")
+        fake = FakeApns(where / "apns", key, key_id=APNS_KEY_ID, team_id=APNS_TEAM_ID,
+                        topic=APNS_TOPIC)  # fmt: skip
+        fake.__enter__()
+        settings = {"NOTIFYD_APNS_KEY_FILE": str(where / "apns-key.p8"),
+                    "NOTIFYD_APNS_KEY_ID": APNS_KEY_ID, "NOTIFYD_APNS_TEAM_ID": APNS_TEAM_ID,
+                    "NOTIFYD_APNS_TOPIC": APNS_TOPIC, "NOTIFYD_APNS_ENVIRONMENT": "sandbox",
+                    "NOTIFYD_APNS_ENDPOINT": fake.origin,
+                    "SSL_CERT_FILE": str(fake.ca.ca_file)}  # fmt: skip
+
+        def pushes() -> list[tuple[float, str, int, str]]:
+            return [(x.at, x.device, x.status, x.reason) for x in fake.received()]
+
+    pipe.send(("ready", settings))
+    start = 0
+    try:
+        while True:
+            cmd = pipe.recv()
+            if cmd[0] == "reset":
+                start = len(pushes())
+            elif cmd[0] == "stats":
+                seen = pushes()[start:]
+                ok = [x for x in seen if x[2] == 200]
+                t = os.times()
+                pipe.send({
+                    "count": len(ok),
+                    "arrivals": array("d", (x[0] for x in ok)),
+                    "per_device": dict(Counter(x[1] for x in ok)),
+                    "refused": dict(Counter(f"{x[2]} {x[3]}"[:100] for x in seen
+                                            if x[2] != 200)),
+                    "requests": len(seen),
+                    "cpu_s": t.user + t.system,
+                })  # fmt: skip
+            elif cmd[0] == "stop":
+                break
+    finally:
+        fake.__exit__(None, None, None)
+
+
+class MobileSink(Sink):
+    """The fake FCM or APNs in a child process; ``settings`` point the daemon at it."""
+
+    def __init__(self, kind: str, directory: str) -> None:
+        name = {"fcm": "fake FCM", "apns": "fake APNs"}[kind]
+        super().__init__(name, mobile_sink_worker, (kind, directory), 0)
+        self.settings: dict[str, str] = {}
+
+    def __enter__(self) -> MobileSink:
+        self.proc.start()
+        self._child.close()
+        if not self.pipe.poll(30):
+            raise RuntimeError(f"the {self.name} did not start")
+        msg = self.pipe.recv()
+        if not (isinstance(msg, tuple) and msg[0] == "ready"):
+            raise RuntimeError(f"the {self.name} did not start: {msg!r}")
+        self.settings = msg[1]
+        progress(f"{self.name} up (pid {self.pid})")
+        return self
 
 
 # -- daemon helpers ---------------------------------------------------------------------
@@ -672,6 +775,62 @@ def run_push(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def mobile_token(kind: str) -> str:
+    """A device token of the platform's shape: FCM's ~160 URL-safe characters, APNs'
+    64 hex digits."""
+    if kind == "fcm":
+        return "bench" + base64.urlsafe_b64encode(os.urandom(120)).decode().rstrip("=")[:155]
+    return os.urandom(32).hex()
+
+
+def run_mobile(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    label = MOBILE_LABELS[kind]
+    expected = args.mobile_devices * args.mobile_events
+    progress(
+        f"{label}: {args.mobile_devices} devices × {args.mobile_events} events = "
+        f"{expected:,} pushes"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp, \
+            MobileSink(kind, tmp) as sink, \
+            Daemon(env={**sink.settings, **daemon_env(args)}) as d:  # fmt: skip
+        app = APNS_TOPIC if kind == "apns" else "notifyd-bench"
+        tokens = [mobile_token(kind) for _ in range(args.mobile_devices)]
+        for i, token in enumerate(tokens):
+            api(d, "POST", "/v1/devices",
+                {"platform": kind, "token": token, "app": app, "label": f"bench {i}"},
+                expect=(201,))  # fmt: skip
+        sink.reset(0)
+        meter = ThreadSplit(d, {"mobile_service": sink.pid})
+        profiler = profile_start(args, d.pid, f"delivery-{kind}", args.profile_seconds)
+        meter.start()
+        t0 = time.monotonic()
+        publish_batches(d, f"bench.{kind}", args.mobile_events, args.batch, kind)
+        t_published = time.monotonic()
+        t_done, timeline = wait_delivered(d, kind, expected, args.drain_timeout, args.poll)
+        cpu = meter.stop()
+        profile_finish(profiler, label)
+        stats = sink.stats()
+        result = drain_figures(expected, t0, t_published, t_done, timeline, stats)
+        per_device = stats["per_device"]
+        result["devices_with_wrong_count"] = sum(
+            1 for t in tokens if per_device.get(t, 0) != args.mobile_events
+        )
+        # the fake checks every request (credentials, headers, shape) before its 200
+        result["sample_check"] = {
+            "checked": stats["requests"],
+            "ok": stats["count"],
+            "errors": stats["refused"],
+        }
+        result["dead_errors"] = dead_errors(d) if result["dead"] else {}
+        result["cpu"] = cpu
+        result["writer"] = meter.writer
+    result.update(devices=args.mobile_devices, events=args.mobile_events, batch=args.batch)
+    log_drain(label, result)
+    return result
+
+
 def run_email(args: argparse.Namespace) -> dict[str, Any]:
     expected = args.mail_channels * args.mail_events
     progress(
@@ -892,13 +1051,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--only", default="push,email,publish",
-                    help="comma-separated parts to run: push, email, publish")  # fmt: skip
+    ap.add_argument("--only", default="push,email,publish,fcm,apns",
+                    help="comma-separated parts to run: push, email, publish, fcm, apns")  # fmt: skip
     ap.add_argument("--push-subs", type=int, default=50, help="(1) Web Push subscriptions")
     ap.add_argument("--push-events", type=int, default=100, help="(1) events published")
     ap.add_argument("--mail-channels", type=int, default=10, help="(2) mailto channels")
     ap.add_argument("--mail-events", type=int, default=50, help="(2) events published")
-    ap.add_argument("--batch", type=int, default=50, help="(1)(2) events per publish request")
+    ap.add_argument("--mobile-devices", type=int, default=50,
+                    help="(4)(5) FCM / APNs devices registered")  # fmt: skip
+    ap.add_argument("--mobile-events", type=int, default=100, help="(4)(5) events published")
+    ap.add_argument("--batch", type=int, default=50,
+                    help="(1)(2)(4)(5) events per publish request")  # fmt: skip
     ap.add_argument("--sample", type=int, default=100,
                     help="(1)(2) pushes decrypted / emails parsed to check them")  # fmt: skip
     ap.add_argument("--drain-timeout", type=float, default=45.0,
@@ -924,7 +1087,7 @@ def main() -> int:
     ap.add_argument("--profile-seconds", type=float, default=5.0)
     args = ap.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    if parts - {"push", "email", "publish"}:
+    if parts - {"push", "email", "publish", "fcm", "apns"}:
         ap.error(f"unknown part(s) in --only: {', '.join(sorted(parts))}")
 
     print(cores_note(), file=sys.stderr)
@@ -932,6 +1095,9 @@ def main() -> int:
     results: dict[str, Any] = {}
     if "push" in parts:
         results["webpush"] = run_push(args)
+    for kind in ("fcm", "apns"):
+        if kind in parts:
+            results[kind] = run_mobile(args, kind)
     if "email" in parts:
         results["email"] = run_email(args)
     if "publish" in parts:
@@ -950,15 +1116,17 @@ def main() -> int:
 def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     verdicts: dict[str, Any] = {}
     rows, cpu_rows = [], []
-    for key, label in (("webpush", "(1) Web Push"), ("email", "(2) email (Apprise mailto)")):
+    for key, label in (("webpush", "(1) Web Push"), ("fcm", MOBILE_LABELS["fcm"]),
+                       ("apns", MOBILE_LABELS["apns"]), ("email", "(2) email (Apprise mailto)")):  # fmt: skip
         r = results.get(key)
         if r is None:
             continue
-        what = (
-            f"{r['subscriptions']} subs × {r['events']} events"
-            if key == "webpush"
-            else f"{r['channels']} channels × {r['events']} events"
-        )
+        if key == "webpush":
+            what = f"{r['subscriptions']} subs × {r['events']} events"
+        elif key in MOBILE_LABELS:
+            what = f"{r['devices']} devices × {r['events']} events"
+        else:
+            what = f"{r['channels']} channels × {r['events']} events"
         done = "all sent" if r["complete"] else f"INCOMPLETE: {r['sent']:,}/{r['expected']:,} sent"
         fig = (
             f"{r['deliveries_per_s']:,.0f} deliveries/s ({done}; {r['dead']} dead; "
@@ -973,7 +1141,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         rows.append([f"{label}: {what}", fig, timing,
                      f"{r['received']:,} received; sample {chk['ok']}/{chk['checked']} ok"])  # fmt: skip
         cpu_rows.append([label, cpu_text(r["cpu"]), writer_text(r["writer"]),
-                         f"{r['cpu'].get('push_service', r['cpu'].get('smtp_server', 0)):.0%}",
+                         f"{r['cpu'].get('push_service', r['cpu'].get('smtp_server', r['cpu'].get('mobile_service', 0))):.0%}",
                          f"{r['cpu']['bench_process']:.0%}", f"{r['cpu']['other_cores']:.2f}"])  # fmt: skip
         verdicts[f"{key}_complete"] = r["complete"]
     if rows:
@@ -1054,6 +1222,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "The push service only counts pushes (it answers 201) and keeps a sample, which is\n"
         "checked afterwards as a push service and a browser would (VAPID signature, aes128gcm\n"
         "decryption to a published event). The SMTP server (aiosmtpd) accepts every message.\n"
+        "The fake FCM and APNs (tests/fakefcm.py, tests/fakeapns.py) check every request\n"
+        "(OAuth2 bearer / ES256 provider token, headers, message shape) before answering 200.\n"
         "Other cores: CPU used meanwhile by processes outside this benchmark (~0 on a quiet machine)."
     )
     print(cores_note())
