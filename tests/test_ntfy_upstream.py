@@ -235,8 +235,14 @@ def test_poll_by_id_returns_that_message_with_read_rights(daemon: Daemon) -> Non
     assert status == 400 and body[0]["code"] == 40000 and body[0]["http"] == 400
 
 
-def test_users_cannot_add_upstream_channels(daemon: Daemon) -> None:
+def test_the_upstream_channel_is_the_daemons(daemon: Daemon, upstream: FakeUpstream) -> None:
+    """Users cannot add one; ``channels test`` on the daemon's sends a real poll
+    request for a topic no app subscribes to."""
     with daemon.admin() as c:
         r = c.post("/v1/channels", json={"name": "mine", "kind": "ntfy-upstream", "config": {}})
-    assert r.status_code == 422
-    assert "upstream_base_url" in r.json()["error"]["message"]
+        assert r.status_code == 422
+        assert "upstream_base_url" in r.json()["error"]["message"]
+        r = c.post("/v1/channels/ntfy-upstream/test", params={"user": "ntfy-upstream"})
+        assert r.json() == {"ok": True}
+    poll = one_poll(upstream, 0)
+    assert (poll.path, poll.body) == (hashed("notifyd/test"), b"")

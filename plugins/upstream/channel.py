@@ -81,8 +81,10 @@ class UpstreamChannel(Channel):
         if not cfg.upstream_base_url or not cfg.base_url:
             raise DeliveryError("upstream_base_url is no longer set", retryable=False)
         for ev in delivery.events:
-            if ev.get("category") == UNIFIEDPUSH_CATEGORY or not ev.get("id"):
+            if ev.get("category") == UNIFIEDPUSH_CATEGORY:
                 continue  # ntfy sends UnifiedPush messages to no upstream
+            # (``notifyd channels test`` sends event 0 on ``notifyd/test``: a real
+            # request, to a hash no app subscribes to, checks the upstream and token)
             await self._poll(poll_url(cfg, ev["topic"]), str(ev["id"]), cfg.upstream_access_token)
 
     async def _poll(self, url: str, poll_id: str, token: str) -> None:
