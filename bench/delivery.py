@@ -1215,7 +1215,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             cpu_rows,
         )  # fmt: skip
     print(
-        "CPU columns are shares of one core over the measured window ((1)(2): first publish until\n"
+        "CPU columns are shares of one core over the measured window ((1)(2)(4)(5): first publish until\n"
         "all sent). Worker threads: trio's thread pool (store reads; Apprise's blocking sends).\n"
         "Writer groups: group commits/s × write jobs per commit, the time to run and commit one\n"
         "group (fsync included), and the share of the window the writer spent doing so.\n"
