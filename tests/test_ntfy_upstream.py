@@ -246,3 +246,23 @@ def test_the_upstream_channel_is_the_daemons(daemon: Daemon, upstream: FakeUpstr
         assert r.json() == {"ok": True}
     poll = one_poll(upstream, 0)
     assert (poll.path, poll.body) == (hashed("notifyd/test"), b"")
+
+
+def test_turned_off_by_leaving_upstream_base_url_empty(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    """Last in the module: it restarts the daemon without the upstream settings."""
+    del daemon.extra_env["NOTIFYD_UPSTREAM_BASE_URL"]
+    del daemon.extra_env["NOTIFYD_UPSTREAM_ACCESS_TOKEN"]
+    daemon.restart()
+    with daemon.admin() as c:
+        kinds = {
+            ch["kind"] for ch in c.get("/v1/channels", params={"all": "true"}).json()["channels"]
+        }
+        assert "ntfy-upstream" not in kinds
+    before = len(upstream.requests)
+    ev = daemon.publish("alerts", title="after")
+    with daemon.admin() as c:
+        rows = c.get("/v1/deliveries", params={"limit": 500}).json()["deliveries"]
+    assert ev["id"] not in {d["event_id"] for d in rows}
+    assert len(upstream.requests) == before
