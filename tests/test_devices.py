@@ -187,3 +187,49 @@ def test_the_devices_command(daemon: Daemon) -> None:
     assert listed(daemon, api) == []
     missing = run("remove", str(dev["id"]))
     assert missing.returncode != 0 and str(dev["id"]) in missing.stderr
+
+
+def test_the_web_page_lists_and_removes_devices(daemon: Daemon) -> None:
+    from browser import launch, new_user, sign_in, watch_errors
+    from playwright.sync_api import expect, sync_playwright
+
+    person = new_user(daemon, "webdev")
+    with daemon.admin() as c:
+        r = c.post("/v1/tokens", json={"user": person.name, "scopes": ["subscribe", "account"]})
+        api = r.json()["token"]
+    token = fcm_token()
+    dev = register(daemon, api, token=token, label="Field tablet", app="Example Ops")
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            context = browser.new_context(base_url=daemon.url)
+            errors = watch_errors(context)
+            page = context.new_page()
+            sign_in(page, person)
+            page.get_by_role("link", name="Channels", exact=True).click()
+            item = page.locator(f'#subscription-list li[data-id="{dev["id"]}"]')
+            expect(item).to_contain_text("Field tablet")
+            expect(item).to_contain_text(f"Example Ops · token {token[:6]}…{token[-4:]}")
+            assert token not in page.content()
+            # listed with the devices, not again among the channels
+            expect(page.locator("#channel-list")).not_to_contain_text(dev["name"])
+            item.get_by_role("button", name="Remove").click()
+            page.get_by_role("button", name=f"Yes, remove Field tablet ({dev['name']})").click()
+            expect(page.locator("#subscription-list")).to_have_text(
+                "No device receives push notifications."
+            )
+            assert errors == []
+        finally:
+            browser.close()
+    assert listed(daemon, api) == []
+
+
+def test_the_tui_names_devices_by_label_and_app_never_the_full_token(daemon: Daemon) -> None:
+    from notifyd.tui.screens.channels import _target
+
+    api = user(daemon, "tui")
+    token = fcm_token()
+    register(daemon, api, token=token, label="Pixel 8")
+    with daemon.http(api) as c:
+        (ch,) = c.get("/v1/channels").json()["channels"]
+    assert _target(ch) == f"Pixel 8 · Example ({token[:6]}…{token[-4:]})"

@@ -5,6 +5,9 @@ daemon — with a state derived from the last success and the last error. Adding
 channel takes an Apprise URL, checked by the daemon (its ``422`` message is shown
 under the field it names); a test is sent at once and its outcome shown; removing
 asks first. Below, the caller's Web Push subscriptions, one per browser or phone.
+Phone apps registered at ``/v1/devices`` are channels of kinds ``fcm``/``apns``:
+they are in the channels table, named by their label and app (the daemon shows
+their push token shortened, never in full).
 """
 
 from __future__ import annotations
@@ -321,6 +324,10 @@ class ChannelsScreen(AdminScreen):
 def _target(channel: dict[str, Any]) -> str:
     """Where a channel sends to, as the daemon shows it (secrets masked)."""
     cfg = channel.get("config") or {}
+    # a registered app: "Pixel 8 · Example (ab12cd…ef34)"
+    if channel.get("kind") in ("fcm", "apns"):
+        named = " · ".join(str(cfg[k]) for k in ("label", "app") if cfg.get(k))
+        return f"{named} ({cfg['token']})" if cfg.get("token") else named
     if cfg.get("url") or cfg.get("endpoint_origin"):
         return str(cfg.get("url") or cfg.get("endpoint_origin"))
     return ", ".join(f"{k}={v}" for k, v in cfg.items())

@@ -129,19 +129,52 @@ export class Settings {
 
   async loadSubscriptions() {
     const list = $("#subscription-list", this.root);
+    let devices;
     try {
-      this.subscriptions = (await api.get("/v1/webpush/subscriptions")).subscriptions;
+      [this.subscriptions, devices] = await Promise.all([
+        api.get("/v1/webpush/subscriptions").then((r) => r.subscriptions),
+        // phone apps registered for native push (FCM/APNs); absent without the mobile plugin
+        api.get("/v1/devices").then((r) => r.devices, () => []),
+      ]);
     } catch (err) {
       list.replaceChildren(h("li", { class: "error-text", text: `Could not load devices: ${err.message}` }));
       return;
     }
     const own = await findOwn(this.subscriptions).catch(() => null);
-    if (!this.subscriptions.length) {
+    if (!this.subscriptions.length && !devices.length) {
       list.replaceChildren(h("li", { class: "muted", text: "No device receives push notifications." }));
     } else {
-      list.replaceChildren(...this.subscriptions.map((sub) => this.subscriptionItem(sub, sub === own)));
+      list.replaceChildren(
+        ...this.subscriptions.map((sub) => this.subscriptionItem(sub, sub === own)),
+        ...devices.map((dev) => this.deviceItem(dev)),
+      );
     }
     await this.updatePushStatus();
+  }
+
+  deviceItem(dev) {
+    const name = dev.label || dev.app || dev.name;
+    const platform = dev.platform === "apns" ? "iOS app" : "App (Firebase)";
+    return h(
+      "li",
+      { class: "item", dataset: { id: String(dev.id), platform: dev.platform } },
+      h(
+        "div",
+        { class: "item-main" },
+        h("p", { class: "item-title" }, name, h("span", { class: "badge", text: platform })),
+        h("p", { class: "muted small" }, `${dev.app} · token ${dev.token} · added `, timeElement(dev.created_at)),
+        deliveryInfo(dev),
+      ),
+      h(
+        "div",
+        { class: "item-controls" },
+        removeButton(`${name} (${dev.name})`, async () => {
+          await api.delete(`/v1/devices/${dev.id}`);
+          await this.loadSubscriptions();
+          $("#subscriptions-title", this.root).focus();
+        }),
+      ),
+    );
   }
 
   subscriptionItem(sub, isOwn) {
@@ -175,7 +208,9 @@ export class Settings {
     const list = $("#channel-list", this.root);
     let channels;
     try {
-      channels = (await api.get("/v1/channels")).channels.filter((c) => c.kind !== "webpush");
+      // push subscriptions and registered apps are listed with the devices above
+      const devices = ["webpush", "fcm", "apns"];
+      channels = (await api.get("/v1/channels")).channels.filter((c) => !devices.includes(c.kind));
     } catch (err) {
       list.replaceChildren(h("li", { class: "error-text", text: `Could not load channels: ${err.message}` }));
       return [];
