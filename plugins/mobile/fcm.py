@@ -103,6 +103,30 @@ def fcm_message(token: str, m: MobileMessage, now: float) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Answer:
+    """An HTTP answer, its body read up to RESPONSE_CAP bytes."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+
+async def post_capped(client: httpx.AsyncClient, url: str, **kw: Any) -> Answer:
+    """POST and read at most RESPONSE_CAP bytes of the answer (the rest is
+    dropped with the connection): a peer that streams an endless body must not
+    keep a send, or memory, busy."""
+    async with client.stream("POST", url, **kw) as resp:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > destinations.RESPONSE_CAP:
+                break
+            chunks.append(chunk)
+    return Answer(resp.status_code, resp.headers, b"".join(chunks))
+
+
 class ServiceAccount:
     """The Firebase service account's key file, and the access tokens it earns."""
 
@@ -170,7 +194,8 @@ class ServiceAccount:
             )
         token, lifetime = answer.get("access_token"), answer.get("expires_in", 3600)
         if resp.status_code != 200 or not isinstance(token, str) or not token:
-            code = answer.get("error") if isinstance(answer.get("error"), str) else "no token"
+            error = answer.get("error")
+            code = error if isinstance(error, str) else "no token"
             raise DeliveryError(
                 f"the FCM token endpoint refused the service account "
                 f"({resp.status_code}, {code[:80]}): check fcm_service_account_file",
@@ -179,15 +204,6 @@ class ServiceAccount:
         if not isinstance(lifetime, (int, float)) or lifetime <= 0:
             lifetime = 3600
         return token, float(lifetime)
-
-
-@dataclass
-class Answer:
-    """An HTTP answer, its body read up to RESPONSE_CAP bytes."""
-
-    status_code: int
-    headers: httpx.Headers
-    body: bytes
 
 
 def _error_details(resp: Answer) -> tuple[str, str, list[dict[str, Any]]]:
@@ -310,19 +326,11 @@ class FcmChannel(Channel):
         log.debug("delivery %d sent to FCM device %s", delivery.id, mask_token(token))
 
     async def _post(self, url: str, body: dict[str, Any], access: str) -> Answer:
-        """POST and read at most RESPONSE_CAP bytes of the answer. Error messages
-        name the exception type only (never the URL's query or the token)."""
+        """POST the message; error messages name the exception type only."""
         data = json.dumps(body, separators=(",", ":")).encode()
         headers = {"Authorization": f"Bearer {access}", "Content-Type": "application/json"}
         try:
-            async with self._client.stream("POST", url, content=data, headers=headers) as resp:
-                chunks, size = [], 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > destinations.RESPONSE_CAP:
-                        break  # closing the stream drops the connection
-                    chunks.append(chunk)
-            return Answer(resp.status_code, resp.headers, b"".join(chunks))
+            return await post_capped(self._client, url, content=data, headers=headers)
         except httpx.TimeoutException as exc:
             raise DeliveryError("FCM timed out") from exc
         except httpx.TransportError as exc:
