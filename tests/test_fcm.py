@@ -107,6 +107,8 @@ def test_delivery_has_the_fcm_shape(daemon: Daemon, fcm: FakeFcm) -> None:
     assert low["apns"]["payload"]["aps"]["interruption-level"] == "passive"
     assert "collapse_key" not in str(low) and low["data"]["tag"] == f"event-{ev['id'] + 1}"
     wait_for(lambda: {r["state"] for r in deliveries(daemon, "ann")} == {"sent"})
+    with daemon.http(api) as c:
+        assert c.get("/v1/stats").json()["by_channel"]["fcm"]["sent"] == 2
     assert token not in daemon.log()
 
 
