@@ -134,3 +134,12 @@ def test_the_web_page_is_signed_in_by_the_proxy(daemon: Daemon) -> None:
         assert other.json()["user"]["name"] == "xavier" and other.json()["csrf"] != csrf
     with client(daemon, UNTRUSTED) as c:
         assert c.get("/v1/session", headers=as_user("wanda")).status_code == 401
+
+
+def test_the_accounts_notifyd_keeps_for_itself_cannot_be_named(daemon: Daemon) -> None:
+    """``ntfy-upstream`` (the admin account that owns the ntfy iOS poll channel)
+    is never taken by an external identity, whatever the proxy says."""
+    with client(daemon) as c:
+        r = c.get("/v1/me", headers=as_user("ntfy-upstream"))
+        assert r.status_code == 401, r.text
+        assert "keeps for itself" in r.json()["error"]["message"]

@@ -38,6 +38,7 @@ from .jwt import MAX_TOKEN, JwtVerifier, looks_like_jwt
 from .models import check_pattern
 from .store import AclEntry, Signal, Store, Token, User
 from .throttle import SignInThrottle
+from .upstream import SYSTEM_USER as UPSTREAM_USER
 
 #: User names are topic-safe: ``{user}`` is substituted into topic patterns
 #: (``default_grants``), so no ``*`` or ``/`` may appear. Up to 64 characters with a
@@ -48,6 +49,8 @@ NAME_RULE = "1–64 characters: a lowercase letter or digit, then a–z 0–9 _ 
 TOKEN_PREFIX = "nfy_"
 SESSION_PREFIX = "nfs_"
 CACHE_TTL = 30.0
+#: accounts notifyd keeps for itself: no external identity may name them
+SYSTEM_USERS = frozenset({UPSTREAM_USER})
 _hasher = PasswordHasher()
 _argon_limiter = trio.CapacityLimiter(2)
 
@@ -161,6 +164,11 @@ class Accounts:
             raise Unauthorized(
                 f"{where} holds {shown}, which is not a usable user name: user names are "
                 f"{NAME_RULE} (set the claim or header to one that is)"
+            )
+        if name in SYSTEM_USERS:
+            raise Unauthorized(
+                f"{where} names {name!r}, an account notifyd keeps for itself: it cannot "
+                "be signed in to"
             )
         user = await self.store.get_user(name)
         if user is not None:
