@@ -154,8 +154,8 @@ async def test_retention_prunes_old_events_with_their_receipts_and_deliveries(
 
 @pytest.mark.trio
 async def test_claims_on_a_database_from_before_claims(tmp_path: Path) -> None:
-    """A database of schema 8 (pending rows, no claim columns) is migrated on start,
-    and its pending rows are claimable at once."""
+    """A database of schema 8 (pending rows, no claim columns) is migrated on start
+    (9: claims, 10: session groups), and its pending rows are claimable at once."""
     config = Config(data_dir=str(tmp_path))
     store = open_store(config, clock=lambda: T0)
     await store.start()
@@ -168,10 +168,11 @@ async def test_claims_on_a_database_from_before_claims(tmp_path: Path) -> None:
     c.execute("DROP INDEX idx_deliveries_claimed")
     c.execute("ALTER TABLE deliveries DROP COLUMN claimed_by")
     c.execute("ALTER TABLE deliveries DROP COLUMN lease_until")
+    c.execute("ALTER TABLE sessions DROP COLUMN group_names")
     c.execute("PRAGMA user_version = 8")
     c.commit()
     c.close()
-    assert len(schema.MIGRATIONS) == 9
+    assert len(schema.MIGRATIONS) == 10
 
     store = open_store(config, clock=lambda: T0)
     await store.start()
@@ -184,7 +185,7 @@ async def test_claims_on_a_database_from_before_claims(tmp_path: Path) -> None:
     finally:
         await store.close()
     c = sqlite3.connect(config.db_path)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == 9
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 10
     c.close()
 
 
