@@ -36,6 +36,7 @@ from notifyd.core.acl import Principal
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.errors import NotifydError
 from notifyd.core.store import HistoryQuery
+from notifyd.plugins.httpclients import Pools
 
 from .devices import DeviceError, parse_device, public_device
 from .payload import MAX_TTL, MobileMessage, build_message, collapse_id
@@ -277,7 +278,11 @@ class ApnsChannel(Channel):
         # http1=False: APNs speaks HTTP/2 only, and ALPN then offers h2 alone.
         # trust_env=False: no proxy from the environment (the destination policy
         # must see the real peer); CA certificates come from ssl_context().
-        self._client = httpx.AsyncClient(
+        self._pools = Pools(self._new_client)
+
+    @staticmethod
+    def _new_client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             http1=False,
             http2=True,
             verify=ssl_context(),
@@ -369,7 +374,7 @@ class ApnsChannel(Channel):
         headers = {**headers, "authorization": f"bearer {token}"}
         where = httpx.URL(self.endpoint).host
         try:
-            async with self._client.stream("POST", url, content=body, headers=headers) as resp:
+            async with self._pools.get().stream("POST", url, content=body, headers=headers) as resp:
                 raw = b""
                 async for chunk in resp.aiter_raw():
                     raw += chunk
@@ -417,4 +422,4 @@ class ApnsChannel(Channel):
         raise DeliveryError(f"{what}: {hint}" if hint else what, retryable=False)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pools.aclose()

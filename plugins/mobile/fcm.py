@@ -34,6 +34,7 @@ from google.auth import jwt as google_jwt
 from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
+from notifyd.plugins.httpclients import Pools
 
 from .devices import DeviceError, mask_token, parse_device, public_device
 from .payload import MobileMessage, build_message, collapse_id
@@ -270,11 +271,13 @@ class FcmChannel(Channel):
         self._endpoint: str = cfg.fcm_endpoint.rstrip("/")
         self._policy: str = cfg.destination_policy
         self._account: ServiceAccount | None = None
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=5.0),
-            follow_redirects=False,
-            headers={"User-Agent": f"notifyd/{__version__}"},
-            limits=httpx.Limits(max_connections=self.concurrency * 2),
+        self._pools = Pools(
+            lambda: httpx.AsyncClient(
+                timeout=httpx.Timeout(10.0, connect=5.0),
+                follow_redirects=False,
+                headers={"User-Agent": f"notifyd/{__version__}"},
+                limits=httpx.Limits(max_connections=self.concurrency * 2),
+            )
         )
 
     @classmethod
@@ -314,11 +317,11 @@ class FcmChannel(Channel):
         url = f"{self._endpoint}/v1/projects/{account.project_id}/messages:send"
         # the endpoint and token_uri are the operator's: trusted like an admin's channel
         with destinations.outbound(True, self._policy):
-            access = await account.access_token(self._client)
+            access = await account.access_token(self._pools.get())
             resp = await self._post(url, body, access)
             if resp.status_code == 401:  # expired or revoked early: once more, fresh
                 log.info("FCM refused the access token; fetching a new one")
-                access = await account.access_token(self._client, stale=access)
+                access = await account.access_token(self._pools.get(), stale=access)
                 resp = await self._post(url, body, access)
         error = outcome(resp, now)
         if error is not None:
@@ -330,7 +333,7 @@ class FcmChannel(Channel):
         data = json.dumps(body, separators=(",", ":")).encode()
         headers = {"Authorization": f"Bearer {access}", "Content-Type": "application/json"}
         try:
-            return await post_capped(self._client, url, content=data, headers=headers)
+            return await post_capped(self._pools.get(), url, content=data, headers=headers)
         except httpx.TimeoutException as exc:
             raise DeliveryError("FCM timed out") from exc
         except httpx.TransportError as exc:
@@ -341,4 +344,4 @@ class FcmChannel(Channel):
             ) from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pools.aclose()

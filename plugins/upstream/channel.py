@@ -21,6 +21,7 @@ from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.upstream import KIND, UNIFIEDPUSH_CATEGORY, poll_url
+from notifyd.plugins.httpclients import Pools
 
 log = logging.getLogger("notifyd.upstream")
 
@@ -58,8 +59,7 @@ class UpstreamChannel(Channel):
         super().__init__(services)
         # Two pools like the Web Push channel: a connection opened while private
         # addresses are allowed must not be reused when they are not.
-        self._client = self._new_client()
-        self._trusted_client = self._new_client()
+        self._pools = Pools(self._new_client)
 
     def _new_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -93,7 +93,7 @@ class UpstreamChannel(Channel):
             headers["Authorization"] = f"Bearer {token}"
         origin = httpx.URL(url).copy_with(path="/", query=None)
         where = f"upstream {str(origin).rstrip('/')}"
-        client = self._trusted_client if destinations.allows_private() else self._client
+        client = self._pools.get(destinations.allows_private())
         now = time.time()
         try:
             async with client.stream("POST", url, content=b"", headers=headers) as resp:
@@ -127,5 +127,4 @@ class UpstreamChannel(Channel):
         raise DeliveryError(f"{what}: unexpected answer", retryable=False)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
-        await self._trusted_client.aclose()
+        await self._pools.aclose()

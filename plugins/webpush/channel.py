@@ -25,6 +25,7 @@ from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.timeutil import parse_rfc3339
+from notifyd.plugins.httpclients import Pools
 
 from .subscription import endpoint_origin, parse_subscription
 from .vapid import VapidSigner, b64url, load_or_create
@@ -154,8 +155,7 @@ class WebPushChannel(Channel):
         # a connection opened for a send that may reach private addresses (an
         # admin's channel) must never be reused by one that may not, since a
         # reused connection is not resolved (and so not checked) again.
-        self._client = self._new_client()
-        self._trusted_client = self._new_client()
+        self._pools = Pools(self._new_client)
 
     def _new_client(self) -> httpx.AsyncClient:
         # No redirects: a push service answers, it does not send us elsewhere.
@@ -221,7 +221,7 @@ class WebPushChannel(Channel):
         }
         # Error messages name the origin and the exception type only: the endpoint
         # path is a secret, and httpx messages may quote the URL.
-        client = self._trusted_client if destinations.allows_private() else self._client
+        client = self._pools.get(destinations.allows_private())
         try:
             resp = await self._post(client, endpoint, body, headers)
         except httpx.TimeoutException as exc:
@@ -273,5 +273,4 @@ class WebPushChannel(Channel):
         raise DeliveryError(f"{what}: {hint}", retryable=False)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
-        await self._trusted_client.aclose()
+        await self._pools.aclose()

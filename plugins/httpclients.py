@@ -1,0 +1,35 @@
+"""httpx clients that channels make on first use.
+
+A client loads its CA certificates when it is made (about 0.1 s of CPU with
+certifi's bundle), and every process that loads the channel plugins makes the
+channel objects: the daemon and the delivery worker, in every start, whether or
+not anything is ever sent through that kind. So channels keep a :class:`Pools`
+and get their clients from it when they send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import httpx
+
+
+class Pools:
+    """Clients made by ``make`` on first use, one per key (e.g. "may reach private
+    addresses": a connection opened for such a send must not be reused by one that
+    may not)."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncClient]) -> None:
+        self._make = make
+        self._made: dict[Hashable, httpx.AsyncClient] = {}
+
+    def get(self, key: Hashable = None) -> httpx.AsyncClient:
+        client = self._made.get(key)
+        if client is None:
+            client = self._made[key] = self._make()
+        return client
+
+    async def aclose(self) -> None:
+        made, self._made = self._made, {}
+        for client in made.values():
+            await client.aclose()
