@@ -78,13 +78,14 @@ postgresql:
 # fails make test. PYTEST_ARGS adds options to both: PYTEST_ARGS='tests/test_streams.py -x'.
 # TEST_ENGINE=sqlite (or postgresql) runs one half only.
 # The PostgreSQL half is shorter, so a whole run (no PYTEST_ARGS, both halves) has it go
-# on with SIDE_MODULES (the cluster and crash modules, ~1/4 of the SQLite half's time)
-# and the first leaves them out: both halves then end about together.
+# on with SIDE_MODULES on SQLite (the cluster and crash modules and a few long ones, ~40 % of
+# the SQLite half's time) and the first leaves them out: both halves then end about together.
 PYTEST_ARGS ?=
 TEST_ENGINE ?= both
 PG_TEST_LOG := .cache/test-postgresql.log
 SIDE_MODULES := tests/test_cluster.py tests/test_cluster_ops.py tests/test_cluster_failover.py \
-	tests/test_cluster_limits.py tests/test_crash.py
+	tests/test_cluster_limits.py tests/test_crash.py tests/test_compat_gotify.py tests/test_cli.py \
+	tests/test_streams.py tests/test_delivery.py
 ifeq ($(strip $(PYTEST_ARGS))$(TEST_ENGINE),both)
 SIDE := $(SIDE_MODULES)
 endif
