@@ -1,4 +1,7 @@
-"""httpx clients that channels make on first use.
+"""What the HTTP channels share: httpx clients made on first use, and
+``Retry-After`` read one way.
+
+Clients are made on first use.
 
 A client loads its CA certificates when it is made (about 0.1 s of CPU with
 certifi's bundle), and every process that loads the channel plugins makes the
@@ -10,6 +13,7 @@ and get their clients from it when they send.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -33,3 +37,17 @@ class Pools:
         made, self._made = self._made, {}
         for client in made.values():
             await client.aclose()
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now``: delay-seconds (capped at a day) or
+    an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value[:9]), 86400))
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None

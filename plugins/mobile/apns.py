@@ -19,7 +19,6 @@ import logging
 import re
 import ssl
 import time
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from notifyd.core.acl import Principal
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.errors import NotifydError
 from notifyd.core.store import HistoryQuery
-from notifyd.plugins.httpclients import Pools
+from notifyd.plugins.httpclients import Pools, retry_after_seconds
 
 from .devices import DeviceError, parse_device, public_device
 from .payload import MAX_TTL, MobileMessage, build_message, collapse_id
@@ -70,16 +69,6 @@ def endpoint(config: Any) -> str:
     """Where pushes go: ``apns_endpoint``, else Apple's for ``apns_environment``."""
     url: str = config.apns_endpoint or ENDPOINTS.get(config.apns_environment, "")
     return url.rstrip("/")
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds to wait: delay-seconds or an HTTP date."""
-    try:
-        if value and value.strip().isdigit():
-            return float(value)
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now) if value else None
-    except (TypeError, ValueError):
-        return None
 
 
 def ssl_context() -> ssl.SSLContext:

@@ -23,7 +23,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -34,7 +33,7 @@ from google.auth import jwt as google_jwt
 from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
-from notifyd.plugins.httpclients import Pools
+from notifyd.plugins.httpclients import Pools, retry_after_seconds
 
 from .devices import DeviceError, mask_token, parse_device, public_device
 from .payload import MobileMessage, build_message, collapse_id
@@ -49,18 +48,6 @@ ASSERTION_LIFETIME = 3600
 REFRESH_MARGIN = 300.0
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now``: delay-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        if value.strip().isdigit():
-            return float(value.strip())
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
-        return None
 
 
 def fcm_message(token: str, m: MobileMessage, now: float) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -21,22 +20,9 @@ from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.upstream import KIND, UNIFIEDPUSH_CATEGORY, poll_url
-from notifyd.plugins.httpclients import Pools
+from notifyd.plugins.httpclients import Pools, retry_after_seconds
 
 log = logging.getLogger("notifyd.upstream")
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from ``now``: delay-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(min(int(value[:9]), 86400))
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 class UpstreamChannel(Channel):

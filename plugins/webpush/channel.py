@@ -12,7 +12,6 @@ import hashlib
 import logging
 import re
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.timeutil import parse_rfc3339
-from notifyd.plugins.httpclients import Pools
+from notifyd.plugins.httpclients import Pools, retry_after_seconds
 
 from .subscription import endpoint_origin, parse_subscription
 from .vapid import VapidSigner, b64url, load_or_create
@@ -52,16 +51,6 @@ def topic_header(collapse_key: str) -> str:
     if _TOPIC_OK.fullmatch(collapse_key):
         return collapse_key
     return b64url(hashlib.sha256(collapse_key.encode()).digest())[:32]
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Parse ``Retry-After``: delay-seconds or an HTTP date."""
-    try:
-        if value and value.strip().isdigit():
-            return float(value)
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now) if value else None
-    except (TypeError, ValueError):
-        return None
 
 
 def build_payload(delivery: Delivery) -> dict[str, Any]:
