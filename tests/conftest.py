@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx
 import pytest
 from pg import PgServer, PgUnavailable, connect, pg_server_session
@@ -181,6 +183,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
     raise AssertionError(f"timed out waiting for {message}") from last_exc
 
 
+#: One TLS context for the suite's own clients. httpx builds a new one for every
+#: client it makes (certifi's bundle: ~30 ms of CPU each), and the readiness probe
+#: below alone made ~60 per daemon start: more CPU than the daemon's own start.
+TLS = ssl.create_default_context(cafile=certifi.where())
+#: the client that asks a starting daemon for /healthz (one for the whole session)
+_PROBE = httpx.Client(timeout=1, verify=TLS)
+
+
 @dataclass
 class Daemon:
     data_dir: Path
@@ -240,7 +250,8 @@ class Daemon:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             return (
-                httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+                _PROBE.get(self.url + "/healthz", headers={"Connection": "close"}).status_code
+                == 200
                 and self.socket.exists()
             )
 
@@ -281,12 +292,14 @@ class Daemon:
     def admin(self, **kw: Any) -> httpx.Client:
         """A client over the Unix socket: acts as the admin user."""
         return httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://notifyd",
+            transport=httpx.HTTPTransport(uds=str(self.socket), verify=TLS),
+            base_url="http://notifyd",
             timeout=kw.pop("timeout", 10), **kw,
         )  # fmt: skip
 
     def http(self, token: str | None = None, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        kw.setdefault("verify", TLS)
         return httpx.Client(base_url=self.url, headers=headers, timeout=kw.pop("timeout", 10), **kw)
 
     def user(self, name: str, *, role: str = "user", grants: dict[str, str] | None = None,

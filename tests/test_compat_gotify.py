@@ -23,7 +23,7 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from conftest import Daemon, wait_for
+from conftest import TLS, Daemon, wait_for
 from trio_websocket import ConnectionRejected, WebSocketConnection
 
 #: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
@@ -62,6 +62,7 @@ def basic(name: str, password: str = PASSWORD) -> str:
 
 
 def gotify(daemon: Daemon, **kw: Any) -> httpx.Client:
+    kw.setdefault("verify", TLS)
     return httpx.Client(base_url=daemon.url, timeout=10, **kw)
 
 

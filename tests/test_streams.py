@@ -25,7 +25,7 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from conftest import Daemon, wait_for
+from conftest import TLS, Daemon, wait_for
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 #: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
@@ -114,7 +114,7 @@ async def recv_events_until(ws: WebSocketConnection, last_id: int, timeout: floa
 
 def admin_async(daemon: Daemon) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(uds=str(daemon.socket)),
+        transport=httpx.AsyncHTTPTransport(uds=str(daemon.socket), verify=TLS),
         base_url="http://notifyd",
         timeout=30,
     )
