@@ -28,7 +28,7 @@ from notifyd.core.accounts import Accounts
 from notifyd.core.config import Config
 from notifyd.core.doctor import check_jwks
 from notifyd.core.errors import Unauthorized
-from notifyd.core.jwt import JwtVerifier, KeyFileError, load_key_file
+from notifyd.core.jwt import FetchFailed, JwtVerifier, KeyFileError, load_key_file, parse_key_set
 from notifyd.core.storage import open_store
 from notifyd.core.store import Store
 
@@ -508,3 +508,14 @@ async def test_hs256_secret_and_auto_create_users_off(tmp_path: Path, keys: dict
         refused(publish(d, jwks.mint(keys["rsa"], "henry"), "user/henry/x"), "does not fit")
     finally:
         d.stop()
+
+
+def test_a_jwk_set_never_yields_a_symmetric_key() -> None:
+    """A JWK set is public: an ``oct`` key in it would be a secret anyone can read
+    and sign HS256 tokens with. It is skipped; the RSA key beside it is kept."""
+    secret = OctKey.generate_key(256).as_dict()
+    public = RSAKey.generate_key(2048).as_dict(private=False)
+    with pytest.raises(FetchFailed):
+        parse_key_set({"keys": [secret]})
+    (kept,) = parse_key_set({"keys": [secret, public]})
+    assert isinstance(kept, RSAKey)

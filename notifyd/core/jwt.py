@@ -218,7 +218,9 @@ class FetchFailed(Exception):
 
 def parse_key_set(data: Any) -> list[Key]:
     """The usable signing keys of a JWK set (others, e.g. ``use: enc`` or unknown
-    types, are skipped). Raises :class:`FetchFailed` when there are none."""
+    types, are skipped). Symmetric (``oct``) keys are skipped too: a JWK set is
+    public, so a secret published in one would let anyone sign tokens. Raises
+    :class:`FetchFailed` when there are none."""
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise FetchFailed('the answer is not a JWK set ({"keys": [...]})')
     keys: list[Key] = []
@@ -230,7 +232,7 @@ def parse_key_set(data: Any) -> list[Key]:
         except (ValueError, TypeError, KeyError, JoseError):
             continue
         for key in imported:
-            if isinstance(key, RSAKey | ECKey | OKPKey | OctKey) and algorithms_for(key):
+            if isinstance(key, RSAKey | ECKey | OKPKey) and algorithms_for(key):
                 keys.append(key)
     if not keys:
         raise FetchFailed("the JWK set holds no signing key notifyd can use")
