@@ -325,8 +325,13 @@ def test_event_reaches_the_phone_with_badge_and_headers(server: Daemon, apns: Fa
         server.publish("bob/db", title="third")
         assert pushed(apns, phone, 3)[2].payload["aps"]["badge"] == 2
         assert c.get("/v1/inbox/count", params={"unread": "true"}).json()["count"] == 2
-        rows = c.get("/v1/deliveries").json()["deliveries"]
-    assert wait_for(lambda: all(r["state"] == "sent" for r in rows) and rows)
+
+        def all_sent() -> list[dict[str, Any]]:
+            # asked again each time: the worker records an outcome after the push
+            rows: list[dict[str, Any]] = c.get("/v1/deliveries").json()["deliveries"]
+            return rows if rows and all(r["state"] == "sent" for r in rows) else []
+
+        rows = wait_for(all_sent, message="the three deliveries recorded as sent")
     assert {r["kind"] for r in rows} == {"apns"} and len(rows) == 3
 
 
