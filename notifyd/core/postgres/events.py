@@ -670,7 +670,9 @@ class PostgresEventStore(EventStore):
         def open_() -> ConnectionPool[Conn]:
             with psycopg.connect(self.url, **self._connect_kwargs()) as conn:
                 migrate(conn)
-            return self._new_pool(self.statement_timeout)
+            # the server has just answered: the pool's first connection gets as long
+            # as a connection may take, not the (possibly short) statement timeout
+            return self._new_pool(max(self.statement_timeout, CONNECT_WAIT))
 
         self._pool = await self._thread(open_)
         self._heard = await self.last_event_id()
