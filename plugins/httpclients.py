@@ -27,6 +27,22 @@ class Pools:
         self._make = make
         self._made: dict[Hashable, httpx.AsyncClient] = {}
 
+    @classmethod
+    def standard(cls, timeout: float, connections: int) -> Pools:
+        """The clients most channels want: ``timeout`` per request (5 s to connect),
+        no redirects (a push service or upstream answers, it does not send us
+        elsewhere), notifyd's User-Agent, at most ``connections`` connections."""
+        from notifyd import __version__
+
+        return cls(
+            lambda: httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout, connect=5.0),
+                follow_redirects=False,
+                headers={"User-Agent": f"notifyd/{__version__}"},
+                limits=httpx.Limits(max_connections=connections),
+            )
+        )
+
     def get(self, key: Hashable = None) -> httpx.AsyncClient:
         client = self._made.get(key)
         if client is None:

@@ -30,7 +30,6 @@ import trio
 from google.auth import crypt
 from google.auth import jwt as google_jwt
 
-from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.plugins.httpclients import Pools, retry_after_seconds
@@ -258,14 +257,7 @@ class FcmChannel(Channel):
         self._endpoint: str = cfg.fcm_endpoint.rstrip("/")
         self._policy: str = cfg.destination_policy
         self._account: ServiceAccount | None = None
-        self._pools = Pools(
-            lambda: httpx.AsyncClient(
-                timeout=httpx.Timeout(10.0, connect=5.0),
-                follow_redirects=False,
-                headers={"User-Agent": f"notifyd/{__version__}"},
-                limits=httpx.Limits(max_connections=self.concurrency * 2),
-            )
-        )
+        self._pools = Pools.standard(10.0, self.concurrency * 2)
 
     @classmethod
     def validate(cls, config: dict[str, Any]) -> dict[str, Any]:

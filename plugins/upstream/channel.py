@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 
-from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.upstream import KIND, UNIFIEDPUSH_CATEGORY, poll_url
@@ -45,15 +44,7 @@ class UpstreamChannel(Channel):
         super().__init__(services)
         # Two pools like the Web Push channel: a connection opened while private
         # addresses are allowed must not be reused when they are not.
-        self._pools = Pools(self._new_client)
-
-    def _new_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout, connect=5.0),
-            follow_redirects=False,
-            headers={"User-Agent": f"notifyd/{__version__}"},
-            limits=httpx.Limits(max_connections=self.concurrency * 2),
-        )
+        self._pools = Pools.standard(self.timeout, self.concurrency * 2)
 
     @classmethod
     def validate(cls, config: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from http_ece import ECEException
 from py_vapid import VapidException
 from pywebpush import WebPusher, WebPushException
 
-from notifyd import __version__
 from notifyd.core import destinations
 from notifyd.core.channels import Channel, Delivery, DeliveryError
 from notifyd.core.timeutil import parse_rfc3339
@@ -144,16 +143,7 @@ class WebPushChannel(Channel):
         # a connection opened for a send that may reach private addresses (an
         # admin's channel) must never be reused by one that may not, since a
         # reused connection is not resolved (and so not checked) again.
-        self._pools = Pools(self._new_client)
-
-    def _new_client(self) -> httpx.AsyncClient:
-        # No redirects: a push service answers, it does not send us elsewhere.
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=5.0),
-            follow_redirects=False,
-            headers={"User-Agent": f"notifyd/{__version__}"},
-            limits=httpx.Limits(max_connections=self.concurrency * 2),
-        )
+        self._pools = Pools.standard(10.0, self.concurrency * 2)
 
     @classmethod
     def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
