@@ -30,7 +30,7 @@ from notifyd.core.errors import Conflict, NotFound
 from notifyd.core.models import EventIn
 from notifyd.core.postgres.store import PostgresStore
 from notifyd.core.storage import open_store as open_engine_store
-from notifyd.core.store import DueDelivery, Event, HistoryQuery, Outcome, Store
+from notifyd.core.store import DueDelivery, Event, HistoryQuery, Hook, Outcome, Store
 from notifyd.core.timeutil import format_ts, parse_rfc3339
 
 ENGINES = ["sqlite", "postgresql"]
@@ -1028,6 +1028,31 @@ async def test_held_rows_sharing_a_digest_key_are_claimed_as_one(open_store: Ope
         assert len(digest.ids) == 3 and digest.attempt == 1
         assert ids(digest.events) == ids(published.events)  # in event order
         assert await store.finish_deliveries([sent(digest, held_until)], "n/1") == 3
+
+
+@pytest.mark.trio
+async def test_hooks_are_kept_per_user_and_go_with_their_user(open_store: OpenStore) -> None:
+    async with open_store() as store:
+        await store.create_user("admin", "admin", None)
+        alice = await store.create_user("alice", "user", None)
+        hook = Hook(
+            id="h1", user_id=alice.id, name="ci", topic="ci/builds", template="github",
+            options={"priority": 4, "tags": ["ci"]}, secret="s3cret", created_at=format_ts(T0),
+        )  # fmt: skip
+        made = await store.create_hook(hook)
+        assert made.user_name == "alice" and made.options == {"priority": 4, "tags": ["ci"]}
+        assert made.secret == "s3cret" and made.last_used_at is None
+        with pytest.raises(Conflict):
+            await store.create_hook(Hook(**{**hook.__dict__, "id": "h2"}))
+        await store.touch_hook("h1", format_ts(T0 + 5))
+        await store.touch_hook("h1", format_ts(T0 + 1))  # an older use does not go back
+        got = await store.get_hook("h1")
+        assert got is not None and got.last_used_at == format_ts(T0 + 5)
+        assert [h.id for h in await store.list_hooks(alice.id)] == ["h1"]
+        assert [h.id for h in await store.list_hooks()] == ["h1"]
+        assert await store.delete_hook("h1", user_id=alice.id + 100) == 0
+        await store.delete_user("alice")
+        assert await store.get_hook("h1") is None and await store.list_hooks() == []
 
 
 # -- 10. PostgreSQL against SQLite: inbox state, step by step ------------------------

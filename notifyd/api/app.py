@@ -8,14 +8,16 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..core.services import Services
-from .compat import gotify, ntfy
+from .compat import gotify, ntfy, ntfy_account
 from .cors import CORSMiddleware
 from .responses import JSON, install_error_handlers
 from .routes import (
     accounts,
     admin,
+    attachments,
     channels,
     events,
+    hooks,
     oidc,
     preferences,
     session,
@@ -102,6 +104,9 @@ def make_app(svc: Services) -> FastAPI:
     app.include_router(session.router)
     app.include_router(oidc.router)
     app.include_router(admin.router)
+    app.include_router(hooks.router)
+    app.include_router(attachments.router)
+    app.include_router(ntfy_account.router)
     app.include_router(web.router)
     # last: ntfy's topic routes match any other top-level path
     app.include_router(gotify.router)

@@ -74,6 +74,11 @@ IMPORT_PATH = "/v1/admin/import"
 AUTH_FIRST_BYTES = 4 * 1024
 #: the one notifyd route that reads a body without credentials: sign-in, small JSON
 SIGN_IN_PATH = "/v1/session"
+#: notifyd's upload route: its body may be as large as ``attachment_max_bytes``
+ATTACHMENTS_PATH = "/v1/attachments"
+#: a webhook's own URL (POST /v1/hooks/{id}[/{secret}]): the route checks the hook's
+#: secret (in the path, a Bearer header or a signature over the body) itself
+HOOKS_PREFIX = "/v1/hooks/"
 STREAM_PREFIXES = (b"GET /v1/stream ", b"GET /v1/stream?", b"GET /v1/stream/sse")
 #: Gotify's stream: served on the raw transport when the head asks for a WebSocket
 GOTIFY_STREAM_PREFIXES = (b"GET /stream ", b"GET /stream?")
@@ -323,7 +328,7 @@ async def _authenticate_first(
     (Basic with a password, ``?auth=``, ``X-Gotify-Key``): they are left to do it,
     once."""
     path, method = scope["path"], scope["method"]
-    if door_of(path, method, reserved) != NOTIFYD:
+    if door_of(path, method, reserved) != NOTIFYD or path.startswith(HOOKS_PREFIX):
         return None
     if path == SIGN_IN_PATH:  # anonymous by nature: only a small body is read
         exc: NotifydError = PayloadTooLarge(f"a sign-in body is at most {AUTH_FIRST_BYTES} bytes")
@@ -335,6 +340,21 @@ async def _authenticate_first(
         except NotifydError as err:
             exc = err
     return render_notifyd(exc, close=True).asgi()
+
+
+def body_limit(config: Config, path: str, method: str, reserved: frozenset[str]) -> int:
+    """The most body a request may send: ``max_request_bytes``, or for a request that
+    may carry a file (``POST /v1/attachments``, ntfy's ``PUT``/``POST /<topic>``)
+    ``attachment_max_bytes`` when that is larger. The routes check the file's own
+    limit and quota; this one only ends a body that is too large for either."""
+    limit = config.max_request_bytes
+    if (
+        config.attachment_max_bytes > limit
+        and method in ("PUT", "POST")
+        and (path == ATTACHMENTS_PATH or door_of(path, method, reserved) == NTFY)
+    ):
+        return config.attachment_max_bytes
+    return limit
 
 
 async def _request_failed(
@@ -415,7 +435,7 @@ def _guarded_app(
                 guard.request_done()
             return
         guard.cors = _cors_headers(config, scope)
-        limit = config.max_request_bytes
+        limit = body_limit(config, scope["path"], scope["method"], reserved)
         received = 0
         body_done = not has_body
 

@@ -129,6 +129,18 @@ class Config:
     #: an ntfy server that wakes the ntfy iOS app (e.g. https://ntfy.sh); "" = none
     upstream_base_url: str = ""
     upstream_access_token: str = ""
+    # -- integrations: attachments (docs/integrations.md) --
+    #: the largest file one upload may carry; 0 = uploads are refused
+    attachment_max_bytes: int = 15 * 1024 * 1024
+    #: what one user's attachments may hold at once; 0 = no per-user limit
+    attachment_user_quota_bytes: int = 100 * 1024 * 1024
+    #: how long an uploaded file is kept: a duration such as "3d", "12h", "90m" or seconds
+    attachment_expiry: str = "3d"
+
+    @property
+    def attachment_expiry_seconds(self) -> float:
+        """``attachment_expiry`` in seconds (checked at load by :func:`parse_duration`)."""
+        return parse_duration(self.attachment_expiry)
 
     @property
     def data_path(self) -> Path:
@@ -286,6 +298,23 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {key} = {value!r}: {exc}") from None
 
 
+#: a duration setting: a number and a unit (s, m, h, d, w), or seconds alone
+DURATION = re.compile(r"^\s*(?P<n>[0-9]{1,9}(?:\.[0-9]{1,6})?)\s*(?P<unit>[smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"3d"``, ``"12h"``, ``"90m"``, ``"45s"`` or ``"3600"`` in seconds; ValueError
+    for anything else (negative numbers, other units, more than 10 years)."""
+    match = DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError("must be a duration: a number and s, m, h, d or w (e.g. 3d, 12h)")
+    seconds = float(match["n"]) * _UNIT_SECONDS[match["unit"]]
+    if seconds > 10 * 365 * 86400:
+        raise ValueError("must be at most 10 years")
+    return seconds
+
+
 def _validate(cfg: Config) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{key} = {getattr(cfg, key)!r}: {why}")
@@ -337,6 +366,7 @@ def _validate(cfg: Config) -> None:
         if getattr(cfg, key) <= 0:
             raise bad(key, "must be positive")
     _validate_identity(cfg, bad)
+    _validate_attachments(cfg, bad)
 
 
 #: a grant in settings: ``PATTERN:PERM``
@@ -522,3 +552,15 @@ def _validate_mobile(cfg: Config, bad: Any) -> None:
         )
     if cfg.upstream_access_token and not cfg.upstream_base_url:
         raise bad("upstream_access_token", "is set without upstream_base_url")
+
+
+def _validate_attachments(cfg: Config, bad: Any) -> None:
+    for key in ("attachment_max_bytes", "attachment_user_quota_bytes"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, "must be 0 or positive")
+    try:
+        seconds = parse_duration(cfg.attachment_expiry)
+    except ValueError as exc:
+        raise bad("attachment_expiry", str(exc)) from None
+    if seconds < 60:
+        raise bad("attachment_expiry", "must be at least one minute")

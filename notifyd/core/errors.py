@@ -9,6 +9,7 @@
     ├── NotFound            404      unknown (or invisible to the caller) object
     ├── Conflict            409      e.g. a user name that exists already
     ├── RateLimited         429      slow down; `retry_after` seconds
+    ├── QuotaExceeded       507      a user's stored attachments would pass their quota
     └── Unavailable         503      overloaded or storage full; `retry_after` seconds
         └── StoreUnavailable         the database cannot take writes right now
             └── StoreGone            ...nor ever will in this process (the daemon stopped)
@@ -78,6 +79,11 @@ class Conflict(NotifydError):
 class RateLimited(NotifydError):
     status = 429
     code = "rate_limited"
+
+
+class QuotaExceeded(NotifydError):
+    status = 507
+    code = "quota_exceeded"
 
 
 class Unavailable(NotifydError):

@@ -8,7 +8,9 @@
 * :class:`AccountStore`: users, tokens, web sessions, ACL grants, preferences;
 * :class:`OutboxStore`: channels and the outbox, with explicit claims and leases;
 * :class:`OperationsStore`: backup, integrity check, log maintenance, export/import;
-* :class:`LimitStore`: publish rate limits and failure counts, shared by all nodes.
+* :class:`LimitStore`: publish rate limits and failure counts, shared by all nodes;
+* :class:`HookStore`: inbound webhooks (their templates live in :mod:`notifyd.core.hooks`);
+* :class:`AttachmentStore`: uploaded files, their metadata, quota and expiry.
 
 Callers type against the role they need. All SQL lives behind these interfaces,
 in an engine (:mod:`notifyd.core.sqlite` today), and a store is opened only by
@@ -24,6 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -754,7 +757,118 @@ class LimitStore(ABC):
         """Forget every failure of ``keys``."""
 
 
-class Store(EventStore, InboxStore, AccountStore, OutboxStore, OperationsStore, LimitStore):
+@dataclass(frozen=True)
+class Hook:
+    """An inbound webhook: a POST to its URL becomes events on ``topic``, published as
+    ``user_id`` within that user's write rights, mapped by ``template``."""
+
+    #: random and unguessable (it is part of the hook's URL)
+    id: str
+    user_id: int
+    name: str
+    topic: str
+    #: alertmanager | grafana | github | gitea | gitlab | slack | apprise | json
+    template: str
+    #: priority, category, tags, and the json template's expressions
+    options: dict[str, Any]
+    #: kept as issued: GitHub's and Gitea's HMAC signatures are checked with it. Never
+    #: returned by the API after the hook's creation, never logged.
+    secret: str
+    created_at: str
+    last_used_at: str | None = None
+    #: the owner's name (filled when read)
+    user_name: str = ""
+
+
+class HookStore(ABC):
+    """Inbound webhooks. A hook belongs to its user and goes with the user."""
+
+    @abstractmethod
+    async def create_hook(self, hook: Hook) -> Hook:
+        """Store ``hook`` (its id and secret made by the caller). Conflict when the
+        user has a hook of that name."""
+
+    @abstractmethod
+    async def get_hook(self, hook_id: str) -> Hook | None: ...
+
+    @abstractmethod
+    async def list_hooks(self, user_id: int | None = None) -> list[Hook]:
+        """The hooks of ``user_id`` (every hook when None), by name."""
+
+    @abstractmethod
+    async def delete_hook(self, hook_id: str, user_id: int | None = None) -> int:
+        """Remove a hook (only ``user_id``'s when given); how many went (0 or 1)."""
+
+    @abstractmethod
+    async def touch_hook(self, hook_id: str, at: str) -> None:
+        """Record that the hook was used at ``at`` (RFC 3339)."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An uploaded file. Readable by its uploader and, once an event on ``topic`` took
+    it, by whoever may read that topic; gone at ``expires_at``."""
+
+    #: random, 12 characters of [A-Za-z0-9] (also ntfy's /file/<id>.<ext>)
+    id: str
+    user_id: int
+    name: str
+    #: the MIME type the file is served with
+    type: str
+    size: int
+    sha256: str
+    created_at: str
+    expires_at: str
+    topic: str | None = None
+    event_id: int | None = None
+
+
+class AttachmentStore(ABC):
+    """Uploaded files and their metadata. Where the bytes live is the engine's
+    business (SQLite: files under the data directory; PostgreSQL: in the database,
+    so any node serves any file)."""
+
+    @abstractmethod
+    async def save_attachment(self, meta: Attachment, source: Path, quota_bytes: int) -> Attachment:
+        """Store the file ``source`` (``meta.size`` bytes, already written and synced
+        by the caller, who removes it afterwards if it is still there) as ``meta``.
+        With ``quota_bytes`` > 0, raises :class:`~notifyd.core.errors.QuotaExceeded`
+        (and stores nothing) when the user's unexpired attachments plus this one
+        would pass it; the check and the insert are one atomic step."""
+
+    @abstractmethod
+    async def get_attachment(self, attachment_id: str) -> Attachment | None:
+        """The metadata, also of an expired file not yet pruned (callers check)."""
+
+    @abstractmethod
+    async def read_attachment(self, attachment_id: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the file from ``offset`` (b"" past the end).
+        NotFound when the file is gone."""
+
+    @abstractmethod
+    async def bind_attachment(self, attachment_id: str, user_id: int, topic: str) -> Attachment:
+        """Give the user's unexpired, unbound attachment to an event on ``topic``.
+        NotFound if it is not the user's (or gone); Conflict if another event has it."""
+
+    @abstractmethod
+    async def set_attachment_event(self, attachment_id: str, event_id: int) -> None:
+        """Record the stored event that carries the attachment."""
+
+    @abstractmethod
+    async def attachment_usage(self, user_id: int, now: str) -> int:
+        """Bytes of the user's attachments that have not expired at ``now``."""
+
+    @abstractmethod
+    async def prune_attachments(self, now: str, limit: int) -> int:
+        """Remove up to ``limit`` attachments, metadata and bytes: expired at ``now``,
+        or whose event is gone, or bound more than an hour ago to an event never
+        stored. Returns how many went."""
+
+
+class Store(
+    EventStore, InboxStore, AccountStore, OutboxStore, OperationsStore, LimitStore, HookStore,
+    AttachmentStore,
+):  # fmt: skip
     """Durable storage: every role. Every method is safe to call from the trio loop.
     Open one with :func:`notifyd.core.storage.open_store`."""
 

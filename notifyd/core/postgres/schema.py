@@ -16,7 +16,8 @@ far as the roles built so far need them. Migration 1 (the event role): ``events`
 ``tokens``, ``sessions``, ``acl``. Migration 3 (the outbox role): ``channels``,
 ``deliveries`` (with ``claimed_by``/``lease_until``). Migration 4 (the cluster):
 ``nodes`` (heartbeats), ``rate_limits`` and ``failures`` (limits counted across nodes).
-Migration 5: the groups of a single sign-on session (``sessions.group_names``). Times are RFC 3339 strings as in SQLite
+Migration 5: the groups of a single sign-on session (``sessions.group_names``).
+Migration 6: ``hooks``, ``attachments``, ``attachment_chunks`` and ``events.attachment``. Times are RFC 3339 strings as in SQLite
 (``timeutil.format_ts``: fixed width, UTC, so they compare as text), so that both
 engines answer the same filters with the same values.
 """
@@ -256,9 +257,57 @@ _M004_CLUSTER = [
 # (a JSON list), so group_grants hold for as long as the session lasts.
 _M005_SESSION_GROUPS = ["ALTER TABLE sessions ADD COLUMN group_names TEXT"]
 
+# Inbound webhooks and attachments (see the SQLite engine's migration 11). In cluster
+# mode an attachment's bytes live in the database, in attachment_chunks (1 MiB rows,
+# so a file is streamed in pieces and any node can serve it).
+_M006_INTEGRATIONS = [
+    """
+    CREATE TABLE hooks (
+        id TEXT PRIMARY KEY,
+        user_id BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        template TEXT NOT NULL,
+        options JSONB NOT NULL DEFAULT '{}',
+        secret TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        UNIQUE (user_id, name)
+    )
+    """,
+    """
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        user_id BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        type TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        topic TEXT,
+        event_id BIGINT
+    )
+    """,
+    "CREATE INDEX idx_attachments_user ON attachments (user_id, expires_at)",
+    "CREATE INDEX idx_attachments_expires ON attachments (expires_at)",
+    "CREATE INDEX idx_attachments_event ON attachments (event_id) WHERE event_id IS NOT NULL",
+    """
+    CREATE TABLE attachment_chunks (
+        attachment_id TEXT NOT NULL,
+        user_id BIGINT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (attachment_id, seq)
+    )
+    """,
+    "ALTER TABLE events ADD COLUMN attachment JSON",
+]
+
 #: each migration: the statements it runs, in order
 MIGRATIONS: list[list[str]] = [
     _M001_EVENTS, _M002_ACCOUNTS, _M003_OUTBOX, _M004_CLUSTER, _M005_SESSION_GROUPS,
+    _M006_INTEGRATIONS,
 ]  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """The PostgreSQL store: every role of the contract composed into one object
 (:mod:`.events`, :mod:`.inbox`, :mod:`.accounts`, :mod:`.outbox`,
-:mod:`.operations`). The event store comes first in the bases: it owns the
+:mod:`.operations`, :mod:`.hooks`, :mod:`.attachments`). The event store comes first in the bases: it owns the
 connection pool, the worker threads and ``count``. Opened by
 :func:`notifyd.core.storage.open_store` when ``database_url`` is ``postgresql://…``.
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from ..store import Store
 from .accounts import PostgresAccountStore
+from .attachments import PostgresAttachmentStore
 from .events import PostgresEventStore
+from .hooks import PostgresHookStore
 from .inbox import PostgresInboxStore
 from .limits import PostgresLimitStore
 from .nodes import PostgresNodes
@@ -25,6 +27,8 @@ class PostgresStore(
     PostgresOutboxStore,
     PostgresOperationsStore,
     PostgresLimitStore,
+    PostgresHookStore,
+    PostgresAttachmentStore,
     Store,
 ):
     """Every role of the store contract on PostgreSQL, on one connection pool."""

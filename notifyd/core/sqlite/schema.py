@@ -291,6 +291,55 @@ def _m010_session_groups(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN group_names TEXT")
 
 
+def _m011_integrations(db: sqlite_utils.Database) -> None:
+    # Inbound webhooks (core/hooks.py): the secret is kept as issued, because
+    # GitHub's and Gitea's HMAC signatures can only be checked with the secret
+    # itself; the API never returns it after creation.
+    db.execute(
+        """
+        CREATE TABLE hooks (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            template TEXT NOT NULL,
+            options TEXT NOT NULL DEFAULT '{}',
+            secret TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            UNIQUE (user_id, name)
+        )
+        """
+    )
+    # Attachments: the metadata here, the bytes in <data_dir>/attachments/<id>.
+    # topic is set when an event takes the file (who may read it), event_id once
+    # that event is stored; expired and orphaned files are pruned.
+    db.execute(
+        """
+        CREATE TABLE attachments (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            topic TEXT,
+            event_id INTEGER
+        )
+        """
+    )
+    db.execute("CREATE INDEX idx_attachments_user ON attachments(user_id, expires_at)")
+    db.execute("CREATE INDEX idx_attachments_expires ON attachments(expires_at)")
+    db.execute(
+        "CREATE INDEX idx_attachments_event ON attachments(event_id) WHERE event_id IS NOT NULL"
+    )
+    # the event's attachment object (JSON: id, name, type, size, expires_at; or an
+    # external url and name), part of the event as every door shows it
+    db.execute("ALTER TABLE events ADD COLUMN attachment TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
@@ -302,6 +351,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m008_bulk_fts_delete,
     _m009_claims,
     _m010_session_groups,
+    _m011_integrations,
 ]
 
 

@@ -41,7 +41,9 @@ from ..store import (
     encode_groups,
 )
 from ..timeutil import format_ts, now_rfc3339
+from .attachments import SQLiteAttachmentStore
 from .delivery import DeliveryStore, enqueue_deliveries, load_preferences
+from .hooks import SQLiteHookStore
 from .limits import SQLiteLimitStore
 from .maintenance import backup_file, checkpoint, delete_events, quick_check
 from .queries import (
@@ -358,7 +360,7 @@ def _state_params(
     return (user_id, event_id, now, now, now, action)
 
 
-class SQLiteStore(DeliveryStore, SQLiteLimitStore, Store):
+class SQLiteStore(DeliveryStore, SQLiteLimitStore, SQLiteHookStore, SQLiteAttachmentStore, Store):
     """The SQLite engine (opened by :func:`notifyd.core.storage.open_store`)."""
 
     engine = "sqlite"
