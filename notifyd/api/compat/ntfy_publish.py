@@ -35,6 +35,7 @@ from .ntfy_params import (
     check_topic_name,
     from_notifyd,
 )
+from .ntfy_template import TEMPLATES, publish_templated
 
 log = logging.getLogger("notifyd.ntfy")
 
@@ -150,6 +151,9 @@ async def publish(
     else:
         params, body = Params(headers, query), await read_body(False)
     check_topic(topic, reserved)
+    template = params.get("x-template", "template", "tpl").lower()
+    if template in TEMPLATES:  # a sender's own webhook JSON, mapped by a hook template
+        return await publish_templated(svc, principal, topic, template, body, headers)
     plan = build_event(params, body, topic, sequence_id=sequence_id)
     if plan.dropped:
         log.info("ntfy publish to %s: left out %s", topic, "; ".join(plan.dropped))
