@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -30,6 +31,9 @@ from trio_websocket import ConnectionRejected, WebSocketConnection
 pytestmark = pytest.mark.both_engines
 
 PASSWORD = "correct horse battery"
+#: Gotify's token forms (gotify/server auth/token.go): what shoutrrr and Watchtower check
+GOTIFY_APP_TOKEN = re.compile(r"A[A-Za-z0-9._-]{14}")
+GOTIFY_CLIENT_TOKEN = re.compile(r"C[A-Za-z0-9._-]{14}")
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -490,7 +494,7 @@ def test_applications_list_create_delete(daemon: Daemon, world: dict) -> None:
         r = c.post("/application", json={"name": "Cron jobs", "description": "nightly"})
         assert r.status_code == 200, r.text
         new = r.json()
-        assert new["name"] == "Cron jobs" and new["token"].startswith("nfy_")
+        assert new["name"] == "Cron jobs" and GOTIFY_APP_TOKEN.fullmatch(new["token"])
         assert_gotify_error(c.post("/application", json={"description": "no name"}), 400)
     msg = post_message(daemon, new["token"], message="from the new app")
     assert msg["appid"] == new["id"]
@@ -514,7 +518,7 @@ def test_clients_as_the_android_app_signs_in_and_out(daemon: Daemon, world: dict
         r = c.post("/client", json={"name": "Pixel 8"}, headers={"Authorization": basic("alice")})
         assert r.status_code == 200, r.text
         created = r.json()
-        assert created["name"] == "Pixel 8" and created["token"].startswith("nfy_")
+        assert created["name"] == "Pixel 8" and GOTIFY_CLIENT_TOKEN.fullmatch(created["token"])
         token = created["token"]
         post_message(daemon, world["shared"], message="hello phone")
         r = c.get("/message", params={"token": token})
@@ -661,3 +665,120 @@ def test_basic_auth_failures_are_throttled(daemon: Daemon, world: dict) -> None:
         assert int(r.headers["Retry-After"]) > 0
         # tokens are not throttled
         assert c.get("/current/user", params={"token": world["client"]}).status_code == 200
+
+
+# -- Gotify's token forms (shoutrrr, Watchtower) -------------------------------------------
+
+
+def shoutrrr_token_valid(token: str) -> bool:
+    """shoutrrr's client-side check of a gotify:// URL's token (pkg/services/gotify,
+    ``isTokenValid``): 15 characters, ``A`` first, all from Gotify's alphabet."""
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+    return len(token) == 15 and token[0] == "A" and all(ch in alphabet for ch in token)
+
+
+def create_app_and_client(daemon: Daemon) -> tuple[dict, dict]:
+    alice = {"Authorization": basic("alice")}
+    with gotify(daemon, headers=alice) as c:
+        app = c.post("/application", json={"name": "Watchtower"})
+        client = c.post("/client", json={"name": "Pixel 8"})
+    assert app.status_code == 200, app.text
+    assert client.status_code == 200, client.text
+    return app.json(), client.json()
+
+
+def test_tokens_made_through_gotify_have_gotifys_form(daemon: Daemon, world: dict) -> None:
+    seen: set[str] = set()
+    for _ in range(5):
+        app, client = create_app_and_client(daemon)
+        assert GOTIFY_APP_TOKEN.fullmatch(app["token"]), app["token"]
+        assert GOTIFY_CLIENT_TOKEN.fullmatch(client["token"]), client["token"]
+        assert shoutrrr_token_valid(app["token"]) and not shoutrrr_token_valid(client["token"])
+        seen |= {app["token"], client["token"]}
+    assert len(seen) == 10  # random, never repeated
+    # they are ordinary notifyd tokens: listed with a short prefix, never in full
+    with daemon.admin() as c:
+        listed = {
+            t["id"]: t for t in c.get("/v1/tokens", params={"user": "alice"}).json()["tokens"]
+        }
+    shown = listed[app["id"]]
+    assert shown["prefix"] == app["token"][:4] and shown["label"] == "Watchtower"
+    assert shown["scopes"] == ["publish"] and shown["topics"] == "gotify/Watchtower"
+    assert listed[client["id"]]["scopes"] == ["subscribe"]
+    assert app["token"] not in json.dumps(listed)
+    with gotify(daemon, params={"token": world["client"]}) as c:
+        apps = {a["id"]: a for a in c.get("/application").json()}
+    assert apps[app["id"]]["token"] == app["token"][:4] + "…"
+
+
+def test_gotify_form_tokens_authenticate_in_every_spelling(daemon: Daemon, world: dict) -> None:
+    app, client = create_app_and_client(daemon)
+    token = app["token"]
+    for kw in (
+        {"params": {"token": token}},
+        {"headers": {"X-Gotify-Key": token}},
+        {"headers": {"Authorization": f"Bearer {token}"}},
+    ):
+        with gotify(daemon, **kw) as c:
+            r = c.post("/message", json={"message": "hi", "priority": 5})
+        assert r.status_code == 200, r.text
+        assert r.json()["appid"] == app["id"]
+    # the client token reads, by Gotify's three spellings and on notifyd's own API
+    for kw in (
+        {"params": {"token": client["token"]}},
+        {"headers": {"X-Gotify-Key": client["token"]}},
+        {"headers": {"Authorization": f"Bearer {client['token']}"}},
+    ):
+        with gotify(daemon, **kw) as c:
+            r = c.get("/message")
+        assert r.status_code == 200, r.text
+        assert [m["message"] for m in r.json()["messages"]] == ["hi"] * 3
+    with gotify(daemon, headers={"Authorization": f"Bearer {client['token']}"}) as c:
+        r = c.get("/v1/events", params={"topic": "gotify/Watchtower"})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["events"]) == 3
+        # and the application token publishes through /v1 and ntfy too, within its topic
+        app_auth = {"Authorization": f"Bearer {token}"}
+        r = c.post(
+            "/v1/events", json={"topic": "gotify/Watchtower", "body": "v1"}, headers=app_auth
+        )
+        assert r.status_code == 201, r.text
+        assert c.post("/v1/events", json={"topic": "shared", "body": "x"},
+                      headers=app_auth).status_code == 403  # fmt: skip
+    # existing nfy_ tokens keep working beside them
+    assert post_message(daemon, world["app"], message="old token")["appid"] == world["app_id"]
+    # revoked like any token: at once, in every spelling
+    with daemon.admin() as c:
+        assert c.delete(f"/v1/tokens/{app['id']}").status_code == 204
+    with gotify(daemon) as c:
+        assert_gotify_error(c.post("/message", params={"token": token}, json={"message": "x"}), 401)
+        assert_gotify_error(c.post("/message", headers={"X-Gotify-Key": token},
+                                   json={"message": "x"}), 401)  # fmt: skip
+    # a string of the form that was never issued is just an unknown token
+    with gotify(daemon) as c:
+        assert_gotify_error(c.post("/message", params={"token": "A" + "b" * 14},
+                                   json={"message": "x"}), 401)  # fmt: skip
+
+
+def test_shoutrrr_gotify_request(daemon: Daemon, world: dict) -> None:
+    """The request shoutrrr (Watchtower's notifier) sends for
+    ``gotify://host/<token>?title=…&priority=…``: ``POST /message?token=<token>`` with
+    the JSON ``{"message", "title", "priority"}``, after checking the token's form."""
+    app, _ = create_app_and_client(daemon)
+    token = app["token"]
+    assert shoutrrr_token_valid(token)
+    body = {
+        "message": "Found new image for containrrr/watchtower:latest (sha256:3c4d…)",
+        "title": "Watchtower updates on nas",
+        "priority": 0,
+    }
+    with gotify(daemon) as c:
+        r = c.post(f"/message?token={token}", content=json.dumps(body).encode(),
+                   headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    reply = r.json()  # shoutrrr decodes {message, title, priority, id, appid, date}
+    assert isinstance(reply["id"], int) and reply["appid"] == app["id"]
+    assert isinstance(reply["date"], str)
+    (ev,) = [e for e in stored(daemon) if e["id"] == reply["id"]]
+    assert ev["topic"] == "gotify/Watchtower"
+    assert (ev["title"], ev["body"], ev["priority"]) == (body["title"], body["message"], 1)

@@ -2,7 +2,10 @@
 
 Tokens are ``nfy_`` + 40 random characters, shown once at creation and stored as a
 SHA-256 digest (they carry 240 bits of entropy, so a slow hash adds nothing but
-latency to every request). Passwords are hashed with argon2 in a worker thread.
+latency to every request). Tokens made through the Gotify API have Gotify's form
+instead (:data:`GOTIFY_TOKEN_RE`: ``A`` or ``C`` and 14 random characters, 84 bits),
+because Gotify clients such as shoutrrr check it; they are stored and used like the
+others. Passwords are hashed with argon2 in a worker thread.
 
 Authenticated principals are cached in memory for :data:`CACHE_TTL` seconds. Every
 change made through this class is signalled to every node (``Store.signal``), and
@@ -17,7 +20,9 @@ import hashlib
 import hmac
 import re
 import secrets
+import string
 import time
+from typing import Literal
 
 import trio
 from argon2 import PasswordHasher
@@ -47,6 +52,15 @@ from .upstream import SYSTEM_USER as UPSTREAM_USER
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 NAME_RULE = "1–64 characters: a lowercase letter or digit, then a–z 0–9 _ . -"
 TOKEN_PREFIX = "nfy_"
+#: Gotify's token form (its auth/token.go: a kind letter, then 14 characters), as
+#: notifyd makes them: ``A`` for applications, ``C`` for clients, the 14 drawn from
+#: ``A–Z a–z 0–9 - _`` (Gotify's alphabet without its ``.``, so that a token's prefix
+#: is a plain word everywhere one is shown or exported)
+GOTIFY_TOKEN_RE = re.compile(r"[AC][A-Za-z0-9_\-]{14}")
+_GOTIFY_ALPHABET = string.ascii_letters + string.digits + "-_"
+#: how a token's secret looks: notifyd's own, or Gotify's application or client form
+TokenForm = Literal["nfy", "gotify_app", "gotify_client"]
+_GOTIFY_LETTER = {"gotify_app": "A", "gotify_client": "C"}
 SESSION_PREFIX = "nfs_"
 CACHE_TTL = 30.0
 #: accounts notifyd keeps for itself: no external identity may name them
@@ -57,6 +71,22 @@ _argon_limiter = trio.CapacityLimiter(2)
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_token(value: str) -> bool:
+    """Whether ``value`` has the form of a notifyd token (``nfy_…``, or the Gotify form
+    tokens made through the Gotify API have). Says nothing of whether it exists."""
+    return value.startswith(TOKEN_PREFIX) or GOTIFY_TOKEN_RE.fullmatch(value) is not None
+
+
+def new_secret(form: TokenForm = "nfy") -> tuple[str, str]:
+    """A new token secret of ``form`` and the prefix of it that is kept to show
+    (``nfy_`` and 4 characters; for the short Gotify form, its letter and 3)."""
+    if form == "nfy":
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(30)
+        return secret, secret[:8]
+    secret = _GOTIFY_LETTER[form] + "".join(secrets.choice(_GOTIFY_ALPHABET) for _ in range(14))
+    return secret, secret[:4]
 
 
 def check_name(name: str) -> str:
@@ -187,13 +217,16 @@ class Accounts:
             return user
 
     async def authenticate_token(self, token: str) -> Principal:
-        """The principal of a bearer credential: a notifyd token (``nfy_…``) or a
-        JWT from ``jwt_issuer`` (told apart by shape). Every door that takes a
-        token comes here. Raises :class:`Unauthorized`."""
-        if not token.startswith(TOKEN_PREFIX):
+        """The principal of a bearer credential: a notifyd token (``nfy_…``, or one of
+        Gotify's form) or a JWT from ``jwt_issuer`` (told apart by shape). Every door
+        that takes a token comes here. Raises :class:`Unauthorized`."""
+        if not is_token(token):
             if looks_like_jwt(token):
                 return await self.authenticate_jwt(token)
-            raise Unauthorized("that is not a notifyd token (they start with 'nfy_')")
+            raise Unauthorized(
+                "that is not a notifyd token (they start with 'nfy_', or are the "
+                "15 characters of a token made through the Gotify API)"
+            )
         digest = hash_token(token)
         hit = self._cache.get(digest)
         now = time.monotonic()
@@ -484,7 +517,12 @@ class Accounts:
         scopes: list[str] | None,
         topics: str | None,
         label: str | None,
+        *,
+        form: TokenForm = "nfy",
     ) -> tuple[str, Token]:
+        """A new token of ``user_name`` on behalf of ``caller``: its secret (shown this
+        once) and what is stored. ``form``: ``nfy_…``, or Gotify's application
+        (``A…``) or client (``C…``) form; every form works the same everywhere."""
         user = await self.store.get_user(user_name)
         if user is None:
             raise NotFound(f"no user named {user_name!r}", field="user")
@@ -520,9 +558,9 @@ class Accounts:
             )
         if label is not None and len(label) > 64:
             raise ValidationFailed("labels are at most 64 characters", field="label")
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(30)
+        secret, prefix = new_secret(form)
         token = await self.store.create_token(
-            user.id, hash_token(secret), secret[:8], parsed, topics, label
+            user.id, hash_token(secret), prefix, parsed, topics, label
         )
         return secret, token
 

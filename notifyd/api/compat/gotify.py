@@ -454,7 +454,8 @@ def _name(fields: dict[str, Any]) -> str:
 @router.post("/application")
 async def create_application(request: Request) -> JSON:
     """A new application: a token with scope ``publish`` limited to
-    ``gotify/<name>``, shown in full this once."""
+    ``gotify/<name>``, in Gotify's application form (``A`` and 14 characters, which
+    shoutrrr and Watchtower check), shown in full this once."""
     svc = _services(request)
     caller = await _client(request)
     caller.principal.require_account()
@@ -462,7 +463,12 @@ async def create_application(request: Request) -> JSON:
     segment = gm.topic_segment(name)
     topics = f"{gm.APP_TOPIC_PREFIX}/{segment}" if segment else None
     secret, token = await svc.accounts.create_token(
-        caller.principal, await _user_name(svc, caller.principal), ["publish"], topics, name
+        caller.principal,
+        await _user_name(svc, caller.principal),
+        ["publish"],
+        topics,
+        name,
+        form="gotify_app",
     )
     return JSON(gm.application(token, secret, token.id))
 
@@ -490,13 +496,18 @@ async def list_clients(request: Request) -> JSON:
 @router.post("/client")
 async def create_client(request: Request) -> JSON:
     """A new client (how the Gotify app signs in): a token with scope ``subscribe``,
-    shown in full this once."""
+    in Gotify's client form (``C`` and 14 characters), shown in full this once."""
     svc = _services(request)
     caller = await _client(request)
     caller.principal.require_account()
     name = _name((await _fields(request))[0])
     secret, token = await svc.accounts.create_token(
-        caller.principal, await _user_name(svc, caller.principal), ["subscribe"], None, name
+        caller.principal,
+        await _user_name(svc, caller.principal),
+        ["subscribe"],
+        None,
+        name,
+        form="gotify_client",
     )
     return JSON(gm.client(token, secret, token.id))
 
