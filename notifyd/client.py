@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import random
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -452,6 +453,101 @@ class Client:
 
     def revoke(self, user: str, pattern: str) -> None:
         self.request("DELETE", "/v1/acl", params={"user": user, "pattern": pattern})
+
+    # --- inbound webhooks -----------------------------------------------------
+
+    def hooks(self, all_users: bool = False) -> list[dict]:
+        """The caller's webhooks (every user's with ``all_users``, for admins); the
+        URLs listed carry no secret."""
+        params = {"all": "true" if all_users else None}
+        return (self.request("GET", "/v1/hooks", params=params) or {}).get("hooks") or []
+
+    def create_hook(self, body: dict) -> dict:
+        """POST /v1/hooks: the answer is the only one that holds ``secret`` (and the
+        ``url`` with it)."""
+        return self.request("POST", "/v1/hooks", json_body=body) or {}
+
+    def find_hook(self, name_or_id: str, all_users: bool = False) -> dict:
+        """The hook whose id or name is ``name_or_id``; :class:`ClientError` 404 when
+        none is, 409 when a name matches hooks of several users (give the id)."""
+        found = self.hooks(all_users=all_users)
+        by_id = [h for h in found if str(h.get("id")) == name_or_id]
+        if by_id:
+            return by_id[0]
+        by_name = [h for h in found if h.get("name") == name_or_id]
+        if len(by_name) == 1:
+            return by_name[0]
+        if by_name:
+            raise ClientError(
+                409, "ambiguous", f"{len(by_name)} hooks are named {name_or_id!r}: give its id"
+            )
+        raise ClientError(404, "not_found", f"no webhook named {name_or_id!r} (nor with that id)")
+
+    def remove_hook(self, hook_id: str) -> None:
+        self.request("DELETE", f"/v1/hooks/{_seg(hook_id)}")
+
+    def test_hook(
+        self, hook_id: str, payload: Any = None, headers: dict[str, str] | None = None
+    ) -> list[dict]:
+        """Render a payload (None: the template's sample) with the hook's template,
+        without publishing: the events it would make."""
+        body: dict[str, Any] = {}
+        if payload is not None:
+            body["payload"] = payload
+        if headers:
+            body["headers"] = headers
+        answer = self.request("POST", f"/v1/hooks/{_seg(hook_id)}/test", json_body=body) or {}
+        return list(answer.get("events") or [])
+
+    # --- attachments ------------------------------------------------------------
+
+    def upload_attachment(
+        self,
+        content: Iterable[bytes] | bytes,
+        filename: str,
+        size: int | None = None,
+        content_type: str | None = None,
+    ) -> dict:
+        """POST /v1/attachments with the file's bytes (an iterator is streamed);
+        returns ``{"id", "name", "type", "size", "expires_at", "url"}``."""
+        headers = {"Content-Type": content_type or "application/octet-stream"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        with self.stream(
+            "POST",
+            "/v1/attachments",
+            params={"filename": filename},
+            content=content,
+            headers=headers,
+        ) as resp:
+            resp.read()
+            return self.answer(resp, "POST /v1/attachments") or {}
+
+    def attachment_url(self, attachment: dict) -> str | None:
+        """Where a browser can fetch ``attachment``: its external URL, or over TCP the
+        daemon's URL joined with the upload's path; None over the socket for an upload
+        (no browser reaches a Unix socket: see :meth:`attachment_fetch_hint`)."""
+        url = str(attachment.get("url") or "")
+        if not url:
+            return None
+        if url.startswith(("http://", "https://")):
+            return url
+        if self.url:
+            return self.url + "/" + url.lstrip("/")
+        return None
+
+    def attachment_fetch_hint(self, attachment: dict) -> str:
+        """A command that downloads ``attachment`` (for the socket, where
+        :meth:`attachment_url` has no answer)."""
+        url = str(attachment.get("url") or "")
+        name = str(attachment.get("name") or "attachment")
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "attachment"
+        if url.startswith(("http://", "https://")):
+            return f"curl -fo {safe} {shlex.quote(url)}"
+        if self.url:
+            auth = " -H 'Authorization: Bearer $NOTIFYD_TOKEN'" if self.token else ""
+            return f"curl -fo {safe}{auth} {self.attachment_url(attachment)}"
+        return f"curl -fo {safe} --unix-socket {self.socket_path} http://notifyd/{url.lstrip('/')}"
 
 
 class _Opened:

@@ -19,6 +19,7 @@ from notifyd.cli.admin import acl, tokens, users
 from notifyd.cli.cluster import migrate_command
 from notifyd.cli.config import config
 from notifyd.cli.delivery import channels, deliveries, plugins, prefs, stats
+from notifyd.cli.hooks import hooks
 from notifyd.cli.ops import OPS_COMMANDS
 from notifyd.cli.options import (
     CONNECTION,
@@ -205,6 +206,12 @@ def serve(config_path: str | None, **flags: Any) -> None:
     help="Hide from then on; like --deliver-at.",
 )
 @click.option("--idempotency-key", metavar="KEY", help="Makes retrying this send safe.")
+@click.option(
+    "--attach",
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    help="Upload FILE and attach it (images show inline in the web page and pushes).",
+)
 @client_options
 @output_options
 def send(client: Any, as_json: bool, topic: str, body: str | None, **opts: Any) -> None:
@@ -221,11 +228,14 @@ def send(client: Any, as_json: bool, topic: str, body: str | None, **opts: Any) 
           --action "Roll back=POST https://ci.example.com/rollback"
       notifyd send reminders "Stand-up" --deliver-at 10m --expires-at 1h
       notifyd send cron "backup failed" --idempotency-key backup-2026-01-02
+      notifyd send cameras "Someone at the door" --attach snapshot.jpg
+      notifyd send reports "Weekly report" --attach report.pdf --title Reports
     """
+    attach = opts.pop("attach")
     if body is None:
         if not sys.stdin.isatty():
             body = sys.stdin.read().rstrip("\n")
-        elif not opts["title"]:
+        elif not opts["title"] and not attach:
             raise click.UsageError(
                 "no BODY: give it as an argument, pipe it on stdin "
                 "(echo hi | notifyd send TOPIC), or give at least --title"
@@ -242,6 +252,8 @@ def send(client: Any, as_json: bool, topic: str, body: str | None, **opts: Any) 
     event["sensitive"] = opts.pop("sensitive") or None
     event.update(opts)
     event = {k: v for k, v in event.items() if v not in (None, [])}
+    if attach:
+        event["attachment"] = {"id": _upload(client, attach)["id"]}
     stored = client.publish(event, idempotency_key=key)
     if as_json or stored.get("id") is not None:
         report(as_json, stored, str(stored.get("id")))
@@ -249,6 +261,35 @@ def send(client: Any, as_json: bool, topic: str, body: str | None, **opts: Any) 
         # A scheduled event gets its id (its place in the stream) only when it is due.
         when = clifmt.short_time(stored.get("deliver_at"))
         click.echo(f"scheduled for {when} (schedule #{stored.get('scheduled_id')})", err=True)
+
+
+def _upload(client: Any, path: str) -> dict:
+    """Upload the file at ``path`` (streamed, with a progress line on a terminal for
+    files over 1 MiB); returns the daemon's attachment object."""
+    import mimetypes
+
+    from notifyd.cli.ops import CHUNK, Progress
+
+    name = os.path.basename(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--attach"
+        ) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        progress = Progress(f"upload {name}", size or None)
+        progress.enabled = progress.enabled and size > 1024 * 1024
+
+        def chunks() -> Any:
+            while data := f.read(CHUNK):
+                progress.advance(len(data))
+                yield data
+            progress.close()
+
+        kind = mimetypes.guess_type(name)[0]
+        return dict(client.upload_attachment(chunks(), name, size=size, content_type=kind))
 
 
 @main.command()
@@ -424,6 +465,7 @@ main.add_command(deliveries)
 main.add_command(stats)
 main.add_command(plugins)
 main.add_command(prefs)
+main.add_command(hooks)
 main.add_command(config)
 for _command in OPS_COMMANDS:
     main.add_command(_command)

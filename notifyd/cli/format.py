@@ -324,3 +324,56 @@ def tokens_table(tokens: Sequence[dict]) -> Table:
 def acl_table(entries: Sequence[dict]) -> Table:
     rows = [[e.get("id"), e.get("user"), e.get("pattern"), permission_of(e)] for e in entries]
     return ["ID", "USER", "PATTERN", "PERMISSION"], rows
+
+
+def human_size(n: object) -> str:
+    """``1536`` → ``1.5 KiB``; ``-`` when unknown."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover - the loop returns at GiB
+
+
+def hooks_table(hooks: Sequence[dict]) -> Table:
+    """Webhooks: their URLs as listed by the daemon, which never include the secret."""
+    rows = [
+        [
+            h.get("name"),
+            h.get("template"),
+            h.get("topic"),
+            h.get("user"),
+            short_time(h["last_used_at"]) if h.get("last_used_at") else "never",
+            h.get("url"),
+        ]
+        for h in hooks
+    ]
+    return ["NAME", "TEMPLATE", "TOPIC", "USER", "LAST USED", "URL"], rows
+
+
+def rendered_event_lines(event: dict) -> list[str]:
+    """An event a hook's template rendered (``notifyd hooks test``), for people:
+    the title, then one ``field: value`` line per field that is set."""
+    lines = [event.get("title") or "(no title)"]
+    shown = ("topic", "priority", "category", "tags", "click", "image", "collapse_key")
+    for key in shown:
+        value = event.get(key)
+        if value in (None, "", []):
+            continue
+        if key == "priority":
+            value = priority_label(value)
+        elif key == "tags":
+            value = ", ".join(str(t) for t in value) if isinstance(value, list) else value
+        lines.append(f"  {key}: {value}")
+    for action in event.get("actions") or []:
+        if isinstance(action, dict):
+            method = f"{action['method']} " if action.get("method") else ""
+            lines.append(f"  action: {action.get('label')} → {method}{action.get('url')}")
+    body = event.get("body") or ""
+    if body:
+        lines.append("  body:")
+        lines.extend(f"    {line}" for line in str(body).splitlines())
+    return lines
