@@ -13,6 +13,7 @@ const SHELL = [
   "/static/js/card.js",
   "/static/js/dom.js",
   "/static/js/filters.js",
+  "/static/js/hooks.js",
   "/static/js/inbox.js",
   "/static/js/markdown.js",
   "/static/js/offline.js",
@@ -103,6 +104,19 @@ function foreignImage(raw) {
   }
 }
 
+/** A pushed image: from another https origin, or an attachment of this server
+ * (/v1/attachments/<id> and nothing more: serving a file changes nothing, so
+ * fetching it with the user's cookie cannot act in their name). */
+function pushImage(raw) {
+  try {
+    const url = new URL(String(raw));
+    if (url.origin === self.location.origin && /^\/v1\/attachments\/[A-Za-z0-9]{1,64}$/.test(url.pathname) && !url.search) return url.href;
+  } catch {
+    return undefined;
+  }
+  return foreignImage(raw);
+}
+
 self.addEventListener("push", (event) => {
   const data = parsePush(event);
   const title = data.title || data.topic || "notifyd";
@@ -113,7 +127,7 @@ self.addEventListener("push", (event) => {
     tag,
     renotify: Boolean(tag),
     icon: (data.icon && foreignImage(data.icon)) || DEFAULT_ICON,
-    image: data.image ? foreignImage(data.image) : undefined,
+    image: data.image ? pushImage(data.image) : undefined,
     badge: DEFAULT_ICON,
     timestamp: Date.now(),
     requireInteraction: data.priority >= 5,

@@ -78,6 +78,11 @@ class InboxCommands(Provider):
                 "Move the selected notification to the archive or back (a)",
             ),
             ("Open link", "open_link", "Open the click URL of the selected notification (o)"),
+            (
+                "Open attachment",
+                "open_attachment",
+                "Open (or show how to download) the selected notification's attachment (O)",
+            ),
             ("Search", "search", "Full-text search over titles and bodies (/)"),
             ("Filter by topic", "focus_filters", "A topic name or pattern such as ci/* (f)"),
             ("Show unread only / all", "toggle_unread", "Toggle the unread filter (u)"),
@@ -115,6 +120,8 @@ class InboxScreen(Screen):
         Binding("R", "mark_all_read", "All read"),
         Binding("a", "toggle_archive", "Archive"),
         Binding("o", "open_link", "Open"),
+        # shown in the footer only while the selected notification has an attachment
+        Binding("O", "open_attachment", "Attachment"),
         Binding("slash", "search", "Search"),
         Binding("u", "toggle_unread", "Unread"),
         Binding("f", "focus_filters", "Filter", show=False),
@@ -434,6 +441,13 @@ class InboxScreen(Screen):
             self.detail.show(None, empty)
         else:
             self.detail.show(event)
+        self.refresh_bindings()  # the attachment key shows only with an attachment
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open_attachment":
+            event = self.table.current if self.query(EventTable) else None
+            return event is not None and isinstance(event.get("attachment"), dict)
+        return True
 
     def _refresh_detail(self) -> None:
         """Show the current event again if its state changed (or the list emptied)."""
@@ -513,7 +527,44 @@ class InboxScreen(Screen):
             if not action.get("method"):
                 self._open(event, str(action.get("url", "")), action)
                 return
+        if isinstance(event.get("attachment"), dict):
+            self.action_open_attachment()
+            return
         self.notify("This notification has no link", severity="warning", timeout=3)
+
+    def action_open_attachment(self) -> None:
+        event = self.table.current
+        if event is not None:
+            self._open_attachment(event)
+
+    @on(EventDetail.OpenAttachment)
+    def _attachment_chosen(self, message: EventDetail.OpenAttachment) -> None:
+        self._open_attachment(message.event)
+
+    def _open_attachment(self, event: dict) -> None:
+        """Open the attachment in a browser (or show and copy its URL). Over the
+        Unix socket an upload has no address a browser could reach: the TUI shows
+        (and copies) a command that downloads it instead."""
+        attachment = event.get("attachment")
+        if not isinstance(attachment, dict):
+            self.notify("This notification has no attachment", severity="warning", timeout=3)
+            return
+        expires = parse_time(attachment.get("expires_at"))
+        if attachment.get("id") and expires is not None and expires <= self.app.now():  # type: ignore[attr-defined]
+            self.notify("This attachment has expired", severity="warning", timeout=5)
+            return
+        client: Client = self.app.client  # type: ignore[attr-defined]
+        url = client.attachment_url(attachment)
+        if url:
+            self.app.open_link(url)  # type: ignore[attr-defined]
+            return
+        command = client.attachment_fetch_hint(attachment)
+        self.app.copy_to_clipboard(command)
+        self.notify(
+            command,
+            title="No browser reaches the daemon's socket: download it with (copied)",
+            timeout=20,
+        )
 
     @on(EventDetail.OpenLink)
     def _open_link(self, message: EventDetail.OpenLink) -> None:

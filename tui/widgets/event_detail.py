@@ -4,7 +4,9 @@ Title, a meta line (id, topic, category, priority, time, tags, state), the body 
 rendered with Textual's ``Markdown`` widget when the event's ``format`` is
 ``markdown``, as plain text otherwise — and a row of buttons for the click URL and
 the event's actions. Choosing one posts :class:`EventDetail.OpenLink`; the inbox
-records the click with the daemon and opens (or shows) the URL.
+records the click with the daemon and opens (or shows) the URL. An attachment is
+described on a line of its own (name, type, size, expiry) and gets a button that
+posts :class:`EventDetail.OpenAttachment`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ class EventDetail(VerticalScroll):
         event: dict[str, Any]
         url: str
         action: dict[str, Any] | None = None
+
+        @property
+        def control(self) -> EventDetail:
+            return self.event_detail
+
+    @dataclass
+    class OpenAttachment(Message):
+        """The user chose the event's attachment."""
+
+        event_detail: EventDetail
+        event: dict[str, Any]
 
         @property
         def control(self) -> EventDetail:
@@ -115,6 +128,9 @@ class EventDetail(VerticalScroll):
         for label in ("click", "image", "icon"):
             if event.get(label):
                 line.append(f"\n{label}: {event[label]}", style="dim")
+        described = describe_attachment(event.get("attachment"), self.clock())
+        if described:
+            line.append(f"\nattachment: {described}")
         return line
 
     def _buttons(self, event: dict[str, Any]) -> list[Button]:
@@ -126,6 +142,8 @@ class EventDetail(VerticalScroll):
             if action.get("method"):
                 label = f"{label} ({str(action['method']).upper()})"
             buttons.append(Button(label, name=f"action-{index}", compact=True))
+        if isinstance(event.get("attachment"), dict):
+            buttons.append(Button("Attachment (O)", name="open-attachment", compact=True))
         return buttons
 
     @on(Button.Pressed)
@@ -138,6 +156,9 @@ class EventDetail(VerticalScroll):
         if name == "open-click":
             self.post_message(self.OpenLink(self, event, str(event["click"])))
             return
+        if name == "open-attachment":
+            self.post_message(self.OpenAttachment(self, event))
+            return
         index = int(name.removeprefix("action-"))
         actions = event.get("actions") or []
         if index < len(actions):
@@ -149,3 +170,50 @@ class EventDetail(VerticalScroll):
         clicked.stop()
         if self.event is not None:
             self.post_message(self.OpenLink(self, self.event, clicked.href))
+
+
+def human_size(size: object) -> str:
+    """``1536`` → ``1.5 KiB``; empty when unknown."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return ""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _until(when: datetime, now: datetime) -> str:
+    seconds = (when - now).total_seconds()
+    if seconds <= 0:
+        return "expired"
+    for limit, size, unit in ((3600, 60, "minute"), (86400, 3600, "hour")):
+        if seconds < limit:
+            n = max(1, int(seconds // size))
+            return f"expires in {n} {unit}{'s' if n != 1 else ''}"
+    n = int(seconds // 86400)
+    if n < 7:
+        return f"expires in {n} day{'s' if n != 1 else ''}"
+    return "expires " + when.astimezone().strftime("%Y-%m-%d")
+
+
+def describe_attachment(attachment: object, now: datetime) -> str:
+    """``report.pdf · application/pdf · 1.2 MiB · expires in 3 days`` (what is known),
+    ``… · external link`` for a file elsewhere; empty without an attachment."""
+    if not isinstance(attachment, dict):
+        return ""
+    parts = [str(attachment.get("name") or "attachment")]
+    if attachment.get("type"):
+        parts.append(str(attachment["type"]))
+    size = human_size(attachment.get("size"))
+    if size:
+        parts.append(size)
+    expires = parse_time(attachment.get("expires_at"))
+    if expires is not None:
+        parts.append(_until(expires, now))
+    if not attachment.get("id"):
+        parts.append("external link")
+    return " · ".join(parts)

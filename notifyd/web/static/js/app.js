@@ -16,6 +16,7 @@ import {
   signOut,
 } from "./api.js";
 import { $, $$ } from "./dom.js";
+import { Hooks } from "./hooks.js";
 import { Inbox } from "./inbox.js";
 import * as offline from "./offline.js";
 import { Preferences } from "./preferences.js";
@@ -23,10 +24,10 @@ import { disablePush, registerServiceWorker } from "./push.js";
 import { Settings } from "./settings.js";
 import { LiveStream } from "./stream.js";
 
-const VIEWS = ["signin", "inbox", "settings", "preferences"];
-const ROUTES = { "#/inbox": "inbox", "#/settings": "settings", "#/preferences": "preferences" };
+const VIEWS = ["signin", "inbox", "settings", "preferences", "hooks"];
+const ROUTES = { "#/inbox": "inbox", "#/settings": "settings", "#/preferences": "preferences", "#/hooks": "hooks" };
 
-const app = { user: null, stream: null, inbox: null, settings: null, preferences: null };
+const app = { user: null, stream: null, inbox: null, settings: null, preferences: null, hooks: null };
 
 // -- views ---------------------------------------------------------------------
 
@@ -55,6 +56,7 @@ async function route({ focus = true } = {}) {
   const view = ROUTES[location.hash] ?? "inbox";
   showView(view, { focus });
   if (view === "settings") await app.settings.load();
+  if (view === "hooks") await app.hooks.load();
   if (view === "preferences") {
     const channels = await app.settings.loadChannels();
     await app.preferences.load(channels.map((c) => c.name));
@@ -146,6 +148,7 @@ async function endSession(message = "", { forget = false } = {}) {
   setOfflineBanner();
   showUnreadCount(0);
   $("#event-list").replaceChildren();
+  app.hooks?.reset(); // a webhook's secret is not left on the page for the next person
   $("#signin-note").textContent = message;
   $("#signin-note").hidden = !message;
   if (location.hash) history.replaceState(null, "", location.pathname);
@@ -290,6 +293,7 @@ async function boot() {
   app.inbox = new Inbox($("#view-inbox"));
   app.settings = new Settings($("#view-settings"));
   app.preferences = new Preferences($("#view-preferences"));
+  app.hooks = new Hooks($("#view-hooks"));
   $("#signin-form").addEventListener("submit", onSignIn);
   $("#sign-out").addEventListener("click", onSignOut);
   addEventListener("hashchange", () => route());

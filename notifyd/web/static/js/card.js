@@ -36,6 +36,70 @@ function imageUrl(raw) {
   return url.protocol === "https:" && url.origin !== location.origin ? href : null;
 }
 
+/** Attachment types shown inline as pictures; anything else is a download link. */
+const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+
+/** "1.5 MB"-style size, or "" when unknown. */
+export function humanSize(bytes) {
+  if (typeof bytes !== "number" || !Number.isFinite(bytes) || bytes < 0) return "";
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ["KiB", "MiB", "GiB"];
+  let size = bytes / 1024;
+  let unit = 0;
+  while (size >= 1024 && unit < units.length - 1) {
+    size /= 1024;
+    unit += 1;
+  }
+  return `${size.toFixed(size < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+/** What a reader is told about a file besides its name: type and size. */
+function fileFacts(att) {
+  return [att.type, humanSize(att.size)].filter(Boolean).join(", ");
+}
+
+/**
+ * An event's attachment. An uploaded file (with an id) is served by this server
+ * at /v1/attachments/<id> (built from the id, never taken from the event): an
+ * image there is shown inline, anything else is a download link. Unlike an
+ * event's `image`, these same-origin URLs are safe to load: serving a file
+ * changes nothing on the server. A file elsewhere (no id) is a plain link.
+ */
+function attachment(ev) {
+  const att = ev.attachment;
+  if (!att || typeof att !== "object") return null;
+  const name = String(att.name || "attachment");
+  const type = String(att.type || "").split(";")[0].trim().toLowerCase();
+  const facts = fileFacts({ type, size: att.size });
+  const expired = att.expires_at && Date.parse(att.expires_at) <= Date.now();
+  if (att.id) {
+    const href = `/v1/attachments/${encodeURIComponent(String(att.id))}`;
+    if (expired) {
+      return h("p", { class: "event-attachment muted" }, `Attachment ${name} (${facts ? `${facts}, ` : ""}expired)`);
+    }
+    const link = h("a", { href, download: name, class: "attachment-link" }, h("span", { class: "attachment-name", text: name }));
+    if (IMAGE_TYPES.has(type)) {
+      const img = h("img", { class: "event-image attachment-image", src: href, alt: name, loading: "lazy", decoding: "async" });
+      const figure = h(
+        "figure",
+        { class: "event-figure event-attachment" },
+        h("a", { href, class: "attachment-picture", "aria-label": `Open ${name}` }, img),
+        h("figcaption", { class: "small muted" }, link, facts ? ` (${facts})` : ""),
+      );
+      // gone (expired, pruned): say so instead of a broken picture
+      img.addEventListener("error", () => figure.replaceWith(h("p", { class: "event-attachment muted", text: `Attachment ${name} is no longer available` })));
+      return figure;
+    }
+    return h("p", { class: "event-attachment" }, h("span", { class: "attachment-icon", "aria-hidden": "true", text: "📎 " }), link, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
+  }
+  const url = safeUrl(att.url);
+  if (!url || url.startsWith("mailto:")) return null;
+  const a = externalLink(url);
+  a.className = "attachment-link";
+  a.textContent = name;
+  return h("p", { class: "event-attachment" }, h("span", { class: "attachment-icon", "aria-hidden": "true", text: "🔗 " }), a, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
+}
+
 function meta(ev) {
   const parts = [];
   const prio = PRIORITY_NAMES[ev.priority];
@@ -125,6 +189,7 @@ export function renderCard(ev) {
       meta(ev),
       body(ev),
       picture ? h("figure", { class: "event-figure" }, picture) : null,
+      attachment(ev),
       h("div", { class: "event-footer" }, actions(ev), controls()),
     ),
   );

@@ -22,7 +22,7 @@ function deliveryInfo(item) {
 }
 
 /** A "Remove" button that asks for confirmation in place (no blocking dialogs). */
-function removeButton(label, onConfirm) {
+export function removeButton(label, onConfirm) {
   const wrap = h("span", { class: "confirm" });
   const ask = h("button", { type: "button", class: "button subtle" }, "Remove", srOnly(` ${label}`));
   wrap.append(ask);
