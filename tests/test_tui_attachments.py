@@ -86,8 +86,13 @@ def test_describe_attachment() -> None:
     assert now is not None
     att = {"id": "abcdefghijkl", "name": "report.pdf", "type": "application/pdf",
            "size": 1536, "expires_at": "2026-01-04T12:00:00Z", "url": "/v1/attachments/abcdefghijkl"}  # fmt: skip
-    assert describe_attachment(att, now) == "report.pdf · application/pdf · 1.5 KiB · expires in 3 days"
-    assert describe_attachment({**att, "expires_at": "2026-01-01T11:00:00Z"}, now).endswith("expired")
+    assert (
+        describe_attachment(att, now)
+        == "report.pdf · application/pdf · 1.5 KiB · expires in 3 days"
+    )
+    assert describe_attachment({**att, "expires_at": "2026-01-01T11:00:00Z"}, now).endswith(
+        "expired"
+    )
     external = {"id": None, "name": "x.iso", "type": None, "size": None, "expires_at": None,
                 "url": "https://files.example.org/x.iso"}  # fmt: skip
     assert describe_attachment(external, now) == "x.iso · external link"
