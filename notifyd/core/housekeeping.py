@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from . import attachments
 from .errors import Unavailable
 from .services import Services
 from .timeutil import format_ts, now_rfc3339
@@ -63,6 +64,7 @@ async def prune_once(svc: Services, now: float | None = None) -> int:
     total = old + expired
     await svc.store.forget_idempotency_keys(format_ts(now - IDEMPOTENCY_HOURS * 3600))
     await svc.store.prune_sessions(now)
+    await prune_attachments(svc, now)
     if total:
         if total >= CHECKPOINT_AFTER:
             await svc.store.after_prune()
@@ -71,6 +73,21 @@ async def prune_once(svc: Services, now: float | None = None) -> int:
             total, old, svc.config.retention_days, expired, time.monotonic() - started,
         )  # fmt: skip
     return total
+
+
+#: how often expired attachments are looked for (they expire on their own clock, not
+#: with the hourly event pass: a file should not outlive its expiry by an hour)
+ATTACHMENT_PRUNE_INTERVAL = 60.0
+
+
+async def prune_attachments(svc: Services, now: float | None = None) -> int:
+    """Remove expired attachments (bytes and metadata), those of pruned events and
+    those bound to an event that was never stored; failures are logged."""
+    try:
+        return await attachments.prune(svc.store, time.time() if now is None else now)
+    except Exception:
+        log.exception("pruning attachments failed; will retry")
+        return 0
 
 
 async def run_scheduler(
@@ -127,8 +144,12 @@ async def run_pruner(
         except Exception:
             log.exception("pruning failed at %s; will retry", now_rfc3339())
         with trio.move_on_after(interval):
+            ticks = 0
             while svc.config.retention_days >= retention:
                 await trio.sleep(1.0)
+                ticks += 1
+                if ticks % int(ATTACHMENT_PRUNE_INTERVAL) == 0:
+                    await prune_attachments(svc)
             log.info("retention_days lowered to %d: pruning now", svc.config.retention_days)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .acl import Principal
-from .errors import NotFound, PayloadTooLarge, ValidationFailed
-from .models import validate_events
+from .errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from .models import AttachmentIn, EventIn, validate_events
 from .ratelimit import check_publish
 from .services import Services
 from .store import STATES, Event, EventExtras, HistoryQuery, PublishResult
@@ -47,7 +47,40 @@ async def publish(
         raise ValidationFailed("Idempotency-Key must be 1–128 characters", field="Idempotency-Key")
     # last, so that only a request that would be stored takes from the bucket
     await check_publish(svc.store, svc.config, principal, len(events))
-    return await svc.store.publish(events, principal.user_id, idempotency_key, batch)
+    uploads = await _bind_attachments(svc, principal, events, batch)
+    result = await svc.store.publish(events, principal.user_id, idempotency_key, batch)
+    if uploads and not result.replayed:
+        for n, attachment_id in uploads:
+            stored = result.events[n] if n < len(result.events) else None
+            if stored is not None:
+                # 0: the event is scheduled (it gets its id when it is released)
+                await svc.store.set_attachment_event(attachment_id, stored.get("id") or 0)
+    return result
+
+
+async def _bind_attachments(
+    svc: Services, principal: Principal, events: list[EventIn], batch: bool
+) -> list[tuple[int, str]]:
+    """Give the uploaded files the events name to those events (the caller's own,
+    unexpired, not yet taken) and fill in their metadata; returns (index, id) pairs."""
+    bound: list[tuple[int, str]] = []
+    for n, ev in enumerate(events):
+        att = ev.attachment
+        if att is None or att.id is None:
+            continue
+        field = f"events[{n}].attachment.id" if batch else "attachment.id"
+        try:
+            meta = await svc.store.bind_attachment(att.id, principal.user_id, ev.topic)
+        except NotFound as exc:
+            raise ValidationFailed(f"{field}: {exc.message}", field=field) from None
+        except Conflict as exc:
+            raise Conflict(exc.message, field=field) from None
+        ev.attachment = AttachmentIn(
+            id=meta.id, name=meta.name, type=meta.type, size=meta.size,
+            expires_at=meta.expires_at,
+        )  # fmt: skip
+        bound.append((n, meta.id))
+    return bound
 
 
 def history_query(principal: Principal, **filters: Any) -> HistoryQuery:

@@ -147,6 +147,84 @@ class Action(BaseModel):
     _url = field_validator("url")(classmethod(lambda cls, v: check_url(v)))
 
 
+#: an uploaded attachment's id: 12 characters of A–Z a–z 0–9
+ATTACHMENT_ID_RE = re.compile(r"^[A-Za-z0-9]{12}$")
+#: where notifyd serves an uploaded attachment (relative to the server)
+ATTACHMENT_PATH = "/v1/attachments/"
+NAME_MAX = 255
+_NAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_filename(raw: str | None, fallback: str = "attachment") -> str:
+    """A file name safe to store and show: the last path segment (``/`` and ``\\``),
+    no control or bidirectional-override characters, no leading dots or spaces,
+    NFC, at most :data:`NAME_MAX` characters (the extension kept); ``fallback``
+    when nothing is left."""
+    import unicodedata
+
+    name = unicodedata.normalize("NFC", raw or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = _NAME_UNSAFE.sub("", name).strip().lstrip(". ").strip()
+    if len(name) > NAME_MAX:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: NAME_MAX - len(ext) - 1] + "." + ext
+        else:
+            name = name[:NAME_MAX]
+    return name or fallback
+
+
+def url_filename(url: str) -> str:
+    """The last segment of ``url``'s path, decoded and cleaned."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        path = ""
+    return clean_filename(unquote(path.rsplit("/", 1)[-1]))
+
+
+class AttachmentIn(BaseModel):
+    """An event's attachment. A publisher sends ``{"id"}`` (a file it uploaded with
+    ``POST /v1/attachments``) or ``{"url", "name"?}`` (a file elsewhere); the server
+    fills in the rest (name, type, size, expires_at and url of an uploaded file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, json_schema_extra={"pattern": ATTACHMENT_ID_RE.pattern})
+    name: str | None = Field(None, max_length=1024)
+    type: str | None = Field(None, max_length=127)
+    size: int | None = Field(None, ge=0)
+    expires_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
+    url: Url | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> AttachmentIn:
+        if self.id is not None:
+            if not ATTACHMENT_ID_RE.fullmatch(self.id):
+                raise ValueError("id: not an attachment id (12 letters and digits)")
+            if self.url is not None and self.url != ATTACHMENT_PATH + self.id:
+                raise ValueError("url: give either an uploaded file's id or a URL, not both")
+            self.url = ATTACHMENT_PATH + self.id
+        elif self.url is None:
+            raise ValueError("id: give the id of an uploaded file, or a url")
+        else:
+            try:
+                check_url(self.url)
+            except ValueError as exc:
+                raise ValueError(f"url: {exc}") from None
+            self.expires_at = None
+        if self.expires_at is not None:
+            try:
+                self.expires_at = normalize_rfc3339(self.expires_at)
+            except (ValueError, OverflowError, OSError) as exc:
+                raise ValueError(f"expires_at: not an RFC 3339 timestamp: {exc}") from None
+        if self.name is not None or self.id is None:
+            self.name = clean_filename(self.name) if self.name else url_filename(self.url)
+        return self
+
+
 class EventIn(BaseModel):
     """An event as a publisher sends it (``POST /v1/events``)."""
 
@@ -181,6 +259,9 @@ class EventIn(BaseModel):
     )
     expires_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = Field(
         None, description="RFC 3339; hidden from then on"
+    )
+    attachment: AttachmentIn | None = Field(
+        None, description='{"id": <uploaded file>} or {"url": …, "name"?: …}'
     )
 
     #: Kept with the event for the compatibility layers, never read from input and never
@@ -303,5 +384,15 @@ def validate_events(payload: Any) -> tuple[list[EventIn], bool]:
 EVENT_FIELDS = (
     "id", "topic", "title", "body", "format", "priority", "category", "tags", "click",
     "icon", "image", "actions", "sensitive", "collapse_key", "deliver_at", "expires_at",
-    "created_at",
+    "created_at", "attachment",
 )  # fmt: skip
+
+
+def attachment_dict(att: AttachmentIn | None) -> dict[str, Any] | None:
+    """The event object's ``attachment``: id, name, type, size, expires_at, url."""
+    if att is None:
+        return None
+    return {
+        "id": att.id, "name": att.name or "attachment", "type": att.type, "size": att.size,
+        "expires_at": att.expires_at, "url": att.url,
+    }  # fmt: skip

@@ -19,10 +19,12 @@ import base64
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ...core.attachments import extension
 from ...core.models import BODY_MAX, MAX_ACTIONS, TITLE_MAX
 from ...core.store import Event
 from .ntfy_params import (
@@ -84,10 +86,14 @@ def build_event(
     *,
     sequence_id: str | None = None,
     now: float | None = None,
+    upload: Mapping[str, Any] | None = None,
+    preview: str | None = None,
 ) -> Publish:
     """Read an ntfy publish the way ntfy's server does (parameters, then the body:
-    UnifiedPush auto-detection, text, or an attachment — which notifyd refuses, as
-    ntfy does with attachments switched off). Raises :class:`NtfyError`."""
+    UnifiedPush auto-detection, text, or an attachment). ``upload``: the file the
+    body was stored as (``{"id", "name", …}``, see :mod:`notifyd.core.attachments`),
+    whose ``preview`` text (a text file's beginning) is the message when none was
+    given. Raises :class:`NtfyError`."""
     now = time.time() if now is None else now
     dropped: list[str] = []
     ev: dict[str, Any] = {"topic": topic}
@@ -109,7 +115,7 @@ def build_event(
     filename = params.get("x-filename", "filename", "file", "f")
     if attach:
         _url(attach, ATTACH_URL, "attachment")
-    elif filename and not up:
+    elif filename and not up and upload is None:
         raise bad(ATTACHMENTS, "invalid request: attachments not allowed",
                   "notifyd does not store files; attach one by URL with X-Attach")  # fmt: skip
     for ignored in (("x-email", "x-e-mail", "email", "e-mail", "mail", "e"), ("x-call", "call"),
@@ -150,6 +156,11 @@ def build_event(
         ev["collapse_key"] = seq
 
     message = params.get("x-message", "message", "m").replace("\\n", "\n")
+    if upload is not None:
+        ev["attachment"] = {"id": upload["id"]}
+        if not message:
+            message = preview or f"You received a file: {upload['name']}"
+        body = b""
     if up:
         ev["category"] = UP_CATEGORY
         try:
@@ -181,6 +192,7 @@ def build_event(
                   "store files")  # fmt: skip
     if attach:
         name = filename or attachment_name(attach)
+        ev["attachment"] = {"url": attach, "name": name}
         if not message:
             message = f"You received a file: {name}"
         if name.lower().endswith(IMAGE_EXTENSIONS) or attachment_name(attach).lower().endswith(
@@ -199,8 +211,27 @@ def build_event(
     return Publish(ev, dropped)
 
 
-def to_message(ev: Event, retention_days: float) -> dict[str, Any]:
-    """A stored (or scheduled) event as ntfy's message object."""
+def attachment_object(att: Mapping[str, Any], base_url: str = "") -> dict[str, Any]:
+    """An event's ``attachment`` as ntfy's: ``{name, type?, size?, expires?, url}``; an
+    uploaded file's url is ntfy's ``<base_url>/file/<id>.<ext>``."""
+    out: dict[str, Any] = {"name": att.get("name") or "attachment"}
+    if att.get("type"):
+        out["type"] = att["type"]
+    if att.get("size") is not None:
+        out["size"] = att["size"]
+    if att.get("expires_at"):
+        out["expires"] = to_unix(att["expires_at"])
+    if att.get("id"):
+        ext = extension(att.get("type") or "", out["name"])
+        out["url"] = f"{base_url.rstrip('/')}/file/{att['id']}.{ext}"
+    else:
+        out["url"] = att.get("url") or ""
+    return out
+
+
+def to_message(ev: Event, retention_days: float, base_url: str = "") -> dict[str, Any]:
+    """A stored (or scheduled) event as ntfy's message object; ``base_url``: what an
+    uploaded attachment's URL starts with (the server's address as the client sees it)."""
     if ev.get("id") is None:  # scheduled: it gets its id when it is released
         mid = f"s{ev.get('scheduled_id')}"
         when = to_unix(ev["deliver_at"])
@@ -236,7 +267,9 @@ def to_message(ev: Event, retention_days: float) -> dict[str, Any]:
              **({"method": a["method"]} if a.get("method") else {})}
             for n, a in enumerate(ev["actions"])
         ]  # fmt: skip
-    if ev.get("image"):
+    if ev.get("attachment"):
+        msg["attachment"] = attachment_object(ev["attachment"], base_url)
+    elif ev.get("image"):
         msg["attachment"] = {"name": attachment_name(ev["image"]), "url": ev["image"]}
     if ev.get("format") == "markdown":
         msg["content_type"] = "text/markdown"

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
-from ...core import inbox
-from ...core.errors import NotifydError
+from ...core import attachments, inbox
+from ...core.errors import NotifydError, PayloadTooLarge, QuotaExceeded
+from ...core.models import BODY_MAX
 from ...core.services import Services
+from ...core.store import Attachment
 from ..auth import SOCKET_SCOPE_KEY
 from ..responses import carries_body, check_body_size, declared_length, render_ntfy
 from .ntfy_auth import authenticate
@@ -41,6 +44,12 @@ log = logging.getLogger("notifyd.ntfy")
 
 #: request bodies read at most (a message is ≤ 4096 characters; JSON adds some)
 BODY_LIMIT = 64 * 1024
+#: a body up to this many bytes that is UTF-8 is a message; anything else a file
+#: (ntfy's message size limit)
+MESSAGE_PEEK = 4096
+#: ntfy's error for a file over the size limit or the quota (server/errors.go)
+ATTACHMENT_TOO_LARGE = (413, 41301, "attachment too large, or bandwidth limit reached")
+ATTACHMENT_LINK = "https://ntfy.sh/docs/publish/#limitations"
 _PUBLISH_PATH = re.compile(r"^/(?:([^/]+)(?:/([^/]+))?)?$")
 
 #: JSON fields of ``POST /`` and the parameter each one stands for
@@ -135,9 +144,16 @@ async def publish(
     read_body: Callable[[bool], Awaitable[bytes]],
     via_socket: bool,
     address: str,
+    chunks: Callable[[], AsyncIterator[bytes]] | None = None,
+    base_url: str = "",
 ) -> dict[str, Any]:
     """Publish one ntfy message (``topic`` None: ``POST /`` with JSON); returns ntfy's
-    message object. Raises :class:`NtfyError` (core errors in ntfy's shape)."""
+    message object. Raises :class:`NtfyError` (core errors in ntfy's shape).
+
+    ``chunks``: the body as it arrives, for bodies that may be files (a
+    ``Filename``, or a body that is not a short UTF-8 text) and ``?template=``
+    payloads; without it, :func:`read_body` (ntfy's :data:`BODY_LIMIT`) reads them.
+    ``base_url``: the server's address as the client sees it (attachment URLs)."""
     # Publishing changes state whatever the method: a session cookie needs the CSRF
     # header even on ntfy's GET /<topic>/publish, which a cross-site link or <img>
     # could otherwise fire with the user's cookie.
@@ -145,23 +161,128 @@ async def publish(
         svc, via_socket=via_socket, method="POST", headers=headers, query=query,
         address=address,
     )  # fmt: skip
+    base_url = svc.config.base_url or base_url
+    upload: Attachment | None = None
+    preview: str | None = None
     if topic is None:
         topic, params, body = _from_json(await read_body(True), headers)
         params.query = query
+        check_topic(topic, reserved)
     else:
-        params, body = Params(headers, query), await read_body(False)
-    check_topic(topic, reserved)
+        params = Params(headers, query)
+        check_topic(topic, reserved)
+        template = params.get("x-template", "template", "tpl").lower()
+        if template in TEMPLATES:  # a sender's own webhook JSON, mapped by a hook template
+            if chunks is None:
+                body = await read_body(False)
+            else:
+                body = await read_up_to(chunks(), headers, svc.config.max_request_bytes)
+            return await publish_templated(svc, principal, topic, template, body, headers)
+        if chunks is None:
+            body = await read_body(False)
+        else:
+            body, upload = await _body_or_file(svc, principal, topic, params, headers, chunks())
+            if upload is not None:
+                preview = await _preview(svc, upload)
     template = params.get("x-template", "template", "tpl").lower()
-    if template in TEMPLATES:  # a sender's own webhook JSON, mapped by a hook template
+    if template in TEMPLATES:  # POST / with JSON naming a template
         return await publish_templated(svc, principal, topic, template, body, headers)
-    plan = build_event(params, body, topic, sequence_id=sequence_id)
+    plan = build_event(
+        params, body, topic, sequence_id=sequence_id,
+        upload=None if upload is None else attachments.describe(upload), preview=preview,
+    )  # fmt: skip
     if plan.dropped:
         log.info("ntfy publish to %s: left out %s", topic, "; ".join(plan.dropped))
     try:
         result = await inbox.publish(svc, principal, plan.event)
     except NotifydError as exc:
         raise from_notifyd(exc) from None
-    return to_message(result.events[0], svc.config.retention_days)
+    return to_message(result.events[0], svc.config.retention_days, base_url)
+
+
+async def read_up_to(chunks: AsyncIterator[bytes], headers: Mapping[str, str], limit: int) -> bytes:
+    """A whole body of at most ``limit`` bytes (notifyd's 413 past it)."""
+    check_body_size(declared_length(headers.get("content-length")), limit)
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        check_body_size(size, limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _body_or_file(
+    svc: Services,
+    principal: Any,
+    topic: str,
+    params: Params,
+    headers: Mapping[str, str],
+    chunks: AsyncIterator[bytes],
+) -> tuple[bytes, Attachment | None]:
+    """The message body, or the file the body is (stored as the caller's attachment):
+    with a file name, or when the body is not UTF-8 text of at most
+    :data:`MESSAGE_PEEK` bytes — as ntfy decides. UnifiedPush bodies and those of
+    publishes attaching a URL are messages (ntfy's :data:`BODY_LIMIT`)."""
+    declared = declared_length(headers.get("content-length"))
+    filename = params.get("x-filename", "filename", "file", "f")
+    if params.flag(False, "x-unifiedpush", "unifiedpush", "up") or params.get(
+        "x-attach", "attach", "a"
+    ):
+        return await read_limited(chunks, headers, False, svc.config.max_request_bytes), None
+    head: list[bytes] = []
+    size, ended = 0, True
+    if not filename:
+        ended = False
+        async for chunk in chunks:
+            head.append(chunk)
+            size += len(chunk)
+            if size > MESSAGE_PEEK:
+                break
+        else:
+            ended = True
+        if ended and size <= MESSAGE_PEEK:
+            text = b"".join(head)
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                return text, None
+    if svc.config.attachment_max_bytes <= 0:
+        raise too_long(False)
+    if not principal.can_write(topic):  # before taking the file: nothing to keep
+        principal.require_write(topic)
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in head:
+            yield piece
+        if not ended or filename:
+            async for chunk in chunks:
+                yield chunk
+
+    try:
+        att = await attachments.receive(
+            svc.store, svc.config, principal.user_id, body(), filename or None, time.time(),
+            declared=declared,
+        )  # fmt: skip
+    except (PayloadTooLarge, QuotaExceeded) as exc:
+        raise NtfyError(*ATTACHMENT_TOO_LARGE, exc.message, link=ATTACHMENT_LINK) from None
+    except NotifydError as exc:
+        raise from_notifyd(exc) from None
+    return b"", att
+
+
+async def _preview(svc: Services, att: Attachment) -> str | None:
+    """A text file's beginning, as the message of a publish that gave none (Apprise
+    sends messages over 8,000 bytes as a text file): at most ``BODY_MAX`` characters,
+    an ellipsis when there is more."""
+    if not att.type.startswith("text/") or att.size == 0:
+        return None
+    head = await svc.store.read_attachment(att.id, 0, BODY_MAX * 4)
+    text = head.decode("utf-8", "ignore").strip()
+    if len(text) > BODY_MAX or att.size > len(head):
+        text = text[: BODY_MAX - 1].rstrip() + "…"
+    return text or None
 
 
 # -- the bare-ASGI fast path -------------------------------------------------------------
@@ -207,13 +328,20 @@ async def serve_asgi(
         body_read = True
         return body
 
+    async def body_chunks() -> AsyncIterator[bytes]:
+        nonlocal body_read
+        async for chunk in chunks():
+            yield chunk
+        body_read = True
+
     client = scope.get("client")
     try:
         msg = await publish(
             svc, reserved, method=scope["method"], topic=target[0],
             sequence_id=target[1], headers=headers, query=query, read_body=read_body,
             via_socket=bool(scope.get(SOCKET_SCOPE_KEY)),
-            address=client[0] if client else "local",
+            address=client[0] if client else "local", chunks=body_chunks,
+            base_url=_base_url(scope, headers),
         )  # fmt: skip
     except (NtfyError, NotifydError) as err:
         # an unread body would garble the next request: close the connection then
@@ -223,3 +351,11 @@ async def serve_asgi(
     extra = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": 200, "headers": extra})
     await send({"type": "http.response.body", "body": body})
+
+
+def _base_url(scope: dict, headers: Mapping[str, str]) -> str:
+    """The server's address as this client reached it (when ``base_url`` is unset)."""
+    host = headers.get("host", "")
+    if not host or any(c in host for c in "/\\@ \t"):
+        return ""
+    return f"{scope.get('scheme', 'http')}://{host}"

@@ -98,7 +98,7 @@ from ..acl import Visibility
 from ..errors import StoreUnavailable
 from ..fanout import ChannelTarget, plan_deliveries
 from ..metrics import COMMIT_BATCH, COMMIT_SECONDS, EVENTS_PUBLISHED, PRUNED
-from ..models import EventIn
+from ..models import EventIn, attachment_dict
 from ..prefs import Preferences
 from ..store import (
     MAX_SIGNAL,
@@ -124,7 +124,7 @@ Conn = psycopg.Connection[Any]
 EVENT_COLUMNS = (
     "id", "topic", "title", "body", "format", "priority", "category", "tags", "click",
     "icon", "image", "actions", "sensitive", "collapse_key", "deliver_at", "expires_at",
-    "created_at",
+    "created_at", "attachment",
 )  # fmt: skip
 N_EVENT = len(EVENT_COLUMNS)
 SELECT_EVENT = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
@@ -204,6 +204,7 @@ def _event(ev: EventIn, event_id: int | None, created_at: str) -> Event:
         "deliver_at": ev.deliver_at,
         "expires_at": ev.expires_at,
         "created_at": created_at,
+        "attachment": attachment_dict(ev.attachment),
     }
 
 
@@ -212,7 +213,8 @@ def _row(d: Event, publisher_id: int) -> tuple[Any, ...]:
         d["id"], d["topic"], d["title"], d["body"], d["format"], d["priority"], d["category"],
         Jsonb(d["tags"]) if d["tags"] else None, d["click"], d["icon"], d["image"],
         Json(d["actions"]) if d["actions"] else None, d["sensitive"], d["collapse_key"],
-        d["deliver_at"], d["expires_at"], d["created_at"], publisher_id,
+        d["deliver_at"], d["expires_at"], d["created_at"],
+        Json(d["attachment"]) if d.get("attachment") else None, publisher_id,
         search.document(d["title"], d["body"]),
     )  # fmt: skip
 

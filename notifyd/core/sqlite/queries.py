@@ -15,7 +15,7 @@ from ..store import Event, HistoryQuery, with_inbox_state
 EVENT_COLUMNS = (
     "id", "topic", "title", "body", "format", "priority", "category", "tags", "click",
     "icon", "image", "actions", "sensitive", "collapse_key", "deliver_at", "expires_at",
-    "created_at",
+    "created_at", "attachment",
 )  # fmt: skip
 SELECT_EVENT = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
 N_EVENT = len(EVENT_COLUMNS)
@@ -31,6 +31,7 @@ def event_from_row(row: tuple[Any, ...]) -> Event:
     ev["tags"] = _loads(ev["tags"]) if ev["tags"] else []
     ev["actions"] = _loads(ev["actions"]) if ev["actions"] else []
     ev["sensitive"] = bool(ev["sensitive"])
+    ev["attachment"] = _loads(ev["attachment"]) if ev["attachment"] else None
     return ev
 
 

@@ -18,7 +18,7 @@ import trio
 from ..acl import Grant, Visibility
 from ..errors import Conflict, NotFound, StoreUnavailable
 from ..metrics import EVENTS_PUBLISHED, PRUNED
-from ..models import EventIn
+from ..models import EventIn, attachment_dict
 from ..store import (
     AccountsImport,
     AclEntry,
@@ -111,12 +111,15 @@ def _event_row(
         "deliver_at": ev.deliver_at,
         "expires_at": ev.expires_at,
         "created_at": created_at,
+        "attachment": attachment_dict(ev.attachment),
     }
+    att = d["attachment"]
     row = (
         event_id, ev.topic, ev.title, ev.body, ev.format, ev.priority, ev.category,
         _dumps(ev.tags).decode() if ev.tags else None, ev.click, ev.icon, ev.image,
         _dumps(actions).decode() if actions else None, int(ev.sensitive), ev.collapse_key,
-        ev.deliver_at, ev.expires_at, created_at, publisher_id,
+        ev.deliver_at, ev.expires_at, created_at,
+        None if att is None else _dumps(att).decode(), publisher_id,
     )  # fmt: skip
     return row, d
 

@@ -313,7 +313,9 @@ def import_items(
                 ev["click"], ev["icon"], ev["image"],
                 orjson.dumps(ev["actions"]).decode() if ev["actions"] else None,
                 int(ev["sensitive"]), ev["collapse_key"], ev["deliver_at"], ev["expires_at"],
-                item.created_at, publisher_id,
+                item.created_at,
+                orjson.dumps(ev["attachment"]).decode() if ev.get("attachment") else None,
+                publisher_id,
                 # superseded by an event of the source; 0: hidden like any superseded one
                 0 if item.superseded else None,
             )

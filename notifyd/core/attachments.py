@@ -1,0 +1,348 @@
+"""Attachments: uploads spooled to disk, their ids, types, limits and expiry, how a
+file is served, and the pruner's step.
+
+An upload never sits in memory whole: :func:`receive` writes the body as it
+arrives to a temporary file under ``<data_dir>/tmp`` (in worker threads, so the
+trio loop never blocks on the disk), hashing it on the way, syncs it, and hands it
+to the store (:class:`~notifyd.core.store.AttachmentStore`), which moves it to
+where the engine keeps files and checks the user's quota in the same step. The
+bytes never pass through the SQLite writer's publish transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import string
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .errors import NotFound, PayloadTooLarge, QuotaExceeded
+from .models import ATTACHMENT_ID_RE, ATTACHMENT_PATH, clean_filename
+from .store import Attachment, AttachmentStore
+from .timeutil import format_ts
+
+log = logging.getLogger("notifyd.attachments")
+
+_ALPHABET = string.ascii_letters + string.digits
+#: bytes written to the spool file per worker-thread call
+SPOOL_WRITE = 1024 * 1024
+#: bytes of a file read per call when serving it
+READ_CHUNK = 256 * 1024
+#: attachments removed per prune call
+PRUNE_BATCH = 200
+#: disk work of uploads and downloads, apart from the store's own threads
+_DISK = trio.CapacityLimiter(4)
+
+
+def new_id() -> str:
+    """A random attachment id: 12 characters of A–Z a–z 0–9 (~71 bits)."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(12))
+
+
+def valid_id(value: str) -> bool:
+    return bool(ATTACHMENT_ID_RE.fullmatch(value))
+
+
+# -- types ------------------------------------------------------------------------
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"%PDF-", 0, "application/pdf"),
+    (b"PK\x03\x04", 0, "application/zip"),
+    (b"\x1f\x8b", 0, "application/gzip"),
+    (b"BZh", 0, "application/x-bzip2"),
+    (b"\xfd7zXZ\x00", 0, "application/x-xz"),
+    (b"7z\xbc\xaf\x27\x1c", 0, "application/x-7z-compressed"),
+    (b"OggS", 0, "audio/ogg"),
+    (b"ID3", 0, "audio/mpeg"),
+    (b"fLaC", 0, "audio/flac"),
+    (b"\x1aE\xdf\xa3", 0, "video/webm"),
+    (b"BM", 0, "image/bmp"),
+)
+#: by extension, for files whose first bytes say nothing we trust
+_BY_EXTENSION = {
+    "txt": "text/plain", "log": "text/plain", "md": "text/markdown", "csv": "text/csv",
+    "json": "application/json", "html": "text/html", "htm": "text/html",
+    "svg": "image/svg+xml", "xml": "application/xml", "js": "text/javascript",
+    "css": "text/css", "apk": "application/vnd.android.package-archive",
+}  # fmt: skip
+#: types served as they are, and the ones shown in the browser (``inline``)
+SERVED_AS_IS = frozenset({
+    "image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/avif",
+    "application/pdf", "application/zip", "application/gzip", "application/x-bzip2",
+    "application/x-xz", "application/x-7z-compressed", "application/json",
+    "application/vnd.android.package-archive", "audio/ogg", "audio/mpeg", "audio/flac",
+    "video/webm", "video/mp4", "text/plain", "text/csv", "text/markdown",
+    "application/octet-stream",
+})  # fmt: skip
+INLINE = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "text/plain"})
+
+
+def sniff_type(head: bytes, name: str) -> str:
+    """The MIME type of a file from its first bytes, else its name's extension, else
+    ``text/plain`` for UTF-8 text, else ``application/octet-stream``."""
+    for magic, offset, kind in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp":
+        return "image/avif" if head[8:12] in (b"avif", b"avis") else "video/mp4"
+    ext = name.rpartition(".")[2].lower() if "." in name else ""
+    if ext in _BY_EXTENSION:
+        return _BY_EXTENSION[ext]
+    if _is_text(head):
+        return "text/plain"
+    return "application/octet-stream"
+
+
+def _is_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a multi-byte character cut at the end of the sample is still text
+        return exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+    return True
+
+
+def extension(att_type: str, name: str) -> str:
+    """The extension of ntfy's ``/file/<id>.<ext>``: the name's, else the type's."""
+    ext = name.rpartition(".")[2].lower() if "." in name else ""
+    if ext and ext.isascii() and ext.isalnum() and len(ext) <= 8:
+        return ext
+    for known, kind in _BY_EXTENSION.items():
+        if kind == att_type:
+            return known
+    sub = att_type.rpartition("/")[2]
+    return {"jpeg": "jpg", "octet-stream": "bin", "plain": "txt"}.get(
+        sub, sub if sub.isalnum() else "bin"
+    )
+
+
+def serving_headers(att: Attachment) -> dict[str, str]:
+    """Response headers for the file: a type browsers do not execute, ``inline`` only
+    for raster images and plain text, nosniff and a sandboxing CSP."""
+    kind = att.type if att.type in SERVED_AS_IS else None
+    if kind is None:
+        kind = "text/plain" if att.type.startswith("text/") else "application/octet-stream"
+    if kind.startswith("text/"):
+        kind = "text/plain" if kind != "text/csv" else kind
+        content_type = f"{kind}; charset=utf-8"
+    else:
+        content_type = kind
+    disposition = "inline" if kind in INLINE else "attachment"
+    return {
+        "content-type": content_type,
+        "content-disposition": f"{disposition}; {disposition_filename(att.name)}",
+        "content-length": str(att.size),
+        "x-content-type-options": "nosniff",
+        "content-security-policy": "sandbox; default-src 'none'",
+        "cross-origin-resource-policy": "same-origin",
+        "cache-control": "private, max-age=3600",
+        "etag": f'"{att.sha256}"',
+    }
+
+
+def disposition_filename(name: str) -> str:
+    """RFC 6266 parameters: an ASCII fallback and ``filename*`` (UTF-8, percent-encoded)."""
+    from urllib.parse import quote
+
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\%' else "_"
+                       for c in name)  # fmt: skip
+    return f"filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+# -- uploads ------------------------------------------------------------------------
+
+
+@dataclass
+class Spooled:
+    path: Path
+    size: int
+    sha256: str
+    head: bytes
+
+
+def tmp_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "tmp"
+
+
+async def spool(chunks: AsyncIterator[bytes], directory: Path, limit: int) -> Spooled:
+    """Write ``chunks`` to a new file in ``directory`` (synced; hashed on the way).
+    Raises :class:`PayloadTooLarge` past ``limit`` bytes (and removes the file)."""
+
+    def create() -> tuple[int, str]:
+        directory.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix="upload-", dir=directory)
+
+    fd, name = await trio.to_thread.run_sync(create, limiter=_DISK)
+    path = Path(name)
+    digest = hashlib.sha256()
+    size, head = 0, b""
+    buf: list[bytes] = []
+    buffered = 0
+
+    def write(data: list[bytes]) -> None:
+        for piece in data:
+            digest.update(piece)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+
+    ok = False
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"the file is larger than attachment_max_bytes ({limit} bytes)", field="body"
+                )
+            if len(head) < 512:
+                head += chunk[: 512 - len(head)]
+            buf.append(chunk)
+            buffered += len(chunk)
+            if buffered >= SPOOL_WRITE:
+                data, buf, buffered = buf, [], 0
+                await trio.to_thread.run_sync(write, data, limiter=_DISK)
+        data, buf = buf, []
+        await trio.to_thread.run_sync(lambda: (write(data), os.fsync(fd)), limiter=_DISK)
+        ok = True
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(os.close, fd, limiter=_DISK)
+            if not ok:
+                await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+    return Spooled(path, size, digest.hexdigest(), head)
+
+
+async def receive(
+    store: AttachmentStore,
+    config: Any,
+    user_id: int,
+    chunks: AsyncIterator[bytes],
+    name: str | None,
+    now: float,
+    *,
+    declared: int = -1,
+    spooled: Spooled | None = None,
+) -> Attachment:
+    """Store an upload of ``user_id`` (the body's ``chunks``, or a file already
+    spooled) under the limits of ``config``; returns its metadata. Raises
+    PayloadTooLarge (413) over ``attachment_max_bytes`` or when uploads are off (0),
+    QuotaExceeded (507) past ``attachment_user_quota_bytes``."""
+    limit = config.attachment_max_bytes
+    if limit <= 0:
+        raise PayloadTooLarge("this server does not take attachments (attachment_max_bytes = 0)")
+    if declared > limit:
+        raise PayloadTooLarge(
+            f"the file is larger than attachment_max_bytes ({limit} bytes)", field="body"
+        )
+    quota = config.attachment_user_quota_bytes
+    if quota > 0 and declared > 0:
+        used = await store.attachment_usage(user_id, format_ts(now))
+        if used + declared > quota:
+            raise QuotaExceeded(_quota_text(quota, used))
+    if spooled is None:
+        spooled = await spool(chunks, tmp_dir(config.data_dir), limit)
+    try:
+        clean = clean_filename(name, "")
+        kind = sniff_type(spooled.head, clean)
+        if not clean:
+            clean = "attachment." + extension(kind, "")
+        meta = Attachment(
+            id=new_id(), user_id=user_id, name=clean, type=kind, size=spooled.size,
+            sha256=spooled.sha256, created_at=format_ts(now),
+            expires_at=format_ts(now + config.attachment_expiry_seconds),
+        )  # fmt: skip
+        try:
+            return await store.save_attachment(meta, spooled.path, quota)
+        except QuotaExceeded:
+            used = await store.attachment_usage(user_id, format_ts(now))
+            raise QuotaExceeded(_quota_text(quota, used)) from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: spooled.path.unlink(missing_ok=True))
+
+
+def _quota_text(quota: int, used: int) -> str:
+    return (
+        f"your attachments would pass your quota of {quota} bytes ({used} in use); "
+        "they free up as they expire"
+    )
+
+
+def describe(att: Attachment) -> dict[str, Any]:
+    """The upload's answer and the event's ``attachment`` object."""
+    return {
+        "id": att.id, "name": att.name, "type": att.type, "size": att.size,
+        "expires_at": att.expires_at, "url": ATTACHMENT_PATH + att.id,
+    }  # fmt: skip
+
+
+def may_read(att: Attachment, principal: Any, now: str) -> bool:
+    """Whether ``principal`` (None: anonymous) may download ``att``: its uploader, or
+    whoever may read the topic of the event that took it; nobody once it expired."""
+    if att.expires_at <= now or principal is None:
+        return False
+    if att.user_id == principal.user_id:
+        return True
+    return att.topic is not None and att.event_id is not None and principal.can_read(att.topic)
+
+
+async def open_readable(
+    store: AttachmentStore, attachment_id: str, principal: Any, now: str
+) -> Attachment:
+    """The attachment if ``principal`` may download it; NotFound otherwise (also for
+    those who may not: a 404 says nothing about whether it exists)."""
+    att = await store.get_attachment(attachment_id) if valid_id(attachment_id) else None
+    if att is None or not may_read(att, principal, now):
+        raise NotFound("no such attachment", field="id")
+    return att
+
+
+async def stream(store: AttachmentStore, att: Attachment) -> AsyncIterator[bytes]:
+    """The file's bytes in :data:`READ_CHUNK` pieces (ends early if it vanished)."""
+    offset = 0
+    while offset < att.size:
+        try:
+            piece = await store.read_attachment(att.id, offset, READ_CHUNK)
+        except NotFound:
+            log.warning("attachment %s went away while being served", att.id)
+            return
+        if not piece:
+            return
+        offset += len(piece)
+        yield piece
+
+
+# -- pruning ------------------------------------------------------------------------
+
+
+async def prune(store: AttachmentStore, now: float) -> int:
+    """Remove expired attachments, those of pruned events, and those bound an hour
+    ago to an event never stored (see ``AttachmentStore.prune_attachments``)."""
+    total = 0
+    while True:
+        n = await store.prune_attachments(format_ts(now), PRUNE_BATCH)
+        total += n
+        if n < PRUNE_BATCH:
+            break
+        await trio.sleep(0.02)
+    if total:
+        log.info("pruned %d attachments", total)
+    return total
