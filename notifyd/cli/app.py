@@ -253,7 +253,10 @@ def send(client: Any, as_json: bool, topic: str, body: str | None, **opts: Any) 
     event.update(opts)
     event = {k: v for k, v in event.items() if v not in (None, [])}
     if attach:
-        event["attachment"] = {"id": _upload(client, attach)["id"]}
+        uploaded = _upload(client, attach)
+        event["attachment"] = {"id": uploaded["id"]}
+        if not event.get("title") and not event.get("body"):
+            event["title"] = uploaded.get("name") or os.path.basename(attach)
     stored = client.publish(event, idempotency_key=key)
     if as_json or stored.get("id") is not None:
         report(as_json, stored, str(stored.get("id")))
