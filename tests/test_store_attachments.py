@@ -14,14 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
+import test_store_contract as contract
 import trio
-from test_store_contract import (  # noqa: F401 - fixtures and the engine parametrisation
-    T0,
-    OpenStore,
-    ev,
-    open_store,
-    pytest_generate_tests,
-)
+from test_store_contract import T0, OpenStore, ev
 
 from notifyd.core.errors import Conflict, NotFound, QuotaExceeded
 from notifyd.core.models import AttachmentIn
@@ -29,6 +24,10 @@ from notifyd.core.store import Attachment, Store
 from notifyd.core.timeutil import format_ts
 
 pytestmark = pytest.mark.trio
+
+#: the contract suite's fixture and per-engine parametrisation, shared
+open_store = contract.open_store
+pytest_generate_tests = contract.pytest_generate_tests
 
 MiB = 1024 * 1024
 HOUR = 3600.0

@@ -99,12 +99,31 @@ def sniff_type(head: bytes, name: str) -> str:
         return "image/webp"
     if head[4:8] == b"ftyp":
         return "image/avif" if head[8:12] in (b"avif", b"avis") else "video/mp4"
+    markup = _markup(head)
+    if markup is not None:
+        return markup
     ext = name.rpartition(".")[2].lower() if "." in name else ""
     if ext in _BY_EXTENSION:
         return _BY_EXTENSION[ext]
     if _is_text(head):
         return "text/plain"
     return "application/octet-stream"
+
+
+#: markup a browser would render (what its own sniffing looks for), whatever the name says
+_MARKUP = (
+    (b"<!doctype html", "text/html"), (b"<html", "text/html"), (b"<head", "text/html"),
+    (b"<body", "text/html"), (b"<script", "text/html"), (b"<iframe", "text/html"),
+    (b"<svg", "image/svg+xml"), (b"<?xml", "application/xml"),
+)  # fmt: skip
+
+
+def _markup(head: bytes) -> str | None:
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n\x0c")[:16].lower()
+    for prefix, kind in _MARKUP:
+        if start.startswith(prefix):
+            return kind
+    return None
 
 
 def _is_text(head: bytes) -> bool:
@@ -143,7 +162,8 @@ def serving_headers(att: Attachment) -> dict[str, str]:
         content_type = f"{kind}; charset=utf-8"
     else:
         content_type = kind
-    disposition = "inline" if kind in INLINE else "attachment"
+    # inline only for what was stored as such: a page demoted to text/plain is a download
+    disposition = "inline" if att.type in INLINE and kind == att.type else "attachment"
     return {
         "content-type": content_type,
         "content-disposition": f"{disposition}; {disposition_filename(att.name)}",

@@ -66,7 +66,7 @@ async def _multipart_file(
             buf += await it.__anext__()
         except StopAsyncIteration:
             raise BadRequest("multipart body without a file part", field="body") from None
-        if len(buf) > 16384:
+        if b"\r\n\r\n" not in buf[:16384] and len(buf) > 16384:
             raise BadRequest("multipart part headers are too long", field="body")
     if not buf.startswith(b"--" + boundary + b"\r\n"):
         raise BadRequest("multipart body does not start with its boundary", field="body")
