@@ -745,6 +745,12 @@ def test_gotify_form_tokens_authenticate_in_every_spelling(daemon: Daemon, world
         assert r.status_code == 201, r.text
         assert c.post("/v1/events", json={"topic": "shared", "body": "x"},
                       headers=app_auth).status_code == 403  # fmt: skip
+    # and the client token subscribes through ntfy's door (Bearer)
+    post_message(daemon, world["shared"], message="for ntfy")
+    with gotify(daemon, headers={"Authorization": f"Bearer {client['token']}"}) as c:
+        r = c.get("/shared/json", params={"poll": "1"})
+        assert r.status_code == 200, r.text
+        assert [json.loads(line)["message"] for line in r.text.splitlines()] == ["for ntfy"]
     # existing nfy_ tokens keep working beside them
     assert post_message(daemon, world["app"], message="old token")["appid"] == world["app_id"]
     # revoked like any token: at once, in every spelling
