@@ -74,9 +74,20 @@ def context(browser: Browser, daemon: Daemon) -> Iterator[BrowserContext]:
     assert not errors, errors
 
 
+def writer(daemon: Daemon, label: str, **kw: Any) -> WebUser:
+    """A web user who may also publish under its prefix (a webhook publishes as its
+    owner, so creating one needs write rights on its topic)."""
+    user = new_user(daemon, label, **kw)
+    with daemon.admin() as c:
+        r = c.post("/v1/acl", json={"user": user.name, "pattern": f"{user.prefix}/*",
+                                    "permission": "rw"})  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+    return user
+
+
 @pytest.fixture
 def user(daemon: Daemon, request: pytest.FixtureRequest) -> WebUser:
-    return new_user(daemon, request.node.name.removeprefix("test_").replace("_", "-")[:20])
+    return writer(daemon, request.node.name.removeprefix("test_").replace("_", "-")[:20])
 
 
 def upload(daemon: Daemon, data: bytes, filename: str) -> dict[str, Any]:
@@ -229,15 +240,15 @@ def test_webhooks_view(context: BrowserContext, daemon: Daemon, user: WebUser) -
     expect(fields).to_be_hidden()
 
     # a server refusal is shown on the field it names
-    page.get_by_label("Name", exact=True).fill("prometheus")
-    page.get_by_label("Topic", exact=True).fill("bad topic!")
+    page.get_by_label("Webhook name").fill("prometheus")
+    page.get_by_label("Webhook topic").fill("bad topic!")
     page.get_by_role("button", name="Add webhook").click()
     expect(page.locator("#hook-form-error")).to_be_visible()
-    expect(page.get_by_label("Topic", exact=True)).to_have_attribute("aria-invalid", "true")
-    expect(page.get_by_label("Topic", exact=True)).to_be_focused()
+    expect(page.get_by_label("Webhook topic")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Webhook topic")).to_be_focused()
 
-    page.get_by_label("Topic", exact=True).fill(user.topic("alerts"))
-    page.get_by_label("Priority").select_option("4")
+    page.get_by_label("Webhook topic").fill(user.topic("alerts"))
+    page.get_by_label("Default priority").select_option("4")
     page.get_by_label("Tags (optional)").fill("prometheus, ops")
     page.get_by_role("button", name="Add webhook").click()
 
@@ -302,11 +313,11 @@ def test_json_template_fields(context: BrowserContext, user: WebUser) -> None:
     sign_in(page, user)
     page.goto("/#/hooks")
     expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
-    page.get_by_label("Name", exact=True).fill("nas")
-    page.get_by_label("Topic", exact=True).fill(user.topic("nas"))
+    page.get_by_label("Webhook name").fill("nas")
+    page.get_by_label("Webhook topic").fill(user.topic("nas"))
     page.get_by_label("Sender").select_option("json")
-    page.get_by_label("Title", exact=True).fill("{{ payload.host }} is {{ payload.status }}")
-    page.get_by_label("Body", exact=True).fill("{{ payload.message }}")
+    page.get_by_label("Title template").fill("{{ payload.host }} is {{ payload.status }}")
+    page.get_by_label("Body template").fill("{{ payload.message }}")
     page.get_by_role("button", name="Add webhook").click()
     expect(created_box(page)).to_be_visible()
     with user.http() as c:
@@ -369,8 +380,8 @@ def test_accessibility_of_webhooks(browser: Browser, daemon: Daemon, user: WebUs
         expect(
             page.get_by_text("No webhooks yet.").or_(page.locator("#hook-list li.item").first)
         ).to_be_visible()
-        page.get_by_label("Name", exact=True).fill(f"ci-{scheme}")
-        page.get_by_label("Topic", exact=True).fill(user.topic("ci"))
+        page.get_by_label("Webhook name").fill(f"ci-{scheme}")
+        page.get_by_label("Webhook topic").fill(user.topic("ci"))
         page.get_by_label("Sender").select_option("gitea")
         page.get_by_role("button", name="Add webhook").click()
         expect(created_box(page)).to_be_visible()
@@ -387,7 +398,7 @@ def test_accessibility_of_webhooks(browser: Browser, daemon: Daemon, user: WebUs
 def test_screenshots(browser: Browser, daemon: Daemon) -> None:
     """The Webhooks view and an event with an image attachment, for test-artifacts/;
     with NOTIFYD_UPDATE_SCREENSHOTS=1 also for the docs (docs/img/)."""
-    user = new_user(daemon, "ops", exact=True)
+    user = writer(daemon, "ops", exact=True)
     with_attachments(daemon, user)
     ARTIFACTS.mkdir(exist_ok=True)
     shots: dict[str, Path] = {}
@@ -411,8 +422,8 @@ def test_screenshots(browser: Browser, daemon: Daemon) -> None:
         page.get_by_role("link", name="Webhooks").click()
         for name, template, topic in (("alertmanager", "alertmanager", "alerts"),
                                       ("github", "github", "ci/github")):  # fmt: skip
-            page.get_by_label("Name", exact=True).fill(name)
-            page.get_by_label("Topic", exact=True).fill(user.topic(topic))
+            page.get_by_label("Webhook name").fill(name)
+            page.get_by_label("Webhook topic").fill(user.topic(topic))
             page.get_by_label("Sender").select_option(template)
             page.get_by_role("button", name="Add webhook").click()
             expect(page.locator(f'#hook-list li[data-name="{name}"]')).to_be_visible()

@@ -90,14 +90,14 @@ function attachment(ev) {
       img.addEventListener("error", () => figure.replaceWith(h("p", { class: "event-attachment muted", text: `Attachment ${name} is no longer available` })));
       return figure;
     }
-    return h("p", { class: "event-attachment" }, h("span", { class: "attachment-icon", "aria-hidden": "true", text: "📎 " }), link, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
+    return h("p", { class: "event-attachment" }, h("span", { class: "muted", text: "Attached file: " }), link, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
   }
   const url = safeUrl(att.url);
   if (!url || url.startsWith("mailto:")) return null;
   const a = externalLink(url);
   a.className = "attachment-link";
   a.textContent = name;
-  return h("p", { class: "event-attachment" }, h("span", { class: "attachment-icon", "aria-hidden": "true", text: "🔗 " }), a, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
+  return h("p", { class: "event-attachment" }, h("span", { class: "muted", text: "Linked file: " }), a, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
 }
 
 function meta(ev) {
