@@ -3,7 +3,7 @@ way a sender authenticates, the templates end to end (fixtures in tests/data/hoo
 Alertmanager's resolved alert replacing its firing one, rights, the json template,
 ntfy's ?template=, and bad or oversized bodies storing nothing.
 
-One daemon for the module, with a small max_request_bytes."""
+One daemon for the module, with a small max_request_bytes; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,17 +17,22 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from conftest import Daemon
+from conftest import Daemon, EngineDatabases
 
 DATA = Path(__file__).parent / "data" / "hooks"
 LIMIT = 256 * 1024
+pytestmark = pytest.mark.both_engines
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("hooks") / "data",
+def daemon(
+    tmp_path_factory: pytest.TempPathFactory, engine: str, request: pytest.FixtureRequest
+) -> Iterator[Daemon]:
+    databases = EngineDatabases(request, engine)
+    d = Daemon(tmp_path_factory.mktemp("hooks") / "data", database_url=databases.new(),
                extra_env={"NOTIFYD_MAX_REQUEST_BYTES": str(LIMIT)})  # fmt: skip
     d.data_dir.mkdir()
+    request.addfinalizer(databases.drop_all)
     d.start()
     yield d
     d.stop()
