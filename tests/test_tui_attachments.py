@@ -14,6 +14,7 @@ import asyncio
 import time
 import webbrowser
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -170,3 +171,25 @@ def test_external_attachment_opens_its_own_url(
         assert opened == [url]
 
     run(app, scenario)
+
+
+def test_snapshot_attachment_in_the_detail_pane(daemon: Daemon, snap_compare: Any) -> None:
+    """The detail pane with an attachment, and the attachment key in the footer."""
+    att = upload(daemon, PDF, "report-2026-W01.pdf", "application/pdf")
+    event = daemon.publish("reports/weekly", title="Weekly report", body="The numbers for week 1.",
+                           category="report", attachment={"id": att["id"]})  # fmt: skip
+    created = parse_time(event["created_at"])
+    assert created is not None
+    now = created + timedelta(seconds=90)  # "1m"; the file expires in 2 days and 23 hours
+    app = make_app(socket_path=str(daemon.socket), browser=False, clock=lambda: now)
+
+    async def run_before(pilot: Pilot) -> None:
+        await until(
+            pilot,
+            lambda: inbox(app).loaded and app.connection.state == "connected",
+            "the inbox to load and the stream to connect",
+        )
+        await until(pilot, lambda: "report-2026-W01.pdf" in meta_text(app), "the attachment")
+        await until(pilot, lambda: "O" in app.screen.active_bindings, "the attachment key")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
