@@ -375,7 +375,10 @@ async def publish(svc: Services, principal: Principal, result: Result,
     """Publish ``result``'s events as ``principal`` (one atomic batch), or nothing."""
     if not result.events:
         return None
-    events = cap_batch(result.events, svc.config.max_batch_events, topic)
+    limit = svc.config.max_batch_events
+    if svc.config.publish_rate > 0 and not principal.is_admin:  # a batch over the burst is 413
+        limit = min(limit, svc.config.publish_burst)
+    events = cap_batch(result.events, max(limit, 1), topic)
     return await inbox.publish(svc, principal, events)
 
 
