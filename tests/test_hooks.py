@@ -275,6 +275,20 @@ def test_other_users_cannot_see_or_remove(daemon: Daemon) -> None:
     assert r.status_code == 401
 
 
+def test_grafana_put_with_bearer(daemon: Daemon) -> None:
+    token = user(daemon, "gra")
+    hook = make_hook(daemon, token, name="grafana", topic="gra/x", template="grafana")
+    with daemon.http() as c:  # Grafana's contact point may use PUT and a Bearer header
+        r = c.put(f"/v1/hooks/{hook['id']}", content=fixture_bytes("grafana_firing"),
+                  headers={"Authorization": f"Bearer {hook['secret']}"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    (ev,) = history(daemon, token, "gra/x")
+    assert ev["title"] == "High memory usage" and ev["priority"] == 4
+    assert ev["image"] == "https://play.grafana.org/public/img/attachments/panel-4.png"
+    assert ev["collapse_key"] == "gf-c6eadffa33fcdf37"
+    assert [a["label"] for a in ev["actions"]] == ["Dashboard", "Panel", "Silence"]
+
+
 def test_test_route_renders_without_publishing(daemon: Daemon) -> None:
     token = user(daemon, "tim")
     hook = make_hook(daemon, token, name="g", topic="tim/x", template="grafana", category="infra")

@@ -218,10 +218,11 @@ _SENDER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
+@router.api_route(
     "/hooks/{hook_id}/{secret}",
+    methods=["POST", "PUT"],
     response_model=HookPublished,
-    summary="A sender posts here (the secret in the URL); slack hooks answer 'ok'",
+    summary="A sender posts (or puts) here, the secret in the URL; slack hooks answer 'ok'",
     responses=_SENDER_RESPONSES,
 )
 async def receive_with_secret(
@@ -230,8 +231,9 @@ async def receive_with_secret(
     return await _receive(request, hook_id, secret)
 
 
-@router.post(
+@router.api_route(
     "/hooks/{hook_id}",
+    methods=["POST", "PUT"],
     response_model=HookPublished,
     summary="A sender posts here with Authorization: Bearer, X-Gitlab-Token or a signature",
     responses=_SENDER_RESPONSES,
