@@ -240,7 +240,12 @@ async def spool(chunks: AsyncIterator[bytes], directory: Path, limit: int) -> Sp
                 data, buf, buffered = buf, [], 0
                 await trio.to_thread.run_sync(write, data, limiter=_DISK)
         data, buf = buf, []
-        await trio.to_thread.run_sync(lambda: (write(data), os.fsync(fd)), limiter=_DISK)
+
+        def finish() -> None:
+            write(data)
+            os.fsync(fd)
+
+        await trio.to_thread.run_sync(finish, limiter=_DISK)
         ok = True
     finally:
         with trio.CancelScope(shield=True):

@@ -192,10 +192,10 @@ class AttachmentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, json_schema_extra={"pattern": ATTACHMENT_ID_RE.pattern})
-    name: str | None = Field(None, max_length=1024)
-    type: str | None = Field(None, max_length=127)
-    size: int | None = Field(None, ge=0)
+    id: str | None = Field(default=None, json_schema_extra={"pattern": ATTACHMENT_ID_RE.pattern})
+    name: str | None = Field(default=None, max_length=1024)
+    type: str | None = Field(default=None, max_length=127)
+    size: int | None = Field(default=None, ge=0)
     expires_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
     url: Url | None = None
 

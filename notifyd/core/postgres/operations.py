@@ -58,6 +58,7 @@ from ..store import (
     WatermarkReader,
 )
 from .events import (
+    EVENT_COLUMNS,
     EVENTS_CHANNEL,
     N_EVENT,
     SELECT_EVENT,
@@ -418,9 +419,8 @@ _RECEIPT = (
     "action) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, event_id) DO NOTHING"
 )
 _INSERT = (
-    "INSERT INTO events (id, topic, title, body, format, priority, category, tags, click, "
-    "icon, image, actions, sensitive, collapse_key, deliver_at, expires_at, created_at, "
-    "publisher_id, search) VALUES (" + ", ".join(["%s"] * 18) + ", %s::tsvector)"
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, publisher_id, search) "
+    f"VALUES ({', '.join(['%s'] * (len(EVENT_COLUMNS) + 1))}, %s::tsvector)"
 )
 
 
