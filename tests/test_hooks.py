@@ -3,7 +3,8 @@ way a sender authenticates, the templates end to end (fixtures in tests/data/hoo
 Alertmanager's resolved alert replacing its firing one, rights, the json template,
 ntfy's ?template=, and bad or oversized bodies storing nothing.
 
-One daemon for the module, with a small max_request_bytes; on SQLite and PostgreSQL."""
+One daemon for the module, with a small max_request_bytes and max_batch_events; on
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from conftest import Daemon, EngineDatabases
 
 DATA = Path(__file__).parent / "data" / "hooks"
 LIMIT = 256 * 1024
+BATCH = 50
 pytestmark = pytest.mark.both_engines
 
 
@@ -30,7 +32,8 @@ def daemon(
 ) -> Iterator[Daemon]:
     databases = EngineDatabases(request, engine)
     d = Daemon(tmp_path_factory.mktemp("hooks") / "data", database_url=databases.new(),
-               extra_env={"NOTIFYD_MAX_REQUEST_BYTES": str(LIMIT)})  # fmt: skip
+               extra_env={"NOTIFYD_MAX_REQUEST_BYTES": str(LIMIT),
+                          "NOTIFYD_MAX_BATCH_EVENTS": str(BATCH)})  # fmt: skip
     d.data_dir.mkdir()
     request.addfinalizer(databases.drop_all)
     d.start()
@@ -382,6 +385,19 @@ def test_bad_payloads_store_nothing(daemon: Daemon) -> None:
     # a wrong secret is refused before the large body is read
     r = post(daemon, f"/v1/hooks/{hook['id']}/{'y' * 43}", too_big)
     assert r.status_code == 401
+
+
+def test_more_alerts_than_a_batch(daemon: Daemon) -> None:
+    token = user(daemon, "max")
+    hook = make_hook(daemon, token, name="am", topic="max/x", template="alertmanager")
+    alerts = [{"status": "firing", "labels": {"alertname": f"A{i}"}, "fingerprint": f"{i:016x}"}
+              for i in range(BATCH + 10)]  # fmt: skip
+    r = post(daemon, f"/v1/hooks/{hook['id']}/{hook['secret']}",
+             json.dumps({"version": "4", "alerts": alerts}).encode())  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["published"] == BATCH
+    stored = history(daemon, token, "max/x")
+    assert len(stored) == BATCH and stored[0]["title"] == "11 more notifications"
 
 
 def test_ntfy_template(daemon: Daemon) -> None:

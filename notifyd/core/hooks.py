@@ -70,7 +70,7 @@ MAX_DEPTH = 64
 #: the one message for an unknown hook and a wrong secret
 BAD_CREDENTIALS = "unknown hook or wrong secret"
 _DUMMY_SECRET = secrets.token_urlsafe(32)
-#: json template renders run in worker threads, a few at a time
+#: renders run in worker threads, a few at a time
 _RENDER_LIMITER: trio.CapacityLimiter | None = None
 
 
@@ -346,11 +346,9 @@ def render(template: str, options: Mapping[str, Any], topic: str, payload: Any,
 
 async def render_async(template: str, options: Mapping[str, Any], topic: str, payload: Any,
                        headers: Mapping[str, str]) -> Result:  # fmt: skip
-    """:func:`render`; a json template renders in a worker thread (its budget runs
-    there, and the event loop is not held)."""
+    """:func:`render` in a worker thread, a few at a time: a large payload (thousands
+    of alerts) or a json template's budget does not hold the event loop."""
     global _RENDER_LIMITER
-    if template != "json":
-        return render(template, options, topic, payload, headers)
     if _RENDER_LIMITER is None:
         _RENDER_LIMITER = trio.CapacityLimiter(2)
     return await trio.to_thread.run_sync(

@@ -38,7 +38,7 @@ async def publish_templated(
     options: dict[str, Any] = {"priority": None, "category": None, "tags": [], "fields": None}
     try:
         payload = hooks.parse_body(template, body, lower.get("content-type"))
-        result = hooks.render(template, options, topic, payload, lower)
+        result = await hooks.render_async(template, options, topic, payload, lower)
         for ev in result.events:
             ev["topic"] = topic  # the URL's topic, whatever a template said
         published = await hooks.publish(svc, principal, result, topic)
