@@ -365,8 +365,7 @@ def render_fields(fields: Mapping[str, str], payload: Any,
             raise PayloadError(exc.message, f"fields.{name}") from None
         except SecurityError as exc:
             raise PayloadError(f"refused: {str(exc)[:200]}", f"fields.{name}") from None
-        except (TemplateError, RecursionError, MemoryError, ArithmeticError, ValueError,
-                TypeError, LookupError, AttributeError) as exc:  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a user's template failing is a 422, never a 500
             raise PayloadError(f"rendering failed ({type(exc).__name__}: {str(exc)[:200]})",
                                f"fields.{name}") from None  # fmt: skip
     return out
