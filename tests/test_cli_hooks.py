@@ -178,15 +178,28 @@ def test_test_renders_without_publishing(daemon: Daemon, tmp_path: Path) -> None
     (rendered,) = json.loads(r.stdout)["events"]
     assert (rendered["title"], rendered["body"]) == ("nas-1 is degraded", "pool tank")
     assert event_count(daemon) == before
-    for name in ("am", "nas"):
+    # --header passes what a forge sends: GitHub's ping makes no event
+    assert (
+        cli(daemon, "hooks", "add", "gh", "--topic", "ci", "--template", "github").returncode == 0
+    )
+    r = cli(daemon, "hooks", "test", "gh", "--payload", "-", "--header", "X-GitHub-Event=ping",
+            input=json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and "no events" in r.stderr
+    r = cli(daemon, "hooks", "test", "gh", "--header", "no-equals-sign")
+    assert r.returncode == 2 and "NAME=VALUE" in r.stderr
+    assert event_count(daemon) == before
+    for name in ("am", "nas", "gh"):
         assert cli(daemon, "hooks", "remove", name).returncode == 0
 
 
 def test_hooks_over_tcp_need_the_account_scope(daemon: Daemon) -> None:
     narrow = daemon.user("hookie", grants={"hookie/*": "rw"}, scopes=["publish", "subscribe"])
     env = {"NOTIFYD_URL": daemon.url, "NOTIFYD_TOKEN": narrow}
-    r = cli(daemon, "hooks", "list", env=env, socket=False)
-    assert r.returncode == 1 and r.stderr.startswith("Error: ")
+    # creating one is an account change: refused without the account scope
+    r = cli(daemon, "hooks", "add", "mine", "--topic", "hookie/ci", "--template", "gitea",
+            env=env, socket=False)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.startswith("Error: ") and r.stdout == ""
     wide = daemon.user("hookie", scopes=["publish", "subscribe", "account"])
     env = {"NOTIFYD_URL": daemon.url, "NOTIFYD_TOKEN": wide}
     r = cli(daemon, "hooks", "add", "mine", "--topic", "hookie/ci", "--template", "gitea",

@@ -179,7 +179,7 @@ def test_gone_attachment_says_so(context: BrowserContext, daemon: Daemon, user: 
     page.route(re.compile(rf".*/v1/attachments/{image['id']}$"), lambda r: r.fulfill(status=404))
     sign_in(page, user)
     expect(card(page, event["id"]).locator(".event-attachment")).to_have_text(
-        "Attachment gone.png is no longer available"
+        "Attachment gone.png cannot be shown (expired, or the server cannot be reached)"
     )
     assert card(page, event["id"]).locator("img").count() == 0
 

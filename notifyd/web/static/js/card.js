@@ -86,8 +86,8 @@ function attachment(ev) {
         h("a", { href, class: "attachment-picture", "aria-label": `Open ${name}` }, img),
         h("figcaption", { class: "small muted" }, link, facts ? ` (${facts})` : ""),
       );
-      // gone (expired, pruned): say so instead of a broken picture
-      img.addEventListener("error", () => figure.replaceWith(h("p", { class: "event-attachment muted", text: `Attachment ${name} is no longer available` })));
+      // gone (expired, pruned) or unreachable (offline): say so, not a broken picture
+      img.addEventListener("error", () => figure.replaceWith(h("p", { class: "event-attachment muted", text: `Attachment ${name} cannot be shown (expired, or the server cannot be reached)` })));
       return figure;
     }
     return h("p", { class: "event-attachment" }, h("span", { class: "muted", text: "Attached file: " }), link, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
