@@ -270,8 +270,8 @@ def test_account_with_each_credential_form(alice: Daemon) -> None:
 def test_account_refusals_in_ntfys_shape(alice: Daemon) -> None:
     daemon = alice
     with ntfy(daemon, None) as c:
-        # no anonymous account in notifyd (ntfy would answer for "*" if anonymous
-        # access were on); Home Assistant then asks for credentials (invalid_auth)
+        # no anonymous account in notifyd (ntfy answers for its user "*", even with
+        # anonymous access off); Home Assistant then asks for credentials (invalid_auth)
         r = c.get("/v1/account")
         as_error(r, 401, 40101)
         assert r.headers["www-authenticate"].startswith("Basic")
@@ -566,3 +566,33 @@ def test_home_assistant_reauth_and_revoked_token(alice: Daemon) -> None:
     for kept in (new, other):
         with ntfy(daemon, f"Bearer {kept}") as c:
             assert as_account(c.get("/v1/account").json())["username"] == "alice"
+
+
+def test_home_assistant_publish_with_an_uploaded_file(alice: Daemon) -> None:
+    """``ntfy.publish`` with ``attach_file``: aiontfy sends ``PUT /<topic>`` with the
+    message as ``X-`` headers (``Message.to_x_headers()``: newlines escaped as ``\\n``,
+    booleans as 0/1, empty fields left out) and the file as the body."""
+    daemon = alice
+    token = setup_home_assistant(daemon)
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 64
+    headers = {
+        "X-Message": "Motion at the front door\\nCamera: porch",
+        "X-Title": "Doorbell",
+        "X-Tags": "camera",
+        "X-Priority": "4",
+        "X-Markdown": "0",
+        "X-Filename": "snapshot.jpg",
+        "Authorization": f"Bearer {token}",
+        "User-Agent": UA,
+    }
+    with httpx.Client(base_url=daemon.url, timeout=10, verify=TLS) as c:
+        r = c.put("/home", content=jpeg, headers=headers)
+        assert r.status_code == 200, r.text
+        sent = as_notification(r.json())
+        assert sent["attachment"]["name"] == "snapshot.jpg"
+        assert c.get(sent["attachment"]["url"].removeprefix(daemon.url),
+                     headers={"Authorization": f"Bearer {token}"}).content == jpeg  # fmt: skip
+    ev = stored(daemon, int(sent["id"]))
+    assert (ev["title"], ev["body"]) == ("Doorbell", "Motion at the front door\nCamera: porch")
+    assert (ev["priority"], ev["tags"], ev["format"]) == (4, ["camera"], "text")
+    assert ev["attachment"]["name"] == "snapshot.jpg" and ev["attachment"]["size"] == len(jpeg)
