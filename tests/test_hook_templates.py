@@ -101,6 +101,14 @@ EXPECTED = {
             "click": "http://localhost:3000/gitea/webhooks/pulls/3",
         }
     ],
+    "gitea_pull_request_rejected": [
+        {
+            "title": "gitea/webhooks: bob requested changes on PR #3: Improve docs",
+            "body": "Please split this.",
+            "tags": ["review", "requested", "gitea"],
+            "click": "http://localhost:3000/gitea/webhooks/pulls/3",
+        }
+    ],
     "gitea_push": [
         {
             "title": "gitea/webhooks: gitea pushed 1 commit to develop",
@@ -128,6 +136,14 @@ EXPECTED = {
             "Closes #7.",
             "tags": ["pull-request", "merged", "github"],
             "click": "https://github.com/octocat/hello-world/pull/42",
+        }
+    ],
+    "github_pull_request_review": [
+        {
+            "title": "octocat/hello-world: hubot approved PR #42: Add a feature",
+            "body": "Looks good, one nit.",
+            "tags": ["review", "approved", "github"],
+            "click": "https://github.com/octocat/hello-world/pull/42#pullrequestreview-80",
         }
     ],
     "github_push": [

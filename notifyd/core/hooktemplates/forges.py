@@ -160,7 +160,7 @@ def _gh_comment(p: dict[str, Any], repo: str, who: str, family: str) -> dict[str
     comment = obj(p.get("comment"), "comment")
     issue = obj(p.get("issue") or p.get("pull_request"), "issue")
     number = text(issue.get("number"), "issue.number")
-    is_pr = "pull_request" in issue or "pull_request" in p or issue.get("pull_request")
+    is_pr = "pull_request" in issue or "pull_request" in p or p.get("is_pull") is True
     what = "PR" if is_pr else "issue"
     author = _gh_user(comment.get("user"), "comment.user") or who
     verb = "commented" if action == "created" else f"{action} a comment"
@@ -170,6 +170,30 @@ def _gh_comment(p: dict[str, Any], repo: str, who: str, family: str) -> dict[str
         priority=_low(action),
         tags=tags("comment", family),
         click=comment.get("html_url") or issue.get("html_url"),
+    )
+
+
+def _gh_review(name: str, p: dict[str, Any], repo: str, who: str, family: str) -> dict[str, Any]:
+    """A pull request review (GitHub's ``pull_request_review``, Gitea's
+    ``pull_request_approved`` / ``_rejected`` / ``_comment``)."""
+    pr = obj(p.get("pull_request"), "pull_request")
+    review = obj(p.get("review"), "review")
+    number = text(pr.get("number") or p.get("number"), "pull_request.number")
+    state = get_text(review, "state", "review").lower()
+    if name.endswith("_approved") or state == "approved":
+        verb = "approved"
+    elif name.endswith("_rejected") or state == "changes_requested":
+        verb = "requested changes on"
+    else:
+        verb = "reviewed"
+    author = _gh_user(review.get("user"), "review.user") or who
+    body = get_text(review, "body", "review") or get_text(review, "content", "review")
+    return event(
+        title=f"{repo}: {author} {verb} PR #{number}: {get_text(pr, 'title', 'pull_request')}",
+        body=clip(body, QUOTE_MAX) or f"{author} {verb} pull request #{number}",
+        priority=None if verb != "reviewed" else 2,
+        tags=tags("review", verb.split()[0], family),
+        click=review.get("html_url") or pr.get("html_url"),
     )
 
 
@@ -260,6 +284,8 @@ def _hub(family: str, header_names: tuple[str, ...]) -> Any:
             ev = _gh_issue(p, repo, who, family)
         elif name in ("issue_comment", "pull_request_comment"):
             ev = _gh_comment(p, repo, who, family)
+        elif name in ("pull_request_review", "pull_request_approved", "pull_request_rejected"):
+            ev = _gh_review(name, p, repo, who, family)
         elif name == "release":
             ev = _gh_release(p, repo, who, family)
             if ev is None:
