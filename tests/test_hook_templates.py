@@ -308,11 +308,13 @@ EXPECTED = {
     ],
     "slack_text": [
         {
+            "title": "TrueNAS",
             "body": "TrueNAS @ nas.local\n"
             "\n"
             "New alerts:\n"
             "* Pool tank state is DEGRADED: One or more devices are faulted.",
             "format": "markdown",
+            "tags": ["nas-alerts"],
         }
     ],
 }
