@@ -84,6 +84,19 @@ def test_add_prints_the_secret_once_list_never(daemon: Daemon) -> None:
                                                                      ["prometheus"])  # fmt: skip
     assert listed["priority"] in (4, "high")
 
+    # a sender posts to the URL (the path is the daemon's; base_url names another host):
+    # the listing shows when it was last used
+    path = "/v1/hooks/" + url.split("/v1/hooks/", 1)[1]
+    alert = {"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": {"alertname": "Up"}, "annotations": {},
+         "startsAt": "2026-01-01T00:00:00Z", "fingerprint": "f1"}]}  # fmt: skip
+    with daemon.http() as c:
+        posted = c.post(path, json=alert)
+    assert posted.status_code in (200, 201, 202), posted.text
+    r = cli(daemon, "hooks", "list")
+    row = next(line for line in r.stdout.splitlines() if line.startswith("prom "))
+    assert "never" not in row
+
     # --json: the daemon's answer, the only one with the secret
     r = cli(daemon, "hooks", "add", "repo", "--topic", "ci", "--template", "github", "--json")
     assert r.returncode == 0, r.stderr

@@ -326,6 +326,23 @@ def test_json_template_fields(context: BrowserContext, user: WebUser) -> None:
     assert hook["fields"] == {"title": "{{ payload.host }} is {{ payload.status }}",
                               "body": "{{ payload.message }}"}  # fmt: skip
 
+    # a test with a payload of one's own, rendered by those fields
+    item = page.locator('#hook-list li[data-name="nas"]')
+    item.get_by_text("Test with your own payload").click()
+    payload = page.get_by_label("Payload for nas (JSON)")
+    payload.fill("{not json")
+    item.get_by_role("button", name="Send a test to nas").click()
+    expect(item.locator(".hook-test")).to_contain_text("The payload is not JSON")
+    expect(payload).to_have_attribute("aria-invalid", "true")
+    expect(payload).to_be_focused()
+    payload.fill('{"host": "nas-1", "status": "degraded", "message": "pool tank"}')
+    item.get_by_role("button", name="Send a test to nas").click()
+    rendered = item.locator(".rendered-event")
+    expect(rendered.locator(".item-title")).to_have_text("nas-1 is degraded")
+    expect(rendered.locator(".rendered-body")).to_have_text("pool tank")
+    expect(item.locator(".hook-test")).to_contain_text("Your payload makes this notification")
+    expect(payload).not_to_have_attribute("aria-invalid", "true")
+
 
 def _check_axe(page: Page, view: str, found: dict[str, list]) -> None:
     problems = axe_violations(page)
@@ -389,6 +406,7 @@ def test_accessibility_of_webhooks(browser: Browser, daemon: Daemon, user: WebUs
         item = page.locator(f'#hook-list li[data-name="ci-{scheme}"]')
         item.get_by_role("button", name=f"Send a test to ci-{scheme}").click()
         expect(item.locator(".hook-test p").first).not_to_have_text(re.compile("Rendering"))
+        item.get_by_text("Test with your own payload").click()  # its labelled textarea
         _check_axe(page, f"webhooks/{scheme}", found)
         assert not errors, errors
     problems = {view: v for view, v in found.items() if v}

@@ -115,8 +115,22 @@ export class Hooks {
 
   item(hook) {
     const results = h("div", { class: "hook-test", "aria-live": "polite" });
+    const payloadId = `hook-payload-${hook.id}`;
+    const payload = h("textarea", { id: payloadId, class: "hook-payload", rows: "4", spellcheck: "false", "aria-describedby": `${payloadId}-hint` });
+    const own = h(
+      "details",
+      { class: "hook-own-payload" },
+      h("summary", {}, "Test with your own payload", srOnly(` (${hook.name})`)),
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: payloadId, text: `Payload for ${hook.name} (JSON)` }),
+        payload,
+        h("p", { id: `${payloadId}-hint`, class: "hint", text: "What the sender would post. Empty: the template's own sample." }),
+      ),
+    );
     const test = h("button", { type: "button", class: "button subtle" }, "Send a test", srOnly(` to ${hook.name}`));
-    test.addEventListener("click", () => this.test(hook, test, results));
+    test.addEventListener("click", () => this.test(hook, test, results, payload));
     const defaults = [];
     if (hook.priority != null) defaults.push(`priority ${PRIORITY_NAMES[hook.priority] ?? hook.priority}`);
     if (hook.category) defaults.push(`category ${hook.category}`);
@@ -138,6 +152,7 @@ export class Hooks {
           hook.last_used_at ? h("span", {}, "last used ", timeElement(hook.last_used_at)) : "never used",
         ),
         h("p", { class: "small" }, h("span", { class: "sr-only", text: "URL without its secret: " }), h("code", { class: "url", text: hook.url })),
+        own,
         results,
       ),
       h(
@@ -153,15 +168,30 @@ export class Hooks {
     );
   }
 
-  /** Render the template's sample payload without publishing; show the events. */
-  async test(hook, button, results) {
+  /** Render a payload (the one typed in, else the template's sample) without
+   * publishing; show the events. */
+  async test(hook, button, results, payloadInput) {
+    const text = payloadInput.value.trim();
+    const body = {};
+    payloadInput.removeAttribute("aria-invalid");
+    if (text) {
+      try {
+        body.payload = JSON.parse(text);
+      } catch (err) {
+        payloadInput.setAttribute("aria-invalid", "true");
+        results.replaceChildren(h("p", { class: "small error-text", text: `The payload is not JSON: ${err.message}` }));
+        payloadInput.focus();
+        return;
+      }
+    }
+    const which = text ? "Your payload" : "The sample payload";
     button.disabled = true;
-    results.replaceChildren(h("p", { class: "small", text: "Rendering the sample payload…" }));
+    results.replaceChildren(h("p", { class: "small", text: "Rendering…" }));
     try {
-      const { events } = await api.post(`/v1/hooks/${encodeURIComponent(hook.id)}/test`, {});
+      const { events } = await api.post(`/v1/hooks/${encodeURIComponent(hook.id)}/test`, body);
       const heading = h("p", { class: "small", text: events.length
-        ? `The sample payload makes ${events.length === 1 ? "this notification" : `these ${events.length} notifications`} (nothing was published):`
-        : "The sample payload makes no notification." });
+        ? `${which} makes ${events.length === 1 ? "this notification" : `these ${events.length} notifications`} (nothing was published):`
+        : `${which} makes no notification.` });
       results.replaceChildren(heading, events.length ? h("ol", { class: "rendered-events" }, events.map(renderedEvent)) : null);
     } catch (err) {
       results.replaceChildren(h("p", { class: "small error-text", text: `Test failed: ${err.message}` }));
