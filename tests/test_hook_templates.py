@@ -620,6 +620,8 @@ HOSTILE_TEMPLATES = [
     "{{ 'x' | center(1000000000) }}",
     "{{ l | sum(start=[]) }}",
     "{{ self.__dict__ }}",
+    "{{ ('<' * 60000) | striptags }}",
+    "{{ l | map('center', 100000) | list }}",
 ]
 
 

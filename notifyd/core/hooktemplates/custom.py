@@ -39,6 +39,7 @@ from jinja2.runtime import str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..models import BODY_MAX, TITLE_MAX, check_topic, parse_priority
+from .apprise import html_to_text
 from .base import PayloadError, Result, Template, clip, collapse_key, event, slug, url
 
 FIELDS = ("title", "body", "priority", "tags", "click", "category", "topic", "collapse_key")
@@ -203,6 +204,12 @@ def _truncate(value: Any, length: int = 255, killwords: bool = False, end: str =
     return str(jfilters.do_truncate(_ENV, str(value), size, killwords, str(end)[:100], leeway))
 
 
+def _striptags(value: Any) -> str:
+    """Markup removed and whitespace collapsed, linear whatever the installed
+    MarkupSafe (older ones used a backtracking expression)."""
+    return " ".join(html_to_text(str(value)).split())
+
+
 def _sum(iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
     total = start if isinstance(start, int | float) and not isinstance(start, bool) else 0
     for item in iterable:
@@ -223,7 +230,8 @@ class HookSandbox(ImmutableSandboxedEnvironment):
     def __init__(self) -> None:
         super().__init__(autoescape=False, undefined=ChainableUndefined, cache_size=0)
         kept = {k: v for k, v in self.filters.items() if k in SAFE_FILTERS}
-        kept.update(join=_join, replace=_replace, truncate=_truncate, sum=_sum)
+        kept.update(join=_join, replace=_replace, truncate=_truncate, sum=_sum,
+                    striptags=_striptags)  # fmt: skip
         self.filters = kept
         self.globals = {"range": _safe_range, "dict": dict}
 
