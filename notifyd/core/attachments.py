@@ -17,6 +17,7 @@ import os
 import secrets
 import string
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,28 @@ class Spooled:
 
 def tmp_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "tmp"
+
+
+#: an upload's spool file this old was left by a crash (an upload in progress
+#: rewrites its file far more often than this)
+STALE_SPOOL = 6 * 3600.0
+
+
+def remove_stale_spools(directory: Path) -> int:
+    """Remove spool files a crash left behind in ``directory`` (blocking)."""
+    removed, cutoff = 0, time.time() - STALE_SPOOL
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.name.startswith("upload-") and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 async def spool(chunks: AsyncIterator[bytes], directory: Path, limit: int) -> Spooled:

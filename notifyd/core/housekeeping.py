@@ -84,7 +84,11 @@ async def prune_attachments(svc: Services, now: float | None = None) -> int:
     """Remove expired attachments (bytes and metadata), those of pruned events and
     those bound to an event that was never stored; failures are logged."""
     try:
-        return await attachments.prune(svc.store, time.time() if now is None else now)
+        n = await attachments.prune(svc.store, time.time() if now is None else now)
+        await trio.to_thread.run_sync(
+            attachments.remove_stale_spools, attachments.tmp_dir(svc.config.data_dir)
+        )
+        return n
     except Exception:
         log.exception("pruning attachments failed; will retry")
         return 0
