@@ -621,13 +621,27 @@ HOSTILE_TEMPLATES = [
     "{{ l | sum(start=[]) }}",
     "{{ self.__dict__ }}",
     "{{ ('<' * 60000) | striptags }}",
+    "{% set a = [big, big] %}{% set b = [a, a, a, a] %}{% set c = [b, b, b, b] %}{{ c }}",
+    "{% set a = [s, s, s, s, s, s, s, s, s, s] %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+    "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{% set d = [c, c, c, c, c, c, c, c, c, c] %}"
+    "{{ d | tojson }}",
+    "{% set a = {'x': big, 'y': big} %}{{ a }}",
+    "{{ (big, big, big) | string }}",
+    "{{ l | map('tojson') | map('tojson') | list }}",
+    "{{ quotes | tojson | tojson | tojson | tojson | tojson | tojson | tojson | tojson }}",
+    "{{ quotes | escape | escape | escape | escape | escape | escape | escape | escape }}",
+    "{% set x %}{% for i in l %}{{ big }}{% endfor %}{% endset %}{{ x }}",
+    "{% filter upper %}{% for i in l %}{{ big }}{% endfor %}{% endfilter %}",
+    "{{ dict(a=big, b=big) }}",
+    "{{ l + l + l + l + l + l + l + l + l + l + l + l + l + l + l + l + l + l + l + l }}",
     "{{ l | map('center', 100000) | list }}",
 ]
 
 
 @pytest.mark.parametrize("source", HOSTILE_TEMPLATES)
 def test_hostile_json_templates_are_bounded(source: str) -> None:
-    payload = {"l": list(range(2000)), "big": "y" * 40_000}
+    payload = {"l": list(range(2000)), "big": "y" * 40_000, "s": "z" * 100,
+               "quotes": '"' * 1000}  # fmt: skip
     started = time.process_time()
     try:
         result = render("json", payload, options=json_options(title=source, body="b"))
@@ -638,6 +652,17 @@ def test_hostile_json_templates_are_bounded(source: str) -> None:
         assert len(ev.get("title", "")) <= 256 and len(ev["body"]) <= 4096
         assert "class" not in ev.get("title", "") and "subclasses" not in ev.get("title", "")
     assert time.process_time() - started < 5  # the budget is 1 s; generous for slow machines
+
+
+def test_ordinary_constructs_still_work() -> None:
+    options = json_options(
+        title="{% for k, v in d | dictsort %}{{ k }}={{ v }} {% endfor %}",
+        body="{{ 'yes' if kind in ['a', 'b'] else 'no' }} {{ items | map(attribute='n') | join(',') }}"
+        " {{ (1, 2) | list }} {{ {'k': kind}.k }}",
+    )
+    payload = {"d": {"b": 2, "a": 1}, "kind": "a", "items": [{"n": 1}, {"n": 2}]}
+    ev = render("json", payload, options=options).events[0]
+    assert ev["title"] == "a=1 b=2" and ev["body"] == "yes 1,2 [1, 2] a"
 
 
 def test_the_step_budget_stops_a_silent_loop() -> None:

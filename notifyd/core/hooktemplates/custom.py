@@ -7,12 +7,18 @@ Templates are untrusted input, so they run in Jinja2's immutable sandbox with mo
 limits of our own, none of which a template can talk its way around:
 
 * sources are at most :data:`SOURCE_MAX` characters; macros, includes, imports,
-  ``{% call %}``, recursive loops and ``namespace()`` are refused when the hook is made;
+  ``{% call %}``, ``{% set %}…{% endset %}`` and ``{% filter %}`` blocks (they collect
+  output without a limit), recursive loops, ``namespace()`` and ``dict()`` are refused
+  when the hook is made;
 * ``range()`` yields at most :data:`RANGE_MAX` numbers; ``*``, ``**``, ``+`` and ``~``
-  refuse results over :data:`VALUE_MAX` characters (or list items, or bits); ``%``
-  string formatting, ``str.format`` and the filters that pad or repeat
-  (``center``, ``indent``, ``format``, ``wordwrap``, ``batch``, ``slice``…) are not
-  available; ``join`` and ``replace`` check their result's size first;
+  refuse results over :data:`VALUE_MAX` characters (or bits); list, tuple and dict
+  literals and list results may hold at most :data:`VALUE_MAX` characters of content
+  (:func:`deep_size`: ``[x, x, x]`` nested a few times would make any ``str()`` of it
+  enormous); every filter's text result is held to :data:`VALUE_MAX` (``tojson``,
+  ``escape``, ``urlencode`` grow text); ``map`` takes only ``attribute=``; ``%`` string
+  formatting, ``str.format`` and the filters that pad or repeat (``center``,
+  ``indent``, ``format``, ``wordwrap``, ``batch``, ``slice``…) are not available;
+  ``join`` and ``replace`` check their result's size before making it;
 * a rendering may take :data:`RENDER_STEPS` Python steps and :data:`RENDER_SECONDS`
   (a trace function counts them in the rendering thread), and its output stops at
   the field's limit.
@@ -22,6 +28,7 @@ Anything refused or failing is a :class:`~.base.PayloadError` (answered 422).
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import time
@@ -30,7 +37,7 @@ from functools import lru_cache
 from types import FrameType
 from typing import Any
 
-from jinja2 import ChainableUndefined, nodes, pass_eval_context
+from jinja2 import ChainableUndefined, nodes, pass_context, pass_eval_context
 from jinja2 import Template as JinjaTemplate
 from jinja2 import filters as jfilters
 from jinja2.compiler import CodeGenerator
@@ -72,7 +79,7 @@ SAFE_FILTERS = frozenset({
 FORBIDDEN_NODES: tuple[type[nodes.Node], ...] = (
     nodes.Macro, nodes.CallBlock, nodes.Import, nodes.FromImport, nodes.Include,
     nodes.Extends, nodes.Block, nodes.NSRef, nodes.Scope, nodes.ScopedEvalContextModifier,
-    nodes.EvalContextModifier,
+    nodes.EvalContextModifier, nodes.AssignBlock, nodes.FilterBlock,
 )  # fmt: skip
 #: payload keys that are not made variables (they would hide ours)
 RESERVED = frozenset({"payload", "headers", "range", "dict", "loop", "self", "true", "false",
@@ -94,11 +101,13 @@ class _Budget:
         self.deadline = time.monotonic() + seconds
         self.tripped = False
 
-    def trace(self, frame: FrameType, event_: str, arg: Any) -> Callable[..., Any]:
+    def trace(self, frame: FrameType, event_: str, arg: Any) -> Callable[..., Any] | None:
         self.left -= 1
         if self.left <= 0 or (self.left & 63 == 0 and time.monotonic() > self.deadline):
             self.tripped = True
             raise TemplateBudgetExceeded
+        if event_ == "call" and frame.f_code is _UNTRACED:
+            return None  # the size checks' own loop: bounded, and not the template's work
         return self.trace
 
 
@@ -125,11 +134,34 @@ def _too_big(what: str) -> SecurityError:
 def _size_ok(value: Any) -> Any:
     if isinstance(value, str) and len(value) > VALUE_MAX:
         raise _too_big("the result")
-    if isinstance(value, list | tuple) and len(value) > LIST_MAX:
-        raise SecurityError(f"a list would have more than {LIST_MAX} items")
+    if isinstance(value, list | tuple | dict) and (
+        len(value) > LIST_MAX or deep_size(value, VALUE_MAX) > VALUE_MAX
+    ):
+        raise SecurityError(f"a list would be too large (limit {VALUE_MAX} characters)")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > INT_BITS_MAX:
         raise SecurityError(f"a number would have more than {INT_BITS_MAX} bits")
     return value
+
+
+def deep_size(value: Any, limit: int) -> int:
+    """Characters of the strings plus one per other value, following containers, up to
+    a little past ``limit`` (what a ``str()`` of ``value`` costs, roughly)."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            total += 1
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            total += 1
+            stack.extend(item)
+        else:
+            total += 1
+    return total
 
 
 def _length(value: Any) -> int:
@@ -157,7 +189,28 @@ def _check_repeat(left: Any, right: Any) -> None:
 
 
 class _Generator(CodeGenerator):
-    """Compiles ``a ~ b`` to a size-checked join (Jinja2 compiles it to a bare join)."""
+    """Compiles ``a ~ b`` to a size-checked join (Jinja2 compiles it to a bare join),
+    and list, tuple and dict literals to size-checked ones: ``[x, x, x]`` holding a
+    large payload value, nested a few times, would otherwise make any ``str()`` of it
+    (output, ``string``, ``tojson``) enormous."""
+
+    def visit_List(self, node: nodes.List, frame: Any) -> None:
+        self.write("environment.guarded_container(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Any) -> None:
+        self.write("environment.guarded_container(")
+        super().visit_Dict(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Any) -> None:
+        if node.ctx == "store":  # a loop's or assignment's targets
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.guarded_container(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
         self.write("environment.guarded_concat((")
@@ -221,6 +274,29 @@ def _sum(iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
     return total
 
 
+def _checked_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` whose string results may not pass VALUE_MAX (``tojson``, ``escape`` and
+    ``urlencode`` grow text; chained, they would grow it without bound)."""
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        if isinstance(result, str) and len(result) > VALUE_MAX:
+            raise _too_big(f"the result of the filter {name!r}")
+        return result
+
+    return checked
+
+
+@pass_context
+def _map(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+    """``map(attribute=…)`` only: mapping a filter over a list (``map('tojson')``) would
+    grow every item at once, past what the per-filter check sees."""
+    if args or set(kwargs) - {"attribute", "default"}:
+        raise SecurityError("map takes only attribute= (and default=) here")
+    return jfilters.sync_do_map(context, value, **kwargs)
+
+
 class HookSandbox(ImmutableSandboxedEnvironment):
     """The sandbox of the json template (see the module's docstring)."""
 
@@ -231,9 +307,9 @@ class HookSandbox(ImmutableSandboxedEnvironment):
         super().__init__(autoescape=False, undefined=ChainableUndefined, cache_size=0)
         kept = {k: v for k, v in self.filters.items() if k in SAFE_FILTERS}
         kept.update(join=_join, replace=_replace, truncate=_truncate, sum=_sum,
-                    striptags=_striptags)  # fmt: skip
-        self.filters = kept
-        self.globals = {"range": _safe_range, "dict": dict}
+                    striptags=_striptags, map=_map)  # fmt: skip
+        self.filters = {name: _checked_filter(name, fn) for name, fn in kept.items()}
+        self.globals = {"range": _safe_range}
 
     def wrap_str_format(self, value: Any) -> None:
         """``str.format``/``format_map`` stay unreachable (Jinja2 would hand out a
@@ -259,6 +335,9 @@ class HookSandbox(ImmutableSandboxedEnvironment):
                 raise _too_big("a concatenation")
         return _size_ok(super().call_binop(context, operator, left, right))
 
+    def guarded_container(self, value: Any) -> Any:
+        return _size_ok(value)
+
     def guarded_concat(self, parts: tuple[Any, ...]) -> str:
         total = 0
         strs = []
@@ -271,13 +350,24 @@ class HookSandbox(ImmutableSandboxedEnvironment):
         return str(str_join(strs))
 
 
+_UNTRACED = deep_size.__code__
 _ENV = HookSandbox()
+
+
+_NODE_NAMES = {
+    "Macro": "{% macro %}", "CallBlock": "{% call %}", "Import": "{% import %}",
+    "FromImport": "{% from … import %}", "Include": "{% include %}", "Extends": "{% extends %}",
+    "Block": "{% block %}", "NSRef": "namespace()", "AssignBlock": "{% set %}…{% endset %}",
+    "FilterBlock": "{% filter %}", "Scope": "{% with %}…", "ScopedEvalContextModifier":
+    "{% autoescape %}", "EvalContextModifier": "{% autoescape %}",
+}  # fmt: skip
 
 
 def _check_nodes(tree: nodes.Template) -> None:
     for node in tree.find_all((nodes.Node,)):
         if isinstance(node, FORBIDDEN_NODES):
-            raise PayloadError(f"{type(node).__name__.lower()} blocks are not available")
+            what = _NODE_NAMES.get(type(node).__name__, type(node).__name__.lower())
+            raise PayloadError(f"{what} is not available in hook templates")
         if isinstance(node, nodes.For) and node.recursive:
             raise PayloadError("recursive loops are not available")
         if isinstance(node, nodes.Name) and node.name == "namespace":
