@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 
 from ...core import hooks as core_hooks
 from ...core.acl import Principal
-from ...core.errors import NotFound, ValidationFailed
+from ...core.errors import BadRequest, NotFound, ValidationFailed
 from ...core.hooktemplates import custom
 from ...core.services import Services
 from ...core.store import Hook
@@ -183,10 +184,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
     check_body_size(declared_length(request.headers.get("content-length")), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        check_body_size(size, limit)  # the connection guard checks too
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            check_body_size(size, limit)  # the connection guard checks too
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut off for sending too slowly (body_timeout)
+        raise BadRequest("the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 
