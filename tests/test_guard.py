@@ -289,6 +289,20 @@ def test_the_log_line_names_door_peer_and_exception_and_nothing_secret(world: Wo
     assert "\n" not in line and "Traceback" not in world.d.log()
 
 
+def test_a_failed_hook_request_logs_no_hook_secret(caplog: pytest.LogCaptureFixture) -> None:
+    from notifyd.api.server import failure_status
+
+    secret = "k3Y-secret_of-the-hook0123456789abcdefghijk"
+    with caplog.at_level("ERROR", logger="notifyd.server"):
+        answer = failure_status(
+            RuntimeError(f"bad path /v1/hooks/Ab12/{secret}"), "notifyd", "127.0.0.1",
+            f"POST /v1/hooks/Ab12/{secret}",
+        )  # fmt: skip
+    assert answer.status == 500
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "POST /v1/hooks/Ab12/…" in line and secret not in line, line
+
+
 # -- regressions: each of these used to end the process ------------------------------------
 
 

@@ -106,6 +106,8 @@ def _cors_headers(config: Config, scope: dict) -> list[tuple[str, str]]:
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 #: credentials that could end up in an exception's message
 _SECRET = re.compile(r"nfy_[A-Za-z0-9_\-]+")
+#: a webhook URL's secret (``/v1/hooks/{id}/{secret}``): never in a log line
+_HOOK_SECRET = re.compile(r"(/v1/hooks/[^/\s?]+/)[^/\s?]+")
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -139,6 +141,8 @@ def failure_status(exc: BaseException, door: str, peer: str, what: str) -> Notif
     if isinstance(exc, NotifydError | NtfyError):
         return exc
     message = _SECRET.sub("nfy_…", str(exc)).encode("unicode_escape").decode("ascii")
+    what = _HOOK_SECRET.sub(r"\1…", what)
+    message = _HOOK_SECRET.sub(r"\1…", message)
     log.error(
         "%s door: %s from %s failed: %s: %s (at %s); connection closed",
         door, what, peer, type(exc).__name__, message[:300], _where(exc),
