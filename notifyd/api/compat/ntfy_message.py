@@ -117,7 +117,8 @@ def build_event(
         _url(attach, ATTACH_URL, "attachment")
     elif filename and not up and upload is None:
         raise bad(ATTACHMENTS, "invalid request: attachments not allowed",
-                  "notifyd does not store files; attach one by URL with X-Attach")  # fmt: skip
+                  "send the file as the body of PUT /<topic> with a Filename header, "
+                  "or attach one by URL with X-Attach")  # fmt: skip
     for ignored in (("x-email", "x-e-mail", "email", "e-mail", "mail", "e"), ("x-call", "call"),
                     ("x-template", "template", "tpl")):  # fmt: skip
         value = params.get(*ignored)
@@ -181,15 +182,15 @@ def build_event(
             raise bad(
                 ATTACHMENTS,
                 "invalid request: attachments not allowed",
-                "the body is not UTF-8 text, and notifyd does not store files",
+                "the body is not UTF-8 text: send files as the body of PUT /<topic>",
             ) from None
         text = text.strip()
         if text:
             message = text
     if len(message) > BODY_MAX:
         raise bad(ATTACHMENTS, "invalid request: attachments not allowed",
-                  f"the message is longer than {BODY_MAX} characters, and notifyd does not "
-                  "store files")  # fmt: skip
+                  f"the message is longer than {BODY_MAX} characters (a message that comes "
+                  "with X-Attach or as UnifiedPush cannot become a file)")  # fmt: skip
     if attach:
         name = filename or attachment_name(attach)
         ev["attachment"] = {"url": attach, "name": name}

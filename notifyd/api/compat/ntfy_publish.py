@@ -75,7 +75,8 @@ def too_long(json_body: bool) -> NtfyError:
     if json_body:
         return NtfyError(413, 41303, "JSON body too large")
     return bad(40014, "invalid request: attachments not allowed",
-               "the body is too long for a message, and notifyd does not store files")  # fmt: skip
+               "the body is too long for a message, and this server takes no files "
+               "(attachment_max_bytes = 0) or the body cannot be one (X-Attach, UnifiedPush)")  # fmt: skip
 
 
 async def read_limited(
