@@ -176,11 +176,20 @@ def test_gone_attachment_says_so(context: BrowserContext, daemon: Daemon, user: 
     image = upload(daemon, PNG, "gone.png")
     event = publish(daemon, user.topic("cams"), title="Gone", attachment={"id": image["id"]})
     page = context.new_page()
-    page.route(re.compile(rf".*/v1/attachments/{image['id']}$"), lambda r: r.fulfill(status=404))
+    fetched: list[str] = []
+
+    def gone(route: Any) -> None:
+        fetched.append(route.request.url)
+        route.fulfill(status=404)
+
+    page.route(re.compile(rf".*/v1/attachments/{image['id']}(\?.*)?$"), gone)
     sign_in(page, user)
+    # tried three times (a live event may come a moment before its file is served)
     expect(card(page, event["id"]).locator(".event-attachment")).to_have_text(
-        "Attachment gone.png cannot be shown (expired, or the server cannot be reached)"
+        "Attachment gone.png cannot be shown (expired, or the server cannot be reached)",
+        timeout=15_000,
     )
+    assert len(fetched) == 3, fetched
     assert card(page, event["id"]).locator("img").count() == 0
 
 

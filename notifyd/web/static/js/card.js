@@ -86,8 +86,20 @@ function attachment(ev) {
         h("a", { href, class: "attachment-picture", "aria-label": `Open ${name}` }, img),
         h("figcaption", { class: "small muted" }, link, facts ? ` (${facts})` : ""),
       );
-      // gone (expired, pruned) or unreachable (offline): say so, not a broken picture
-      img.addEventListener("error", () => figure.replaceWith(h("p", { class: "event-attachment muted", text: `Attachment ${name} cannot be shown (expired, or the server cannot be reached)` })));
+      // A live event can arrive a moment before the server serves its file to
+      // readers, and networks hiccup: try again twice before saying it cannot be
+      // shown (gone, expired, or the server out of reach), never a broken picture.
+      let retries = [1000, 3000];
+      img.addEventListener("error", () => {
+        const wait = retries.shift();
+        if (wait !== undefined) {
+          setTimeout(() => {
+            img.src = `${href}${retries.length ? "?retry=1" : "?retry=2"}`;
+          }, wait);
+          return;
+        }
+        figure.replaceWith(h("p", { class: "event-attachment muted", text: `Attachment ${name} cannot be shown (expired, or the server cannot be reached)` }));
+      });
       return figure;
     }
     return h("p", { class: "event-attachment" }, h("span", { class: "muted", text: "Attached file: " }), link, facts ? h("span", { class: "muted small", text: ` (${facts})` }) : null);
