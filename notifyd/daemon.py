@@ -26,6 +26,7 @@ import trio
 from .api.app import make_app
 from .api.server import Front, Listener, bind_tcp, bind_unix, inherited_listeners
 from .config import Config
+from .core.attachments import link_key
 from .core.housekeeping import run_checkpointer, run_pruner, run_scheduler, run_token_touch
 from .core.plugins import Plugins
 from .core.services import Services
@@ -177,6 +178,7 @@ async def serve(
         svc.hub.last_id = await store.last_event_id()
         user, created = await svc.accounts.ensure_user(config.socket_user, "admin")
         await ensure_upstream(config, store)  # the ntfy-upstream channel (docs/mobile.md)
+        await link_key(store)  # made before the delivery worker, which only reads it
         svc.start_delivery(Plugins(modules=config.plugins))
         assert svc.outbox is not None and svc.plugins is not None
         app = make_app(svc)

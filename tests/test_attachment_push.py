@@ -15,12 +15,14 @@ import string
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from conftest import Daemon, wait_for
 from fakeapns import FakeApns, write_p8
 from fakefcm import FakeFcm
 from pushservice import PushService, Subscription
 
+from notifyd.core.attachments import link_signature
 from notifyd.core.channels import ChannelRecord, Delivery
 from notifyd.plugins.mobile.payload import build_message
 from notifyd.plugins.webpush.channel import build_payload
@@ -139,10 +141,21 @@ def test_an_attached_image_is_the_push_image(
     assert image["type"] == "image/png"
     daemon.publish("ann/door", title="Someone at the door", attachment={"id": image["id"]})
     (web,), (android,), (ios,) = ann.received(push, fcm, apns, 1)
-    url = f"{BASE_URL}/v1/attachments/{image['id']}"
-    assert web["image"] == url
-    assert android["notification"]["image"] == url
-    assert ios["image"] == url
+    # a link signed for this file: the phone fetches it without credentials
+    url = web["image"]
+    assert url.startswith(f"{BASE_URL}/v1/attachments/{image['id']}?sig=")
+    assert android["notification"]["image"] == url == ios["image"]
+    local = daemon.url + url.removeprefix(BASE_URL)
+    got = httpx.get(local, timeout=10)  # no credentials at all
+    assert got.status_code == 200 and got.content == PNG
+    assert got.headers["x-content-type-options"] == "nosniff"
+    # the bare URL, another file's signature or a forged one: 404, as for any stranger
+    assert httpx.get(local.split("?")[0], timeout=10).status_code == 404
+    forged = local[:-4] + ("AAAA" if not local.endswith("AAAA") else "BBBB")
+    assert httpx.get(forged, timeout=10).status_code == 404
+    other = upload(daemon, PNG, "other.png", "image/png")
+    stolen = f"{daemon.url}/v1/attachments/{other['id']}?{url.split('?')[1]}"
+    assert httpx.get(stolen, timeout=10).status_code == 404
 
     # a PDF is no picture; an event's own image wins over an attached one
     pdf = upload(daemon, PDF, "report.pdf", "application/pdf")
@@ -182,26 +195,32 @@ def test_a_sensitive_events_attached_image_is_not_pushed(
     assert image["id"] not in everything and "payslip" not in everything
 
 
-def _delivery(base_url: str, **event: Any) -> Delivery:
+EXPIRES = "2999-01-01T00:00:00.000Z"
+
+
+def _delivery(base_url: str, key: bytes = b"", **event: Any) -> Delivery:
     ev = {
         "id": 9, "topic": "cams/door", "title": "Door", "body": "", "format": "text",
         "priority": 3, "category": "general", "tags": [], "click": None, "icon": None,
         "image": None, "actions": [], "sensitive": False, "collapse_key": None,
         "deliver_at": None, "expires_at": None, "created_at": "",
         "attachment": {"id": "AbCdEfGhIjKl", "name": "door.jpg", "type": "image/jpeg",
-                       "size": 10, "expires_at": None, "url": "/v1/attachments/AbCdEfGhIjKl"},
+                       "size": 10, "expires_at": EXPIRES, "url": "/v1/attachments/AbCdEfGhIjKl"},
     }  # fmt: skip
     record = ChannelRecord(1, 1, "alice", "x", "webpush", {})
-    return Delivery(1, record, [{**ev, **event}], 1, base_url)
+    return Delivery(1, record, [{**ev, **event}], 1, base_url, link_key=key)
 
 
 def test_payload_builders_need_base_url_for_uploads() -> None:
-    with_base = _delivery(BASE_URL + "/")
-    assert build_payload(with_base)["image"] == f"{BASE_URL}/v1/attachments/AbCdEfGhIjKl"
-    assert build_message(with_base).image == f"{BASE_URL}/v1/attachments/AbCdEfGhIjKl"
-    # no base_url: a relative URL means nothing on a phone; leave it out
-    without = _delivery("")
+    key = b"k" * 32
+    with_base = _delivery(BASE_URL + "/", key)
+    sig = link_signature(key, "AbCdEfGhIjKl", EXPIRES)
+    signed = f"{BASE_URL}/v1/attachments/AbCdEfGhIjKl?sig={sig}"
+    assert build_payload(with_base)["image"] == signed == build_message(with_base).image
+    # no base_url: a relative URL means nothing on a phone; leave it out (no key: too)
+    without = _delivery("", key)
     assert build_payload(without)["image"] is None and build_message(without).image is None
+    assert build_payload(_delivery(BASE_URL))["image"] is None
     # an external file is its own absolute URL (https only), whatever base_url says
     external = {"id": None, "name": "cam.webp", "type": "image/webp", "size": None,
                 "expires_at": None, "url": "https://cams.example/cam.webp"}  # fmt: skip
@@ -209,6 +228,6 @@ def test_payload_builders_need_base_url_for_uploads() -> None:
     plain = {**external, "url": "http://cams.example/cam.webp"}
     assert build_message(_delivery("", attachment=plain)).image is None
     # a digest has no single picture
-    two = _delivery(BASE_URL)
+    two = _delivery(BASE_URL, key)
     two.events.append({**two.events[0], "id": 10})
     assert build_payload(two)["image"] is None and build_message(two).image is None

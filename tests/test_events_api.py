@@ -100,7 +100,10 @@ def test_publish_one_returns_the_stored_event(daemon: Daemon) -> None:
         assert RFC3339_Z.match(ev["created_at"]), ev["created_at"]
         created = datetime.strptime(ev["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert before - 5 <= created.timestamp() <= time.time() + 5
-        expected = {**full, "expires_at": "2999-01-02T02:04:05.000Z", "deliver_at": None}
+        expected = {
+            **full, "expires_at": "2999-01-02T02:04:05.000Z", "deliver_at": None,
+            "attachment": None,
+        }  # fmt: skip
         assert {k: ev[k] for k in expected} == expected
         assert set(ev) == {*expected, "id", "created_at"}
 

@@ -123,7 +123,8 @@ def notifyd_shape(body: object, status: int) -> None:
 
 
 def ntfy_shape(body: object, status: int) -> None:
-    assert isinstance(body, dict) and set(body) == {"code", "http", "error"}, body
+    link = {"link"} if status in (401, 403) else set()  # ntfy links its auth docs there
+    assert isinstance(body, dict) and set(body) == {"code", "http", "error"} | link, body
     assert body["http"] == status and body["code"] // 100 == status, body
     assert isinstance(body["error"], str), body
 

@@ -105,6 +105,7 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 DEFAULTS = {
+    "attachment": None,
     "title": "",
     "body": "",
     "format": "text",

@@ -339,24 +339,11 @@ def test_generate_token_refusals(alice: Daemon) -> None:
     assert labels == ["Home Assistant"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/server.py _authenticate_first checks a request to /v1/… with a body over "
-    "4 KiB with notifyd's credentials (Bearer only) and answers notifyd's 401: Basic "
-    "user:password to /v1/account/token is refused before the route sees it",
-)
 def test_large_body_with_a_password_gets_ntfys_answer(alice: Daemon) -> None:
     with ntfy(alice, basic("alice")) as c:
         as_error(c.post("/v1/account/token", content=b" " * 5000), 413, 41303)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ntfy's 401 (40101) and 403 (40301) carry link "
-    "https://ntfy.sh/docs/publish/#authentication; notifyd's publish and subscribe doors "
-    "send none, and aiontfy's raise_http_error(code, http, error, link) then raises "
-    "TypeError: Home Assistant cannot tell a revoked token (reauth) from a crash",
-)
 def test_publish_refusals_carry_ntfys_link(alice: Daemon) -> None:
     with ntfy(alice, "Bearer nfy_" + "x" * 40) as c:
         as_error(c.post("/", json=message_dict("home", message="x")), 401, 40101)

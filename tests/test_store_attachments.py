@@ -142,8 +142,11 @@ async def test_binding_is_for_the_owner_once(open_store: OpenStore, tmp_path: Pa
             await store.bind_attachment("B0000000000X", alice.id, "t")
         bound = await store.bind_attachment("B00000000001", alice.id, "alerts")
         assert (bound.topic, bound.event_id, bound.size) == ("alerts", None, 5)
+        # binding again for the same topic is a retry of a publish: allowed (the
+        # readers are the same); another topic's event may not take the file
+        assert (await store.bind_attachment("B00000000001", alice.id, "alerts")).topic == "alerts"
         with pytest.raises(Conflict):
-            await store.bind_attachment("B00000000001", alice.id, "alerts")
+            await store.bind_attachment("B00000000001", alice.id, "other")
         await store.set_attachment_event("B00000000001", 42)
         got = await store.get_attachment("B00000000001")
         assert got is not None and (got.topic, got.event_id) == ("alerts", 42)
@@ -249,3 +252,18 @@ async def test_sqlite_removes_files_without_a_row(open_store: OpenStore, tmp_pat
         await store.prune_attachments(format_ts(T0), 100)
         assert not stray.exists()
         assert (Path(directory) / "R00000000001").exists()
+
+
+async def test_a_server_key_is_made_once_and_kept(open_store: OpenStore) -> None:
+    async with open_store() as store:
+        async with trio.open_nursery() as nursery:  # first uses at once agree
+            keys: list[bytes] = []
+
+            async def get() -> None:
+                keys.append(await store.server_key("links"))
+
+            for _ in range(4):
+                nursery.start_soon(get)
+        assert len(keys) == 4 and len(set(keys)) == 1 and len(keys[0]) == 32
+        other = await store.server_key("other")
+        assert other != keys[0] and await store.server_key("links") == keys[0]

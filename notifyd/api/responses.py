@@ -70,10 +70,15 @@ INTERNAL_MESSAGE = "internal error; the daemon log has details"
 _gotify_names: frozenset[str] | None = None
 
 
+#: paths under notifyd's names that speak ntfy's dialect (errors in ntfy's shape)
+NTFY_PATHS = ("/v1/account/", "/file/")
+
+
 def door_of(path: str, method: str, reserved: frozenset[str]) -> str:
     """Which protocol a request to ``path`` speaks: Gotify's endpoints, notifyd's own
-    names (``reserved``: ``/v1``, the page, plugins), else an ntfy topic. Only called
-    when an error has to be shaped, never on the hot path."""
+    names (``reserved``: ``/v1``, the page, plugins), else an ntfy topic. ntfy's own
+    paths among notifyd's names (:data:`NTFY_PATHS`: the account API, ``/file/``)
+    are ntfy's. Cheap (a split and set lookups): also asked for every body's limit."""
     global _gotify_names
     if _gotify_names is None:
         from .compat import gotify  # imports this module: looked up on first use
@@ -86,6 +91,8 @@ def door_of(path: str, method: str, reserved: frozenset[str]) -> str:
     first = path.lstrip("/").split("/", 1)[0]
     if first in _gotify_names:
         return GOTIFY
+    if path == "/v1/account" or path.startswith(NTFY_PATHS):
+        return NTFY
     if first in reserved or (not first and method not in ("POST", "PUT")):
         return NOTIFYD
     return NTFY
@@ -179,14 +186,22 @@ def render_notifyd(
                    exc.retry_after, close, headers)  # fmt: skip
 
 
+#: the ``link`` ntfy puts on its authentication refusals
+NTFY_AUTH_LINKS = {
+    401: "https://ntfy.sh/docs/publish/#authentication",
+    403: "https://ntfy.sh/docs/publish/#authentication",
+}
+
+
 def render_ntfy(exc: NtfyError | NotifydError, *, close: bool = False) -> ErrorAnswer:
     """ntfy's dialect: ``{"code", "http", "error", "link"?}`` and a newline, as ntfy
     writes it; a core error is mapped to ntfy's code for it (``from_notifyd``). A 401
     carries ``WWW-Authenticate: Basic`` (ntfy's apps send Basic credentials)."""
     err = exc if isinstance(exc, NtfyError) else from_notifyd(exc)
     doc: dict[str, Any] = {"code": err.code, "http": err.http, "error": err.error}
-    if err.link is not None:
-        doc["link"] = err.link
+    link = err.link if err.link is not None else NTFY_AUTH_LINKS.get(err.http)
+    if link is not None:  # ntfy's clients (aiontfy: Home Assistant) expect it on 401/403
+        doc["link"] = link
     return _answer(err.http, orjson.dumps(doc) + b"\n", 'Basic realm="notifyd"',
                    err.retry_after, close)  # fmt: skip
 

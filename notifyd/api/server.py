@@ -105,7 +105,7 @@ def _cors_headers(config: Config, scope: dict) -> list[tuple[str, str]]:
 #: how a connection normally ends: the client went away (not worth a log line)
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 #: credentials that could end up in an exception's message
-_SECRET = re.compile(r"nfy_[A-Za-z0-9_\-]+")
+_SECRET = re.compile(r"nfy_[A-Za-z0-9_\-]+|\b[AC][A-Za-z0-9_\-]{14}\b")
 #: a webhook URL's secret (``/v1/hooks/{id}/{secret}``): never in a log line
 _HOOK_SECRET = re.compile(r"(/v1/hooks/[^/\s?]+/)[^/\s?]+")
 
@@ -140,7 +140,7 @@ def failure_status(exc: BaseException, door: str, peer: str, what: str) -> Notif
     door, the peer, the method and path, and the exception) and answered 500."""
     if isinstance(exc, NotifydError | NtfyError):
         return exc
-    message = _SECRET.sub("nfy_…", str(exc)).encode("unicode_escape").decode("ascii")
+    message = _SECRET.sub("[token]", str(exc)).encode("unicode_escape").decode("ascii")
     what = _HOOK_SECRET.sub(r"\1…", what)
     message = _HOOK_SECRET.sub(r"\1…", message)
     log.error(
@@ -332,6 +332,8 @@ async def _authenticate_first(
     (Basic with a password, ``?auth=``, ``X-Gotify-Key``): they are left to do it,
     once."""
     path, method = scope["path"], scope["method"]
+    # ntfy's and Gotify's doors (the ntfy account API included) and the hooks' URLs
+    # authenticate themselves, in their own shapes
     if door_of(path, method, reserved) != NOTIFYD or path.startswith(HOOKS_PREFIX):
         return None
     if path == SIGN_IN_PATH:  # anonymous by nature: only a small body is read
@@ -355,10 +357,14 @@ def body_limit(config: Config, path: str, method: str, reserved: frozenset[str])
     if (
         config.attachment_max_bytes > limit
         and method in ("PUT", "POST")
-        and (path == ATTACHMENTS_PATH or door_of(path, method, reserved) == NTFY)
+        and (path == ATTACHMENTS_PATH or _ntfy_topic_door(path, method, reserved))
     ):
         return config.attachment_max_bytes
     return limit
+
+
+def _ntfy_topic_door(path: str, method: str, reserved: frozenset[str]) -> bool:
+    return door_of(path, method, reserved) == NTFY and not path.startswith(("/v1/", "/file/"))
 
 
 async def _request_failed(

@@ -11,7 +11,9 @@ bytes never pass through the SQLite writer's publish transactions.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -342,25 +344,82 @@ def describe(att: Attachment) -> dict[str, Any]:
     }  # fmt: skip
 
 
+#: the server key (:meth:`~notifyd.core.store.AttachmentStore.server_key`) that signs
+#: attachment links
+LINK_KEY = "attachment-links"
+#: attachment types a notification can show as its picture
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
+def link_signature(key: bytes, attachment_id: str, expires_at: str) -> str:
+    """The ``sig`` of a link that opens one file without credentials until it expires
+    (pushes carry such links: phones fetch a notification's picture anonymously)."""
+    mac = hmac.new(key, f"{attachment_id}\n{expires_at}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:18]).decode("ascii")
+
+
+def link_valid(key: bytes, att: Attachment, sig: str) -> bool:
+    return bool(key) and hmac.compare_digest(
+        link_signature(key, att.id, att.expires_at).encode(), sig.encode("utf-8", "replace")
+    )
+
+
+def image_link(event: dict[str, Any], base_url: str, key: bytes) -> str | None:
+    """The absolute, signed URL of ``event``'s attached image for a push: an uploaded
+    png/jpeg/gif/webp, when the event has no ``image`` of its own, is not sensitive,
+    and ``base_url`` and ``key`` are known; an external https image as it is."""
+    att = event.get("attachment")
+    if event.get("sensitive") or event.get("image") or not isinstance(att, dict):
+        return None
+    kind = str(att.get("type") or "").split(";", 1)[0].strip().lower()
+    if kind not in IMAGE_TYPES:
+        return None
+    if att.get("id"):
+        base = base_url.rstrip("/")
+        if not base or not key or not att.get("expires_at"):
+            return None
+        sig = link_signature(key, str(att["id"]), str(att["expires_at"]))
+        return f"{base}{ATTACHMENT_PATH}{att['id']}?sig={sig}"
+    url = att.get("url")
+    return url if isinstance(url, str) and url.startswith("https://") else None
+
+
+async def link_key(store: AttachmentStore) -> bytes:
+    """The installation's link key, asked of the store once per store object."""
+    key: bytes | None = getattr(store, "_notifyd_link_key", None)
+    if key is None:
+        key = await store.server_key(LINK_KEY)
+        store._notifyd_link_key = key  # type: ignore[attr-defined]
+    return key
+
+
 def may_read(att: Attachment, principal: Any, now: str) -> bool:
     """Whether ``principal`` (None: anonymous) may download ``att``: its uploader, or
-    whoever may read the topic of the event that took it; nobody once it expired."""
+    whoever may read the topic an event took it for; nobody once it expired. The
+    topic is set (bound) before that event is stored, so a live reader who fetches
+    the file the moment the event arrives is never refused (the event id is
+    recorded just after the commit that streamed it)."""
     if att.expires_at <= now or principal is None:
         return False
     if att.user_id == principal.user_id:
         return True
-    return att.topic is not None and att.event_id is not None and principal.can_read(att.topic)
+    return att.topic is not None and principal.can_read(att.topic)
 
 
 async def open_readable(
-    store: AttachmentStore, attachment_id: str, principal: Any, now: str
+    store: AttachmentStore, attachment_id: str, principal: Any, now: str, sig: str = ""
 ) -> Attachment:
-    """The attachment if ``principal`` may download it; NotFound otherwise (also for
-    those who may not: a 404 says nothing about whether it exists)."""
+    """The attachment if ``principal`` may download it, or ``sig`` is its signed
+    link's (:func:`link_signature`); NotFound otherwise (also for those who may not:
+    a 404 says nothing about whether it exists)."""
     att = await store.get_attachment(attachment_id) if valid_id(attachment_id) else None
-    if att is None or not may_read(att, principal, now):
+    if att is None or att.expires_at <= now:
         raise NotFound("no such attachment", field="id")
-    return att
+    if may_read(att, principal, now):
+        return att
+    if sig and len(sig) <= 64 and link_valid(await link_key(store), att, sig):
+        return att
+    raise NotFound("no such attachment", field="id")
 
 
 async def stream(store: AttachmentStore, att: Attachment) -> AsyncIterator[bytes]:

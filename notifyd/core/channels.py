@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .attachments import image_link
 from .store import Event
 
 GENERIC_TITLE = "New notification in {category}"
@@ -90,6 +91,8 @@ class Delivery:
     base_url: str = ""
     #: every outbox row this delivery covers (several for a digest)
     row_ids: list[int] = field(default_factory=list)
+    #: the key signing links to attached images (``attachments.LINK_KEY``); b"": none
+    link_key: bytes = b""
 
     @property
     def event(self) -> Event:
@@ -118,8 +121,8 @@ class Delivery:
         return Message(
             title=ev["title"] or ev["topic"], body=ev["body"], format=ev["format"],
             priority=ev["priority"], category=ev["category"], click=self.link(ev),
-            icon=ev.get("icon"), image=ev.get("image"), actions=list(ev.get("actions") or []),
-            tag=tag,
+            icon=ev.get("icon"), actions=list(ev.get("actions") or []), tag=tag,
+            image=ev.get("image") or image_link(ev, self.base_url, self.link_key),
         )  # fmt: skip
 
     def _digest(self) -> Message:

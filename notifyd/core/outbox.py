@@ -29,6 +29,7 @@ from typing import Protocol
 import trio
 
 from . import destinations
+from .attachments import link_key
 from .channels import Channel, ChannelRecord, Delivery, DeliveryError
 from .config import Config
 from .errors import NotifydError, StoreGone
@@ -91,6 +92,8 @@ class Outbox:
             kind: trio.CapacityLimiter(ch.concurrency) for kind, ch in channels.items()
         }
         self._in_flight = 0
+        #: signs the links to attached images that pushes carry (loaded by run())
+        self.link_key = b""
         self._wakeup = trio.Event()
         #: delivery rows being sent or being recorded (claimed by us): should a
         #: lease run out while an outcome waits to be written, the row is not sent twice
@@ -133,6 +136,10 @@ class Outbox:
         self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            self.link_key = await link_key(self.svc.store)
+        except NotifydError as exc:  # pushes then carry no attached images
+            log.warning("no key for attachment links (%s): pushes leave attached images out", exc)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rewrite_unrecorded)
             # what earlier processes of this node had claimed is due now: they are gone
@@ -224,7 +231,7 @@ class Outbox:
                 retry = True  # the plugin may come back after a restart
             else:
                 delivery = Delivery(due.ids[0], channel, due.events, due.attempt, self.base_url,
-                                    due.ids)  # fmt: skip
+                                    due.ids, self.link_key)  # fmt: skip
                 try:
                     async with self._limiters[channel.kind]:
                         await self._guarded_send(impl, delivery)

@@ -847,8 +847,10 @@ class AttachmentStore(ABC):
 
     @abstractmethod
     async def bind_attachment(self, attachment_id: str, user_id: int, topic: str) -> Attachment:
-        """Give the user's unexpired, unbound attachment to an event on ``topic``.
-        NotFound if it is not the user's (or gone); Conflict if another event has it."""
+        """Give the user's unexpired attachment to an event on ``topic``. Binding it
+        again to the same topic is allowed (a retried publish: the readers are the
+        same). NotFound if it is not the user's (or gone); Conflict if it belongs to
+        another topic."""
 
     @abstractmethod
     async def set_attachment_event(self, attachment_id: str, event_id: int) -> None:
@@ -857,6 +859,11 @@ class AttachmentStore(ABC):
     @abstractmethod
     async def attachment_usage(self, user_id: int, now: str) -> int:
         """Bytes of the user's attachments that have not expired at ``now``."""
+
+    @abstractmethod
+    async def server_key(self, name: str) -> bytes:
+        """The installation's random key ``name`` (32 bytes), made on first use; every
+        node of a cluster gets the same one (the key signing attachment links)."""
 
     @abstractmethod
     async def prune_attachments(self, now: str, limit: int) -> int:

@@ -23,11 +23,11 @@ the same keys in an APNs payload as custom keys):
 ``digest``    the number of events, for a digest only
 
 An image attached to the event (``attachment`` of type image/png, jpeg, gif or
-webp) is the message's ``image`` when the event has no ``image`` of its own: as
-``base_url`` + ``/v1/attachments/<id>`` for an upload (left out when ``base_url``
-is empty), as its own URL for an external https file. The device fetches it
-without credentials, so an upload shows only where the daemon serves it to such
-requests (see docs/mobile.md).
+webp) is the message's ``image`` when the event has no ``image`` of its own
+(:meth:`~notifyd.core.channels.Delivery.message`): for an upload, a link signed
+with the installation's key (``base_url/v1/attachments/<id>?sig=…``, valid until
+the file expires), because the device fetches it without credentials; an external
+https file as its own URL.
 
 Sensitive events carry only :data:`~notifyd.core.channels.GENERIC_TITLE` as the
 title, an empty body, no image, no actions and a click that leads to the
@@ -73,30 +73,6 @@ def collapse_id(key: str) -> str:
 
 
 #: attachment types a notification can show as its picture
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-ATTACHMENT_PATH = "/v1/attachments/"
-
-
-def attachment_image(delivery: Delivery) -> str | None:
-    """The absolute URL of the event's attached image (see the module docstring), or
-    None: not a single event, sensitive, an ``image`` of its own, not an image, or an
-    upload while ``base_url`` is empty."""
-    if len(delivery.events) != 1:
-        return None
-    ev = delivery.event
-    att = ev.get("attachment")
-    if ev.get("sensitive") or ev.get("image") or not isinstance(att, dict):
-        return None
-    kind = str(att.get("type") or "").split(";", 1)[0].strip().lower()
-    if kind not in IMAGE_TYPES:
-        return None
-    if att.get("id"):
-        base = delivery.base_url.rstrip("/")
-        return f"{base}{ATTACHMENT_PATH}{att['id']}" if base else None
-    url = att.get("url")
-    return url if isinstance(url, str) and url.startswith("https://") else None
-
-
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -164,7 +140,7 @@ def build_message(delivery: Delivery) -> MobileMessage:
     return MobileMessage(
         title=_cut(msg.title, MAX_TITLE),
         body=_cut(msg.body, MAX_BODY),
-        image=None if sensitive else (msg.image or attachment_image(delivery)),
+        image=None if sensitive else msg.image,
         priority=msg.priority,
         high=msg.priority >= HIGH_PRIORITY,
         interruption_level=interruption_level(msg.priority),

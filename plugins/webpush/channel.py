@@ -52,40 +52,13 @@ def topic_header(collapse_key: str) -> str:
     return b64url(hashlib.sha256(collapse_key.encode()).digest())[:32]
 
 
-#: attachment types a notification can show as its picture
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-ATTACHMENT_PATH = "/v1/attachments/"
-
-
-def attachment_image(delivery: Delivery) -> str | None:
-    """The absolute URL of the event's attached image, for a push that has no
-    ``image`` of its own: ``base_url`` + ``/v1/attachments/<id>`` for an upload (None
-    when ``base_url`` is not set: a push cannot carry a URL relative to a server the
-    device does not know), the URL itself for an external https one. Never for a
-    sensitive event (no content in its push) nor a digest."""
-    if len(delivery.events) != 1:
-        return None
-    ev = delivery.event
-    att = ev.get("attachment")
-    if ev.get("sensitive") or ev.get("image") or not isinstance(att, dict):
-        return None
-    kind = str(att.get("type") or "").split(";", 1)[0].strip().lower()
-    if kind not in IMAGE_TYPES:
-        return None
-    if att.get("id"):
-        base = delivery.base_url.rstrip("/")
-        return f"{base}{ATTACHMENT_PATH}{att['id']}" if base else None
-    url = att.get("url")
-    return url if isinstance(url, str) and url.startswith("https://") else None
-
-
 def build_payload(delivery: Delivery) -> dict[str, Any]:
     """What the service worker receives (see DESIGN.md): the privacy rules are
-    already applied by :meth:`Delivery.message`. An attached image is the
-    ``image`` when the event has none (:func:`attachment_image`)."""
+    already applied by :meth:`Delivery.message`, which also makes an attached image
+    the ``image`` (a signed link) when the event has none."""
     msg = delivery.message()
     ev = delivery.event
-    image = msg.image or (None if msg.sensitive else attachment_image(delivery))
+    image = msg.image
     return {
         "id": ev["id"], "topic": ev["topic"], "title": msg.title, "body": msg.body,
         "category": msg.category, "priority": msg.priority, "click": msg.click,

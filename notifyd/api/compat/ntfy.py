@@ -45,6 +45,7 @@ from .ntfy_params import (
     WS_UPGRADE,
     NtfyError,
     Params,
+    address_of,
     bad,
 )
 from .ntfy_publish import check_topic, read_limited
@@ -187,6 +188,7 @@ async def _publish(request: Request, topic: str | None, sequence_id: str | None 
         method=request.method, topic=topic, sequence_id=sequence_id, headers=request.headers,
         query=dict(request.query_params), read_body=read_body,
         via_socket=bool(request.scope.get(SOCKET_SCOPE_KEY)), address=_address(request),
+        chunks=request.stream, base_url=address_of(request.headers, request.url.scheme),
     )  # fmt: skip
     return _json(message)
 

@@ -18,7 +18,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 
-from ...core.accounts import TOKEN_PREFIX
+from ...core.accounts import TOKEN_PREFIX, is_token
 from ...core.acl import Principal
 from ...core.errors import NotifydError, RateLimited, Unauthorized
 from ...core.jwt import looks_like_jwt
@@ -51,8 +51,11 @@ async def _credentials(svc: Services, value: str, address: str) -> Principal:
             raise Unauthorized("malformed Basic credentials") from None
         if not sep:
             raise Unauthorized("malformed Basic credentials")
-        if password.startswith(TOKEN_PREFIX) or (not name and looks_like_jwt(password)):
-            # a token as the password (ntfy: empty user name); a JWT too
+        if password.startswith(TOKEN_PREFIX) or (
+            not name and (looks_like_jwt(password) or is_token(password))
+        ):
+            # a token as the password (ntfy: empty user name); a JWT or a Gotify-form
+            # token too, but only without a name (a password may look like one)
             principal = await svc.accounts.authenticate_token(password)
             if name and name != principal.name:
                 raise Unauthorized("that token belongs to another user")

@@ -134,6 +134,15 @@ def decode_header_value(value: str, name: str = "header") -> str:
     return value
 
 
+def address_of(headers: Mapping[str, str], scheme: str = "http") -> str:
+    """The server's address as a client reached it, from its ``Host`` (what uploaded
+    attachments' URLs start with when ``base_url`` is unset); "" for a strange Host."""
+    host = headers.get("host", "")
+    if not host or len(host) > 255 or any(c in host for c in "/\\@ \t\r\n?#"):
+        return ""
+    return f"{scheme}://{host}"
+
+
 class Params:
     """ntfy parameters from headers, query and (``POST /``) a JSON body.
 

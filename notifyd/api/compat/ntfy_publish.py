@@ -34,6 +34,7 @@ from .ntfy_params import (
     TOPIC_DISALLOWED,
     NtfyError,
     Params,
+    address_of,
     bad,
     check_topic_name,
     from_notifyd,
@@ -356,7 +357,4 @@ async def serve_asgi(
 
 def _base_url(scope: dict, headers: Mapping[str, str]) -> str:
     """The server's address as this client reached it (when ``base_url`` is unset)."""
-    host = headers.get("host", "")
-    if not host or any(c in host for c in "/\\@ \t"):
-        return ""
-    return f"{scope.get('scheme', 'http')}://{host}"
+    return address_of(headers, scope.get("scheme", "http"))

@@ -59,6 +59,7 @@ from .ntfy_params import (
     Filters,
     NtfyError,
     Params,
+    address_of,
     bad,
     check_topic_name,
     from_notifyd,
@@ -99,6 +100,8 @@ class Subscription:
     filters: Filters
     #: the user's stream slot (max_streams_per_user), taken before answering; None for polls
     slot: StreamSlot | None = None
+    #: what uploaded attachments' URLs start with (base_url, else the client's Host)
+    base_url: str = ""
 
 
 def parse_topics(topics_str: str, reserved: frozenset[str]) -> tuple[str, ...]:
@@ -189,7 +192,8 @@ async def open_subscription(
             slot = svc.hub.reserve(principal, svc.config.max_streams_per_user)
         except NotifydError as exc:
             raise from_notifyd(exc) from None
-    return Subscription(principal, topics, topics_str, fmt, poll, cursor, filters, slot)
+    base_url = svc.config.base_url or address_of(headers)
+    return Subscription(principal, topics, topics_str, fmt, poll, cursor, filters, slot, base_url)
 
 
 # -- encoding ----------------------------------------------------------------------
@@ -202,26 +206,29 @@ def _control_message(event: str, topics: str) -> dict[str, Any]:
 class NtfySink:
     """A :class:`~notifyd.api.streams.Sink` writing ntfy's wire format ``fmt``."""
 
-    def __init__(self, fmt: str, transport: Any, filters: Filters, retention_days: float):
+    def __init__(self, fmt: str, transport: Any, sub: Subscription, retention_days: float):
         self.fmt = fmt
         self.kind = f"ntfy-{fmt}"
         self.transport = transport
-        self.filters = filters
+        self.filters = sub.filters
         self.retention_days = retention_days
-        self._key = f"ntfy:unit:{fmt}" + (":wire" if transport.framed else "")
+        self.base_url = sub.base_url
+        # frames cache what they derive per key: the attachment URLs depend on base_url
+        self._key = f"ntfy:unit:{fmt}:{sub.base_url}" + (":wire" if transport.framed else "")
+        self._msg_key, self._body_key = f"ntfy:message:{sub.base_url}", f"ntfy:body:{sub.base_url}"
 
     def _message(self, frame: Frame) -> dict[str, Any]:
         assert frame.event is not None
-        return to_message(frame.event, self.retention_days)
+        return to_message(frame.event, self.retention_days, self.base_url)
 
     def _json(self, frame: Frame) -> bytes:
-        return orjson.dumps(frame.derived("ntfy:message", self._message))
+        return orjson.dumps(frame.derived(self._msg_key, self._message))
 
     def _encode(self, frame: Frame) -> bytes:
         if self.fmt == "raw":
-            msg = frame.derived("ntfy:message", self._message)
+            msg = frame.derived(self._msg_key, self._message)
             return msg["message"].replace("\n", " ").encode() + b"\n"
-        body = frame.derived("ntfy:body", self._json)
+        body = frame.derived(self._body_key, self._json)
         if self.fmt == "json":
             return body + b"\n"
         if self.fmt == "sse":
@@ -384,7 +391,7 @@ async def serve_raw(
     first = head.detach()
     transport = _RawWebSocket(stream) if ws is not None else _RawHTTP(stream)
     await transport.write(handshake)
-    sink = NtfySink(fmt, transport, sub.filters, svc.config.retention_days)
+    sink = NtfySink(fmt, transport, sub, svc.config.retention_days)
     async with trio.open_nursery() as nursery:
         if ws is not None:
             nursery.start_soon(read_websocket, stream, transport, ws, first, nursery.cancel_scope)
@@ -435,7 +442,7 @@ class HTTPStreamResponse(Response):
             }
         )
         transport = _ASGIHTTP(send)
-        sink = NtfySink(self.sub.fmt, transport, self.sub.filters, self.svc.config.retention_days)
+        sink = NtfySink(self.sub.fmt, transport, self.sub, self.svc.config.retention_days)
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
@@ -475,7 +482,7 @@ class _ASGIWebSocket:
 async def serve_websocket(ws: WebSocket, svc: Services, sub: Subscription) -> None:
     await ws.accept()
     transport = _ASGIWebSocket(ws)
-    sink = NtfySink("ws", transport, sub.filters, svc.config.retention_days)
+    sink = NtfySink("ws", transport, sub, svc.config.retention_days)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
             until_websocket_closes, ws, nursery.cancel_scope, "ntfy websocket closed"

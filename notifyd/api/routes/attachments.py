@@ -164,10 +164,12 @@ async def _caller_or_none(request: Request) -> Principal | None:
 @router.get("/v1/attachments/{attachment_id}")
 async def download(request: Request, attachment_id: str) -> Response:
     """The file, to its uploader and to whoever may read the event that carries it
-    (``Authorization: Bearer``, the session cookie or ``?token=``)."""
+    (``Authorization: Bearer``, the session cookie or ``?token=``), or to anyone
+    with a signed link (``?sig=``: what pushes carry, valid until the file expires)."""
     svc = services(request)
     caller = await _caller_or_none(request)
-    att = await attachments.open_readable(svc.store, attachment_id, caller, now_rfc3339())
+    sig = request.query_params.get("sig", "")
+    att = await attachments.open_readable(svc.store, attachment_id, caller, now_rfc3339(), sig)
     return _serve(svc, att, request)
 
 

@@ -17,7 +17,8 @@ far as the roles built so far need them. Migration 1 (the event role): ``events`
 ``deliveries`` (with ``claimed_by``/``lease_until``). Migration 4 (the cluster):
 ``nodes`` (heartbeats), ``rate_limits`` and ``failures`` (limits counted across nodes).
 Migration 5: the groups of a single sign-on session (``sessions.group_names``).
-Migration 6: ``hooks``, ``attachments``, ``attachment_chunks`` and ``events.attachment``. Times are RFC 3339 strings as in SQLite
+Migration 6: ``hooks``, ``attachments``, ``attachment_chunks`` and ``events.attachment``.
+Migration 7: ``server_keys``. Times are RFC 3339 strings as in SQLite
 (``timeutil.format_ts``: fixed width, UTC, so they compare as text), so that both
 engines answer the same filters with the same values.
 """
@@ -304,10 +305,17 @@ _M006_INTEGRATIONS = [
     "ALTER TABLE events ADD COLUMN attachment JSON",
 ]
 
+# Random keys of the installation, made once and the same for every node (the key
+# that signs links to attached images in pushes).
+_M007_SERVER_KEYS = [
+    "CREATE TABLE server_keys (name TEXT PRIMARY KEY, value BYTEA NOT NULL, "
+    "created_at TEXT NOT NULL)",
+]
+
 #: each migration: the statements it runs, in order
 MIGRATIONS: list[list[str]] = [
     _M001_EVENTS, _M002_ACCOUNTS, _M003_OUTBOX, _M004_CLUSTER, _M005_SESSION_GROUPS,
-    _M006_INTEGRATIONS,
+    _M006_INTEGRATIONS, _M007_SERVER_KEYS,
 ]  # fmt: skip
 
 

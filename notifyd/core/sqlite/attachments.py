@@ -10,6 +10,7 @@ written, so a crash leaves at worst a file without a row, which
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -152,10 +153,10 @@ class SQLiteAttachmentStore(AttachmentStore):
                 raise NotFound(
                     f"no attachment {attachment_id} of yours (uploads expire)", field="id"
                 )
-            if row[8] is not None:
+            if row[8] is not None and row[8] != topic:  # same topic: a retry
                 raise Conflict(f"attachment {attachment_id} belongs to another event", field="id")
             conn.execute("UPDATE attachments SET topic = ? WHERE id = ?", (topic, attachment_id))
-            return _attachment((*row[:8], topic, None))
+            return _attachment((*row[:8], topic, row[9] if row[8] == topic else None))
 
         return await self.write(fn)
 
@@ -166,6 +167,29 @@ class SQLiteAttachmentStore(AttachmentStore):
             )
 
         await self.write(fn)
+
+    async def server_key(self, name: str) -> bytes:
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT value FROM server_keys WHERE name = ?", (name,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        # read first: the delivery worker reads the key the daemon made at its start
+        known = await self._read(read)
+        if known is not None:
+            return known
+        fresh = secrets.token_bytes(32)
+
+        def fn(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT OR IGNORE INTO server_keys (name, value, created_at) VALUES (?, ?, ?)",
+                (name, fresh, format_ts(self.clock())),
+            )
+            (value,) = conn.execute(
+                "SELECT value FROM server_keys WHERE name = ?", (name,)
+            ).fetchone()
+            return bytes(value)
+
+        return await self.write(fn)
 
     async def attachment_usage(self, user_id: int, now: str) -> int:
         def fn(conn: sqlite3.Connection) -> int:

@@ -340,6 +340,15 @@ def _m011_integrations(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE events ADD COLUMN attachment TEXT")
 
 
+def _m012_server_keys(db: sqlite_utils.Database) -> None:
+    # Random keys of this installation, made once (e.g. the one that signs the links
+    # to attached images that pushes carry: phones fetch them without credentials).
+    db.execute(
+        "CREATE TABLE server_keys (name TEXT PRIMARY KEY, value BLOB NOT NULL, "
+        "created_at TEXT NOT NULL)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_bulk_fts,
@@ -352,6 +361,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m009_claims,
     _m010_session_groups,
     _m011_integrations,
+    _m012_server_keys,
 ]
 
 
