@@ -141,6 +141,7 @@ bench: $(TSTAMP)  # the delivery benchmark uses the test peers (aiosmtpd, http-e
 	$(PY) bench/connections.py
 	$(PY) bench/history.py
 	$(PY) bench/hostile.py
+	$(PY) bench/attachments.py
 	$(PY) bench/chart.py
 
 soak: $(TSTAMP)  # 10 minutes at 200 events/s, 500 subscribers with churn

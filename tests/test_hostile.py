@@ -47,6 +47,8 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         "NOTIFYD_HEADER_TIMEOUT": str(TIMEOUT),
         "NOTIFYD_BODY_TIMEOUT": str(TIMEOUT),
         "NOTIFYD_MAX_REQUEST_BYTES": str(SMALL),
+        # ntfy's doors take a long body as a file: the same small limit for files
+        "NOTIFYD_ATTACHMENT_MAX_BYTES": str(SMALL),
     })  # fmt: skip
     d.start()
     yield d

@@ -73,9 +73,11 @@ class Frame:
             orjson.dumps({"type": "event", "event": event}), event["id"], event["topic"], event
         )
 
-    def derived(self, key: str, build: Callable[[Frame], T]) -> T:
+    def derived(self, key: str, build: Callable[[Frame], T], label: str | None = None) -> T:
         """Another encoding of this frame (e.g. a compatibility layer's wire form),
-        built once by ``build(frame)`` and shared by every client that asks for it."""
+        built once by ``build(frame)`` and shared by every client that asks for it.
+        ``label``: the encoding's name in the metrics, when ``key`` holds more (a
+        client-chosen part must never become a metric label)."""
         cache = self._derived
         if cache is None:
             cache = self._derived = {}
@@ -83,7 +85,7 @@ class Frame:
             known: T = cache[key]
             return known
         except KeyError:
-            FRAME_ENCODINGS.labels(key).inc()
+            FRAME_ENCODINGS.labels(label or key).inc()
             value = cache[key] = build(self)
             return value
 

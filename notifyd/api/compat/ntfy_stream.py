@@ -214,7 +214,9 @@ class NtfySink:
         self.retention_days = retention_days
         self.base_url = sub.base_url
         # frames cache what they derive per key: the attachment URLs depend on base_url
-        self._key = f"ntfy:unit:{fmt}:{sub.base_url}" + (":wire" if transport.framed else "")
+        # (the client's Host when it is unset), which stays out of the metric's labels
+        self._label = f"ntfy:unit:{fmt}" + (":wire" if transport.framed else "")
+        self._key = f"{self._label}:{sub.base_url}"
         self._msg_key, self._body_key = f"ntfy:message:{sub.base_url}", f"ntfy:body:{sub.base_url}"
 
     def _message(self, frame: Frame) -> dict[str, Any]:
@@ -222,13 +224,13 @@ class NtfySink:
         return to_message(frame.event, self.retention_days, self.base_url)
 
     def _json(self, frame: Frame) -> bytes:
-        return orjson.dumps(frame.derived(self._msg_key, self._message))
+        return orjson.dumps(frame.derived(self._msg_key, self._message, "ntfy:message"))
 
     def _encode(self, frame: Frame) -> bytes:
         if self.fmt == "raw":
-            msg = frame.derived(self._msg_key, self._message)
+            msg = frame.derived(self._msg_key, self._message, "ntfy:message")
             return msg["message"].replace("\n", " ").encode() + b"\n"
-        body = frame.derived(self._body_key, self._json)
+        body = frame.derived(self._body_key, self._json, "ntfy:body")
         if self.fmt == "json":
             return body + b"\n"
         if self.fmt == "sse":
@@ -251,10 +253,10 @@ class NtfySink:
             if f.event is None:  # notifyd's keepalive and read-state frames
                 continue
             if self.filters.active and not self.filters.passes(
-                f.derived("ntfy:message", self._message), f.event.get("title") or ""
+                f.derived(self._msg_key, self._message, "ntfy:message"), f.event.get("title") or ""
             ):
                 continue
-            units.append(f.derived(self._key, self._encode))
+            units.append(f.derived(self._key, self._encode, self._label))
         if units:
             await self.transport.send(units)
 

@@ -144,14 +144,14 @@ class PostgresAttachmentStore(AttachmentStore):
         await self._run(fn)
 
     async def server_key(self, name: str) -> bytes:
-        fresh = secrets.token_bytes(32)
+        fresh, made = secrets.token_bytes(32), format_ts(self.clock())  # clock: on the loop
 
         def fn(conn: Conn) -> bytes:
             with conn.transaction():
                 conn.execute(
                     "INSERT INTO server_keys (name, value, created_at) VALUES (%s, %s, %s) "
                     "ON CONFLICT (name) DO NOTHING",
-                    (name, fresh, format_ts(self.clock())),
+                    (name, fresh, made),
                 )
                 row = conn.execute(
                     "SELECT value FROM server_keys WHERE name = %s", (name,)

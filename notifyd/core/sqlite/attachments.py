@@ -177,12 +177,12 @@ class SQLiteAttachmentStore(AttachmentStore):
         known = await self._read(read)
         if known is not None:
             return known
-        fresh = secrets.token_bytes(32)
+        fresh, made = secrets.token_bytes(32), format_ts(self.clock())  # clock: on the loop
 
         def fn(conn: sqlite3.Connection) -> bytes:
             conn.execute(
                 "INSERT OR IGNORE INTO server_keys (name, value, created_at) VALUES (?, ?, ?)",
-                (name, fresh, format_ts(self.clock())),
+                (name, fresh, made),
             )
             (value,) = conn.execute(
                 "SELECT value FROM server_keys WHERE name = ?", (name,)
