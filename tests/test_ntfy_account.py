@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,7 +23,7 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from conftest import TLS, Daemon, wait_for
+from conftest import TLS, Daemon, EngineDatabases, wait_for
 
 #: every daemon here runs on SQLite and on PostgreSQL (tests/conftest.py)
 pytestmark = pytest.mark.both_engines
@@ -193,10 +194,32 @@ def setup_home_assistant(daemon: Daemon, user: str = "alice") -> str:
         return str(as_token(r.json())["token"])
 
 
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, engine: str, request: pytest.FixtureRequest
+) -> Iterator[Daemon]:
+    """One daemon per engine for the module (a start costs more than the tests)."""
+    databases = EngineDatabases(request, engine)
+    d = Daemon(tmp_path_factory.mktemp("ntfy-account") / "data", database_url=databases.new())
+    d.data_dir.mkdir()
+    try:
+        d.start()
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        databases.drop_all()
+
+
 @pytest.fixture
-def alice(daemon: Daemon) -> Daemon:
-    make_user(daemon, "alice", {"home": "rw", "home-*": "rw"})
-    return daemon
+def alice(shared: Daemon) -> Daemon:
+    """A fresh ``alice`` (rw on home, home-*) on the module's daemon: the users the
+    tests make are removed first, with their tokens, sessions and grants."""
+    with shared.admin() as c:
+        for name in ("alice", "bob"):
+            assert c.delete(f"/v1/users/{name}").status_code in (204, 404)
+    make_user(shared, "alice", {"home": "rw", "home-*": "rw"})
+    return shared
 
 
 # -- the account API --------------------------------------------------------------------------
