@@ -202,6 +202,52 @@ def test_no_408_before_the_deadline_and_one_after_under_mock_clock(
     assert b'"code":"timeout"' in data and f"request {phase}".encode() in data, data
 
 
+def test_an_upload_earns_time_as_it_arrives_under_mock_clock(tmp_path: Path) -> None:
+    """A file upload sent at a fair rate (here 128 KiB/s, over the 32 KiB/s floor) may
+    take longer than body_timeout; once it stops, the 408 comes when its earned time
+    is up (body_timeout + 1 s per 32 KiB received), not before."""
+    clock = trio.testing.MockClock()
+    piece, pieces = 64 * 1024, 6
+
+    async def scenario() -> bytes:
+        store = SQLiteStore(tmp_path / "m.db")
+        await store.start()
+        try:
+            config = Config(data_dir=str(tmp_path), header_timeout=TIMEOUT, body_timeout=TIMEOUT)
+            svc = Services.build(config, store)
+            await svc.accounts.ensure_user(config.socket_user, "admin")
+            front = Front(svc, make_app(svc))
+            ours, theirs = stdsocket.socketpair()
+            async with trio.open_nursery() as nursery:
+                server = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+                nursery.start_soon(front.handle, server, True)
+                ours.setblocking(False)
+                ours.send(b"POST /v1/attachments?filename=big.bin HTTP/1.1\r\nHost: notifyd\r\n"
+                          b"Content-Length: %d\r\n\r\n" % (piece * pieces * 2))  # fmt: skip
+                for _ in range(pieces):  # 3 s in all, three times body_timeout
+                    assert await _nothing_answered(ours), "a fair upload timed out"
+                    clock.jump(0.5)
+                    data = b"x" * piece
+                    while data:
+                        await trio.lowlevel.wait_writable(ours)
+                        data = data[ours.send(data) :]
+                # earned: body_timeout + 6 × 64 KiB / 32 KiB/s = 13 s from the head
+                assert await _nothing_answered(ours)
+                clock.jump(13 - 3 - 1e-3)
+                assert await _nothing_answered(ours), "answered before the earned deadline"
+                clock.jump(2e-3)
+                answer = await _read_all(ours)
+                ours.close()
+                nursery.cancel_scope.cancel()
+            return answer
+        finally:
+            await store.close()
+
+    data = trio.run(scenario, clock=clock)
+    assert data.startswith(b"HTTP/1.1 408 "), data[:300]
+    assert b"request body" in data, data
+
+
 def slow_body_request(token: str, path: str = "/v1/events") -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: notifyd\r\nAuthorization: Bearer {token}\r\n"

@@ -79,6 +79,10 @@ ATTACHMENTS_PATH = "/v1/attachments"
 #: a webhook's own URL (POST /v1/hooks/{id}[/{secret}]): the route checks the hook's
 #: secret (in the path, a Bearer header or a signature over the body) itself
 HOOKS_PREFIX = "/v1/hooks/"
+#: a body that may be a file earns one more second of ``body_timeout`` for every this
+#: many bytes it sends: a phone uploading a photo over a slow uplink finishes, a
+#: slowloris trickling bytes does not (256 kbit/s is the floor)
+UPLOAD_MIN_RATE = 32 * 1024
 STREAM_PREFIXES = (b"GET /v1/stream ", b"GET /v1/stream?", b"GET /v1/stream/sse")
 #: Gotify's stream: served on the raw transport when the head asks for a WebSocket
 GOTIFY_STREAM_PREFIXES = (b"GET /stream ", b"GET /stream?")
@@ -182,8 +186,9 @@ class _Guard(trio.abc.Stream):
 
     A request's head must arrive within ``header_timeout`` of its first byte (of the
     connection's opening, for the first request), and its body within
-    ``body_timeout`` of the head; a client that misses one gets 408 (if no answer has
-    started) and is disconnected. Between requests the connection is idle (hypercorn's
+    ``body_timeout`` of the head (a body that may be a file earns a second more for
+    every :data:`UPLOAD_MIN_RATE` bytes that arrive); a client that misses one gets
+    408 (if no answer has started) and is disconnected. Between requests the connection is idle (hypercorn's
     ``keep_alive_timeout``), and while the app serves a request without a body (a
     stream, a WebSocket) nothing is timed: the client owes nothing then.
     :func:`_guarded_app` tells the guard when a request's head has arrived, when its
@@ -213,6 +218,10 @@ class _Guard(trio.abc.Stream):
         self.path, self.method = "/", "GET"
         #: the CORS headers of a body timeout's answer to the current request
         self.cors: list[tuple[str, str]] = []
+        #: the current body may be a file: it earns time as it arrives (UPLOAD_MIN_RATE)
+        self.upload = False
+        self._body_start = 0.0
+        self._body_bytes = 0
         #: a send_all or send_eof is under way (hypercorn's close does not wait for
         #: the app's writes; see send_all)
         self._sending = False
@@ -229,9 +238,10 @@ class _Guard(trio.abc.Stream):
             self._scope.deadline = deadline
 
     def request_started(self, has_body: bool) -> None:
-        self.responded = False
+        self.responded, self.upload = False, False
         if has_body:
-            self._set("body", trio.current_time() + self.config.body_timeout)
+            self._body_start, self._body_bytes = trio.current_time(), 0
+            self._set("body", self._body_start + self.config.body_timeout)
         else:
             self._set("busy")
 
@@ -257,6 +267,12 @@ class _Guard(trio.abc.Stream):
                 if data and self.phase == "idle":  # the next request begins
                     self.responded = False
                     self._set("head", trio.current_time() + self.config.header_timeout)
+                elif data and self.upload and self.phase == "body":
+                    # a later deadline needs no push to a waiting scope (see _set)
+                    self._body_bytes += len(data)
+                    self.deadline = max(self.deadline, self._body_start
+                                        + self.config.body_timeout
+                                        + self._body_bytes / UPLOAD_MIN_RATE)  # fmt: skip
                 return data
             if trio.current_time() < self.deadline:
                 continue  # a stale deadline (see _set): the phase has moved on
@@ -446,6 +462,7 @@ def _guarded_app(
             return
         guard.cors = _cors_headers(config, scope)
         limit = body_limit(config, scope["path"], scope["method"], reserved)
+        guard.upload = limit > config.max_request_bytes
         received = 0
         body_done = not has_body
 
