@@ -381,3 +381,20 @@ def test_apprise_sends_a_long_message_as_a_text_file(nd: Daemon) -> None:
     with http(nd) as c:
         ev = c.get("/v1/events", params={"topic": "bob-apprise", "limit": 1}).json()["events"][0]
         assert (ev["title"], ev["body"], ev["attachment"]) == ("Backup report", "all good", None)
+
+
+def test_metrics_count_stored_files_and_bytes(nd: Daemon) -> None:
+    def counters() -> tuple[float, float]:
+        with nd.admin() as c:
+            text = c.get("/metrics").text
+        values = dict(
+            line.rsplit(" ", 1) for line in text.splitlines()
+            if line.startswith("notifyd_attachment_upload")
+        )  # fmt: skip
+        return (float(values.get("notifyd_attachment_uploads_total", 0)),
+                float(values.get("notifyd_attachment_upload_bytes_total", 0)))  # fmt: skip
+
+    files, size = counters()
+    assert upload(nd, b"m" * 1234, filename="m.bin").status_code == 201
+    assert upload(nd, b"x" * (MAX + 1), filename="big.bin").status_code == 413  # not counted
+    assert counters() == (files + 1, size + 1234)

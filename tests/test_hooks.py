@@ -438,3 +438,34 @@ def test_openapi_documents_the_routes(daemon: Daemon) -> None:
     assert "post" in paths["/v1/hooks/{hook_id}/test"]
     assert "post" in paths["/v1/hooks/{hook_id}/{secret}"]
     assert "HookCreated" in doc["components"]["schemas"]
+
+
+def _counter(daemon: Daemon, sample: str) -> float:
+    """The value of one sample line of /metrics (0 when absent)."""
+    with daemon.admin() as c:
+        text = c.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_hook_requests_by_template_and_outcome(daemon: Daemon) -> None:
+    token = user(daemon, "mia")
+    hook = make_hook(daemon, token, name="am", topic="mia/alerts", template="alertmanager")
+    samples = {
+        "published": 'notifyd_hook_requests_total{outcome="published",template="alertmanager"}',
+        "invalid": 'notifyd_hook_requests_total{outcome="invalid",template="alertmanager"}',
+        "refused": 'notifyd_hook_requests_total{outcome="unauthorized",template="unknown"}',
+    }
+    before = {k: _counter(daemon, v) for k, v in samples.items()}
+    assert post(daemon, hook["url"], fixture_bytes("alertmanager_firing")).status_code == 200
+    assert post(daemon, hook["url"], b'{"alerts": 5}').status_code == 422
+    # a wrong secret is counted without naming the hook's template (ids stay unprobeable)
+    assert post(daemon, f"/v1/hooks/{hook['id']}/{'x' * 43}", b"{}").status_code == 401
+    after = {k: _counter(daemon, v) for k, v in samples.items()}
+    assert {k: after[k] - before[k] for k in samples} == {
+        "published": 1,
+        "invalid": 1,
+        "refused": 1,
+    }

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from .errors import NotFound, PayloadTooLarge, QuotaExceeded
+from .metrics import ATTACHMENT_UPLOAD_BYTES, ATTACHMENT_UPLOADS
 from .models import ATTACHMENT_ID_RE, ATTACHMENT_PATH, clean_filename
 from .store import Attachment, AttachmentStore
 from .timeutil import format_ts
@@ -320,7 +321,10 @@ async def receive(
             expires_at=format_ts(now + config.attachment_expiry_seconds),
         )  # fmt: skip
         try:
-            return await store.save_attachment(meta, spooled.path, quota)
+            saved = await store.save_attachment(meta, spooled.path, quota)
+            ATTACHMENT_UPLOADS.inc()
+            ATTACHMENT_UPLOAD_BYTES.inc(saved.size)
+            return saved
         except QuotaExceeded:
             used = await store.attachment_usage(user_id, format_ts(now))
             raise QuotaExceeded(_quota_text(quota, used)) from None

@@ -32,3 +32,13 @@ FRAME_ENCODINGS = Counter(
     "subscribers receive it",
     ["transport"],
 )
+HOOK_REQUESTS = Counter(
+    "notifyd_hook_requests_total",
+    "Requests to inbound webhooks' URLs, by template and outcome (published, ignored, or "
+    "the error code: unauthorized, invalid, forbidden, …)",
+    ["template", "outcome"],
+)
+ATTACHMENT_UPLOADS = Counter("notifyd_attachment_uploads_total", "Files stored (both doors)")
+ATTACHMENT_UPLOAD_BYTES = Counter(
+    "notifyd_attachment_upload_bytes_total", "Bytes of the files stored (both doors)"
+)

@@ -13,8 +13,9 @@ from starlette.responses import PlainTextResponse, Response
 
 from ...core import hooks as core_hooks
 from ...core.acl import Principal
-from ...core.errors import BadRequest, NotFound, ValidationFailed
+from ...core.errors import BadRequest, NotFound, NotifydError, ValidationFailed
 from ...core.hooktemplates import custom
+from ...core.metrics import HOOK_REQUESTS
 from ...core.services import Services
 from ...core.store import Hook
 from ..auth import principal, services
@@ -195,16 +196,30 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _receive(request: Request, hook_id: str, secret: str | None) -> Response:
+    template = ["unknown"]  # known once the hook is
+    try:
+        answer = await _received(request, hook_id, secret, template)
+    except NotifydError as exc:
+        HOOK_REQUESTS.labels(template[0], exc.code).inc()
+        raise
+    return answer
+
+
+async def _received(
+    request: Request, hook_id: str, secret: str | None, template: list[str]
+) -> Response:
     svc = services(request)
     headers = {k.lower(): v for k, v in request.headers.items()}
     creds = core_hooks.credentials(secret, headers)
     found = await svc.store.get_hook(hook_id) if len(hook_id) <= 64 else None
     hook = core_hooks.check_head(found, creds)
+    template[0] = hook.template
     body = await _read_body(request, svc.config.max_request_bytes)
     core_hooks.check_signatures(hook, creds, body)
     payload = core_hooks.parse_body(hook.template, body, headers.get("content-type"))
     published, result = await core_hooks.deliver(svc, hook, payload, headers)
     ids = [ev["id"] for ev in published.events] if published is not None else []
+    HOOK_REQUESTS.labels(hook.template, "published" if ids else "ignored").inc()
     if hook.template == "slack":  # what Slack answers, and what its senders check
         return PlainTextResponse("ok", headers={"X-Notifyd-Published": str(len(ids))})
     out: dict[str, Any] = {"published": len(ids), "ids": ids}
