@@ -130,7 +130,9 @@ async def test_priority_maps_to_apns_priority_and_interruption_level(
     assert got.headers["apns-priority"] == apns_priority
     assert got.payload["aps"]["interruption-level"] == level
     assert "mutable-content" not in got.payload["aps"] and "image" not in got.payload
-    assert "apns-collapse-id" not in got.headers
+    # no collapse key: the event's own tag, so that a push sent twice replaces itself
+    assert got.headers["apns-collapse-id"] == got.payload["tag"]
+    assert got.payload["tag"].startswith("event-")
     assert got.headers["apns-expiration"] == "0"  # expired: try once, keep nothing
 
 

@@ -224,7 +224,8 @@ class ApnsChannel(Channel):
     ``apns-push-type: alert``, ``apns-priority`` 10 from priority 4 (``high``) up,
     else 5, ``apns-expiration`` (the event's expiry, else four weeks; 0 once it has
     expired: try once, keep nothing), ``apns-collapse-id`` from the event's
-    collapse key (hashed when over 64 bytes) and the provider token.
+    collapse key, else its tag (``event-<id>``: a push sent twice replaces itself; hashed
+    when over 64 bytes) and the provider token.
 
     Payload: ``aps.alert`` {title, body}, ``sound: default``, ``badge`` = the
     user's unread count (as ``GET /v1/inbox/count?unread=true`` answers it; left
@@ -305,8 +306,8 @@ class ApnsChannel(Channel):
             "apns-priority": "10" if msg.high else "5",
             "apns-expiration": str(expiration),
         }
-        if msg.collapse_key:
-            out["apns-collapse-id"] = collapse_id(msg.collapse_key)
+        if msg.replace_id:  # the collapse key, else event-<id>: a resend replaces itself
+            out["apns-collapse-id"] = collapse_id(msg.replace_id)
         return out
 
     async def unread_count(self, user_id: int) -> int | None:

@@ -71,10 +71,11 @@ def fcm_message(token: str, m: MobileMessage, now: float) -> dict[str, Any]:
     if ttl is not None:
         android["ttl"] = f"{ttl}s"
         headers["apns-expiration"] = str(int(now) + ttl) if ttl else "0"
-    if m.collapse_key:
+    if m.collapse_key:  # held for an offline device: only the newest of a key
         android["collapse_key"] = m.collapse_key
-        android["notification"] = {"tag": m.collapse_key}
-        headers["apns-collapse-id"] = collapse_id(m.collapse_key)
+    if m.replace_id:  # shown: a newer push of the key, or the same one again, replaces it
+        android["notification"] = {"tag": m.replace_id}
+        headers["apns-collapse-id"] = collapse_id(m.replace_id)
     if m.thread:
         aps["thread-id"] = m.thread
     if m.image:

@@ -107,6 +107,13 @@ class MobileMessage:
     sensitive: bool
     data: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def replace_id(self) -> str:
+        """What a device replaces a notification by: the collapse key, else the tag
+        (``event-<id>``, ``digest-<id>``). Delivery is at least once: a push sent again
+        (its first answer was lost) replaces itself instead of showing twice."""
+        return self.collapse_key or self.data.get("tag") or ""
+
     def ttl(self, now: float) -> int | None:
         """Seconds the push service should keep the message for an offline device:
         until the event expires (0 if it already has), None when it never does."""
