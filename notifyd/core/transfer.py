@@ -23,11 +23,20 @@ numbered: ids change between databases)::
     {"type": "grant", "user", "pattern", "read", "write", "created_at"}
     {"type": "channel", "user", "name", "kind", "config", "enabled", "created_at"}
     {"type": "preferences", "user", "doc", "updated_at"}
+    {"type": "hook", "user", "id", "name", "topic", "template", "options", "secret",
+     "created_at", "last_used_at"}
     {"type": "vapid_key", "pem", "public_key"}
 
 Secrets move as stored: argon2 password hashes, the SHA-256 digests of tokens
-(never a token), channel configs with their secrets, the Web Push private key. The
-file is therefore secret. An export without accounts (events only) is written as
+(never a token), channel configs with their secrets, inbound webhooks with their id
+and secret (so that senders keep their URL and signing secret), the Web Push
+private key. The file is therefore secret.
+
+Hook records are newer than version 2 itself: the header counts them
+(``counts.accounts.hook``) only when there are some, so that the export of an
+installation without hooks is still read by a notifyd that predates them; one
+with hooks is refused whole by such a notifyd, at line 1 (its header announces a
+record type that notifyd does not know), and nothing is imported. An export without accounts (events only) is written as
 version 1, whose format has not changed, so that older notifyd read it.
 
 Then one line per event, oldest first: the API's event object (``id`` … ``created_at``)
@@ -74,7 +83,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import __version__
 from .accounts import NAME_RE, Accounts, parse_scopes
 from .errors import Conflict, NotifydError, StoreUnavailable, ValidationFailed
-from .models import SLUG_RE, check_pattern, validate_events
+from .hooks import TEMPLATE_NAMES, check_name, check_options
+from .models import SLUG_RE, check_pattern, check_topic, validate_events
 from .prefs import Preferences
 from .store import (
     ACCOUNT_RECORDS,
@@ -94,8 +104,14 @@ VERSION = 2
 EVENTS_ONLY_VERSION = 1
 #: the Web Push private key in the data directory (plugins/webpush/vapid.py)
 VAPID_KEY_FILE = "vapid_private.pem"
+#: the record types an account import writes, in file order (users first: the
+#: others name theirs). Hooks came after ACCOUNT_RECORDS was fixed: added here.
+ACCOUNT_KINDS = tuple(dict.fromkeys((*ACCOUNT_RECORDS, "hook")))
 #: the record types of the installation part, in file order
-INSTALLATION_RECORDS = (*ACCOUNT_RECORDS, "vapid_key")
+INSTALLATION_RECORDS = (*ACCOUNT_KINDS, "vapid_key")
+#: record types the header counts only when the file holds some (newer than
+#: version 2: a file without them stays readable by the notifyd that predates them)
+_COUNTED_IF_ANY = ("hook",)
 #: at most this many installation records, and bytes of them, per import (they
 #: are written in one transaction, so they are held in memory)
 MAX_ACCOUNT_RECORDS = 200_000
@@ -182,6 +198,9 @@ async def export_lines(
             counts = dict.fromkeys(INSTALLATION_RECORDS, 0)
             for r in records:
                 counts[r["type"]] += 1
+            for kind in _COUNTED_IF_ANY:
+                if not counts[kind]:
+                    del counts[kind]
             yield _dumps(header(export, topic, since, counts, store.engine)) + b"\n"
             yield b"".join(_dumps(r) + b"\n" for r in records)
         while page := await export.next_page(BATCH):
@@ -290,6 +309,8 @@ _FIELDS = {
     "grant": ("user", "pattern", "read", "write", "created_at"),
     "channel": ("user", "name", "kind", "config", "enabled", "created_at"),
     "preferences": ("user", "doc", "updated_at"),
+    "hook": ("user", "id", "name", "topic", "template", "options", "secret", "created_at",
+             "last_used_at"),
     "vapid_key": ("pem", "public_key"),
 }  # fmt: skip
 _REQUIRED = {
@@ -298,8 +319,13 @@ _REQUIRED = {
     "grant": ("user", "pattern", "read", "write"),
     "channel": ("user", "name", "kind", "config"),
     "preferences": ("user", "doc"),
+    "hook": ("user", "id", "name", "topic", "template", "options", "secret"),
     "vapid_key": ("pem",),
 }
+_HOOK_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+_HOOK_SECRET_MAX = 256
+#: what a hook's options may hold (core/hooks.check_options' arguments)
+_HOOK_OPTIONS = ("priority", "category", "tags", "fields")
 #: a channel kind's ``validate`` (``Channel.validate``): the kinds this daemon knows
 ChannelKinds = Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]]
 
@@ -436,6 +462,8 @@ def parse_account_record(line: int, obj: dict[str, Any], kinds: ChannelKinds) ->
         except ValueError as exc:
             raise _bad(line, f"doc.{exc}", "doc") from None
         out["updated_at"] = _opt_time(line, obj, "updated_at") or now_rfc3339()
+    elif kind == "hook":
+        out.update(_hook_record(line, obj))
     else:  # vapid_key
         pem = _str(line, obj, "pem", 4096, null=False)
         assert pem is not None
@@ -447,6 +475,47 @@ def parse_account_record(line: int, obj: dict[str, Any], kinds: ChannelKinds) ->
         out["public_key"] = _public_key(private)
         if obj.get("public_key") is not None and obj["public_key"] != out["public_key"]:
             raise _bad(line, "public_key: does not belong to the private key in pem", "public_key")
+    return out
+
+
+def _hook_record(line: int, obj: dict[str, Any]) -> dict[str, Any]:
+    """A hook record's fields, checked as :func:`notifyd.core.hooks.create` checks a
+    new hook (the owner's write right on the topic is checked at each request). The
+    id and the secret are never echoed: together they are the hook's URL."""
+    out: dict[str, Any] = {"user": _user_name(line, obj, "user")}
+    hook_id = obj["id"]
+    if not isinstance(hook_id, str) or not _HOOK_ID.fullmatch(hook_id):
+        raise _bad(line, "id: expected 1–64 characters of A–Z, a–z, 0–9", "id")
+    out["id"] = hook_id
+    try:
+        out["name"] = check_name(obj["name"])
+    except ValidationFailed as exc:
+        raise _bad(line, exc.message, "name") from None
+    try:
+        out["topic"] = check_topic(obj["topic"])
+    except ValueError as exc:
+        raise _bad(line, f"topic: {exc}", "topic") from None
+    template = obj["template"]
+    if template not in TEMPLATE_NAMES:
+        raise _bad(line, f"template: one of {', '.join(TEMPLATE_NAMES)}", "template")
+    out["template"] = template
+    options = obj["options"]
+    if not isinstance(options, dict):
+        raise _bad(line, "options: expected an object", "options")
+    unknown = sorted(set(options) - set(_HOOK_OPTIONS))
+    if unknown:
+        raise _bad(line, f"options.{unknown[0]}: unknown option of a hook", f"options.{unknown[0]}")
+    try:
+        out["options"] = check_options(template, **{k: options.get(k) for k in _HOOK_OPTIONS})
+    except ValidationFailed as exc:
+        where = f"options.{exc.field}" if exc.field else "options"
+        raise _bad(line, f"options.{exc.message}", where) from None
+    secret = obj["secret"]
+    if not isinstance(secret, str) or not 0 < len(secret) <= _HOOK_SECRET_MAX:
+        raise _bad(line, f"secret: expected a string of 1–{_HOOK_SECRET_MAX} characters", "secret")
+    out["secret"] = secret
+    out["created_at"] = _opt_time(line, obj, "created_at") or now_rfc3339()
+    out["last_used_at"] = _opt_time(line, obj, "last_used_at")
     return out
 
 
@@ -464,6 +533,8 @@ def record_key(record: dict[str, Any]) -> str:
         return f"channel {record['user']}/{record['name']}"
     if kind == "preferences":
         return f"preferences {record['user']}"
+    if kind == "hook":  # by name: the id is half of the hook's URL
+        return f"hook {record['user']}/{record['name']}"
     return "vapid_key"
 
 
@@ -480,6 +551,8 @@ def _identity(record: dict[str, Any]) -> tuple[str, ...]:
         return (kind, record["user"], record["name"])
     if kind == "preferences":
         return (kind, record["user"])
+    if kind == "hook":
+        return (kind, record["id"])
     return (kind,)
 
 
@@ -490,6 +563,7 @@ _COMPARED = {
     "grant": ("read", "write"),
     "channel": ("kind", "config", "enabled"),
     "preferences": ("doc",),
+    "hook": ("user", "name", "topic", "template", "options", "secret"),
 }
 
 
@@ -508,19 +582,28 @@ def plan_accounts(existing: list[dict[str, Any]], incoming: list[dict[str, Any]]
     what the target holds (read in the import's transaction, in the records' shape),
     ``incoming`` the file's validated records. A record whose key the target holds
     is left alone: ``present`` when equal, else ``kept`` (the target's wins); a user
-    that has no password gets the file's (counted in ``added["password"]``)."""
+    that has no password gets the file's (counted in ``added["password"]``). A hook
+    is keyed by its id; a new id whose user has a hook of that name already (names
+    are unique per user) is ``kept`` too: the target's hook stays, the file's is not
+    added."""
     held = {_identity(r): r for r in existing}
+    hook_names = {(r["user"], r["name"]) for r in existing if r["type"] == "hook"}
     result = AccountsImport(
-        added={k: 0 for k in (*ACCOUNT_RECORDS, "password")},
-        present=dict.fromkeys(ACCOUNT_RECORDS, 0),
+        added={k: 0 for k in (*ACCOUNT_KINDS, "password")},
+        present=dict.fromkeys(ACCOUNT_KINDS, 0),
     )
-    plan = AccountPlan({k: [] for k in ACCOUNT_RECORDS}, [], result)
+    plan = AccountPlan({k: [] for k in ACCOUNT_KINDS}, [], result)
     for record in incoming:
         kind = record["type"]
-        if kind not in ACCOUNT_RECORDS:
+        if kind not in ACCOUNT_KINDS:
             continue
         old = held.get(_identity(record))
         if old is None:
+            if kind == "hook":
+                if (record["user"], record["name"]) in hook_names:
+                    result.kept.append(record_key(record))
+                    continue
+                hook_names.add((record["user"], record["name"]))
             plan.insert[kind].append(record)
             result.added[kind] += 1
             continue
@@ -725,8 +808,15 @@ class _Parser:
         record = parse_account_record(self.line, obj, self._kinds)
         ident = _identity(record)
         if ident in self._seen:
+            if kind == "hook":
+                raise _bad(self.line, f"{record_key(record)}: an earlier hook has its id", "id")
             raise _bad(self.line, f"{record_key(record)} appears twice in the file")
         self._seen.add(ident)
+        if kind == "hook":  # names are unique per user, ids everywhere
+            named = ("hook name", record["user"], record["name"])
+            if named in self._seen:
+                raise _bad(self.line, f"{record_key(record)} appears twice in the file", "name")
+            self._seen.add(named)
         if kind == "user":
             self._file_users.add(record["name"])
         elif "user" in record and record["user"] not in self._file_users:

@@ -25,7 +25,7 @@ listeners it uses.
 - ``import_events``: one transaction holding the sequencer (the new ids follow
   every other node's), as the SQLite engine does it otherwise.
 - ``account_records`` / ``import_accounts``: the installation (users, tokens,
-  grants, channels, preferences), read in the export's snapshot, written in one
+  grants, channels, preferences, inbound webhooks with their ids and secrets), read in the export's snapshot, written in one
   transaction by the rules of :func:`notifyd.core.transfer.plan_accounts`; ids
   are mapped by name. The transaction takes ``ACCOUNTS_IMPORT_LOCK`` so that two
   nodes importing at once do not both insert the same user.
@@ -321,8 +321,9 @@ class PostgresExport(EventExport):
 
 
 def read_accounts(conn: Conn) -> list[dict[str, Any]]:
-    """Every user, token, grant, channel and preferences document, as the export's
-    installation records (users by name), in that order (blocking)."""
+    """Every user, token, grant, channel, preferences document and hook (with its id
+    and secret), as the export's installation records (users by name), in that
+    order (blocking)."""
     out: list[dict[str, Any]] = []
     for name, role, pw, tz, created in conn.execute(
         "SELECT name, role, password_hash, tz, created_at FROM users ORDER BY id"
@@ -355,6 +356,13 @@ def read_accounts(conn: Conn) -> list[dict[str, Any]]:
     ):
         out.append({"type": "preferences", "user": row[0], "doc": row[1],
                     "updated_at": row[2]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, h.id, h.name, h.topic, h.template, h.options, h.secret, h.created_at, "
+        "h.last_used_at FROM hooks h JOIN users u ON u.id = h.user_id ORDER BY u.id, h.name"
+    ):
+        out.append({"type": "hook", "user": row[0], "id": row[1], "name": row[2],
+                    "topic": row[3], "template": row[4], "options": row[5], "secret": row[6],
+                    "created_at": row[7], "last_used_at": row[8]})  # fmt: skip
     return out
 
 
@@ -408,6 +416,14 @@ def import_accounts(conn: Conn, records: list[dict[str, Any]]) -> AccountsImport
                     "INSERT INTO preferences (user_id, doc, updated_at) VALUES (%s, %s, %s)",
                     [(ids[r["user"]], Jsonb(r["doc"]), r["updated_at"])
                      for r in add["preferences"]],
+                )  # fmt: skip
+            if add["hook"]:
+                cur.executemany(
+                    "INSERT INTO hooks (id, user_id, name, topic, template, options, secret, "
+                    "created_at, last_used_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(r["id"], ids[r["user"]], r["name"], r["topic"], r["template"],
+                      Jsonb(r["options"]), r["secret"], r["created_at"], r["last_used_at"])
+                     for r in add["hook"]],
                 )  # fmt: skip
     return plan.result
 

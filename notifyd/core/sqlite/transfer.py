@@ -1,5 +1,5 @@
 """Export and import of events with their read state, and of the installation
-(users, tokens, grants, channels, preferences), in SQLite.
+(users, tokens, grants, channels, preferences, inbound webhooks), in SQLite.
 
 The record format and its validation live in :mod:`notifyd.core.transfer`; this
 module only reads and writes rows.
@@ -177,8 +177,8 @@ def _json(text: str | None) -> Any:
 
 
 def read_accounts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every user, token, grant, channel and preferences document, as the export's
-    installation records (users by name), in that order."""
+    """Every user, token, grant, channel, preferences document and hook (with its id
+    and secret), as the export's installation records (users by name), in that order."""
     out: list[dict[str, Any]] = []
     for name, role, pw, tz, created in conn.execute(
         "SELECT name, role, password_hash, tz, created_at FROM users ORDER BY id"
@@ -212,6 +212,14 @@ def read_accounts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     ):
         out.append({"type": "preferences", "user": row[0], "doc": _json(row[1]),
                     "updated_at": row[2]})  # fmt: skip
+    for row in conn.execute(
+        "SELECT u.name, h.id, h.name, h.topic, h.template, h.options, h.secret, h.created_at, "
+        "h.last_used_at FROM hooks h JOIN users u ON u.id = h.user_id ORDER BY u.id, h.name"
+    ):
+        out.append({"type": "hook", "user": row[0], "id": row[1], "name": row[2],
+                    "topic": row[3], "template": row[4], "options": _json(row[5]),
+                    "secret": row[6], "created_at": row[7],
+                    "last_used_at": row[8]})  # fmt: skip
     return out
 
 
@@ -252,6 +260,13 @@ def import_accounts(conn: sqlite3.Connection, records: list[dict[str, Any]]) -> 
         "INSERT INTO preferences (user_id, doc, updated_at) VALUES (?, ?, ?)",
         [(ids[r["user"]], orjson.dumps(r["doc"]).decode(), r["updated_at"])
          for r in add["preferences"]],
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO hooks (id, user_id, name, topic, template, options, secret, created_at, "
+        "last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r["id"], ids[r["user"]], r["name"], r["topic"], r["template"],
+          orjson.dumps(r["options"]).decode(), r["secret"], r["created_at"], r["last_used_at"])
+         for r in add["hook"]],
     )  # fmt: skip
     return plan.result
 
