@@ -69,6 +69,7 @@ import re
 import socket
 import tempfile
 import time
+import unicodedata
 import zoneinfo
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -83,8 +84,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import __version__
 from .accounts import NAME_RE, Accounts, parse_scopes
 from .errors import Conflict, NotifydError, StoreUnavailable, ValidationFailed
-from .hooks import TEMPLATE_NAMES, check_name, check_options
-from .models import SLUG_RE, check_pattern, check_topic, validate_events
+from .hooktemplates.base import PayloadError
+from .hooktemplates.custom import check_fields
+from .models import MAX_TAGS, SLUG_RE, check_pattern, check_topic, parse_priority, validate_events
 from .prefs import Preferences
 from .store import (
     ACCOUNT_RECORDS,
@@ -324,7 +326,14 @@ _REQUIRED = {
 }
 _HOOK_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _HOOK_SECRET_MAX = 256
-#: what a hook's options may hold (core/hooks.check_options' arguments)
+#: the rules of core/hooks.py (check_name, check_options, TEMPLATE_NAMES), restated:
+#: core/hooks imports the services, which import the storage, which imports this
+#: module (an import cycle). tests/test_transfer_hooks.py checks that both agree.
+HOOK_TEMPLATES = ("alertmanager", "grafana", "github", "gitea", "gitlab", "slack", "apprise",
+                  "json")  # fmt: skip
+_HOOK_NAME_MAX = 64
+_HOOK_NAME_BANNED = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+#: what a hook's options hold
 _HOOK_OPTIONS = ("priority", "category", "tags", "fields")
 #: a channel kind's ``validate`` (``Channel.validate``): the kinds this daemon knows
 ChannelKinds = Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]]
@@ -478,6 +487,58 @@ def parse_account_record(line: int, obj: dict[str, Any], kinds: ChannelKinds) ->
     return out
 
 
+def check_hook_name(name: Any) -> str:
+    """A hook's name as core/hooks.check_name takes it (raises ValidationFailed)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationFailed("name: give the hook a name (1–64 characters)", field="name")
+    stripped: str = name.strip()
+    if len(stripped) > _HOOK_NAME_MAX:
+        raise ValidationFailed(f"name: at most {_HOOK_NAME_MAX} characters", field="name")
+    if any(unicodedata.category(c) in _HOOK_NAME_BANNED for c in stripped):
+        raise ValidationFailed("name: printable characters only", field="name")
+    return stripped
+
+
+def check_hook_options(template: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A known template's options (``priority``, ``category``, ``tags``, ``fields``) as
+    core/hooks.check_options makes them; ValidationFailed names ``options.<field>``."""
+
+    def bad(message: str, where: str) -> ValidationFailed:
+        return ValidationFailed(f"options.{where}: {message}", field=f"options.{where}")
+
+    out: dict[str, Any] = {"priority": None, "category": None, "tags": [], "fields": None}
+    if options.get("priority") is not None:
+        try:
+            out["priority"] = parse_priority(options["priority"])
+        except ValueError as exc:
+            raise bad(str(exc), "priority") from None
+    category = options.get("category")
+    if category is not None:
+        if not isinstance(category, str) or not SLUG_RE.fullmatch(category):
+            raise bad("a slug (a–z, 0–9, '-' and '_', up to 32 characters)", "category")
+        out["category"] = category
+    tags = options.get("tags")
+    if tags is not None:
+        if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+            raise bad(f"a list of at most {MAX_TAGS} slugs", "tags")
+        for i, tag in enumerate(tags):
+            if not isinstance(tag, str) or not SLUG_RE.fullmatch(tag):
+                raise bad("not a slug (a–z, 0–9, '-', '_', ≤ 32 chars)", f"tags[{i}]")
+        out["tags"] = list(dict.fromkeys(tags))
+    fields = options.get("fields")
+    if template == "json":
+        try:
+            out["fields"] = check_fields(fields)
+        except PayloadError as exc:
+            where = exc.field or "fields"
+            if not where.startswith("fields"):
+                where = f"fields.{where}"
+            raise bad(exc.message, where) from None
+    elif fields:
+        raise bad("only the json template takes field templates", "fields")
+    return out
+
+
 def _hook_record(line: int, obj: dict[str, Any]) -> dict[str, Any]:
     """A hook record's fields, checked as :func:`notifyd.core.hooks.create` checks a
     new hook (the owner's write right on the topic is checked at each request). The
@@ -488,16 +549,16 @@ def _hook_record(line: int, obj: dict[str, Any]) -> dict[str, Any]:
         raise _bad(line, "id: expected 1–64 characters of A–Z, a–z, 0–9", "id")
     out["id"] = hook_id
     try:
-        out["name"] = check_name(obj["name"])
+        out["name"] = check_hook_name(obj["name"])
     except ValidationFailed as exc:
-        raise _bad(line, exc.message, "name") from None
+        raise _bad(line, exc.message, exc.field) from None
     try:
         out["topic"] = check_topic(obj["topic"])
     except ValueError as exc:
         raise _bad(line, f"topic: {exc}", "topic") from None
     template = obj["template"]
-    if template not in TEMPLATE_NAMES:
-        raise _bad(line, f"template: one of {', '.join(TEMPLATE_NAMES)}", "template")
+    if template not in HOOK_TEMPLATES:
+        raise _bad(line, f"template: one of {', '.join(HOOK_TEMPLATES)}", "template")
     out["template"] = template
     options = obj["options"]
     if not isinstance(options, dict):
@@ -506,10 +567,9 @@ def _hook_record(line: int, obj: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise _bad(line, f"options.{unknown[0]}: unknown option of a hook", f"options.{unknown[0]}")
     try:
-        out["options"] = check_options(template, **{k: options.get(k) for k in _HOOK_OPTIONS})
+        out["options"] = check_hook_options(template, options)
     except ValidationFailed as exc:
-        where = f"options.{exc.field}" if exc.field else "options"
-        raise _bad(line, f"options.{exc.message}", where) from None
+        raise _bad(line, exc.message, exc.field) from None
     secret = obj["secret"]
     if not isinstance(secret, str) or not 0 < len(secret) <= _HOOK_SECRET_MAX:
         raise _bad(line, f"secret: expected a string of 1–{_HOOK_SECRET_MAX} characters", "secret")
