@@ -187,6 +187,24 @@ def test_hooks_move_from_sqlite_to_postgresql(
     github_push(node, hooks.made["gh"], expect=200)
 
 
+def test_hooks_move_from_postgresql_to_sqlite(
+    make_pg_node: Any, make_daemon: Any, tmp_path: Path
+) -> None:
+    src = make_pg_node().start()
+    hooks = make_hooks(src)
+    before = listing(src)
+    path = tmp_path / "back.jsonl"
+    r = cli(src, "export", str(path), "--with-accounts")
+    assert r.returncode == 0, r.stderr
+    check_export(path.read_text(), hooks)
+    dst = make_daemon().start()
+    assert dst.engine == "sqlite"
+    r = cli(dst, "import", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["accounts"]["added"]["hook"] == 3
+    check_moved(src, dst, hooks, before)
+
+
 def test_hooks_move_between_sqlite_daemons_through_the_admin_api(
     make_daemon: Any, tmp_path: Path
 ) -> None:
