@@ -16,7 +16,7 @@ import pytest
 
 from notifyd.core import hooks
 from notifyd.core.errors import BadRequest, Unauthorized, ValidationFailed
-from notifyd.core.hooktemplates import custom
+from notifyd.core.hooktemplates import TEMPLATE_NAMES, custom
 from notifyd.core.hooktemplates.slack import color_priority, mrkdwn
 from notifyd.core.store import Hook
 
@@ -766,7 +766,7 @@ def test_hook_names_and_options() -> None:
 
 
 def test_every_template_has_a_sample_that_renders() -> None:
-    for name in hooks.TEMPLATE_NAMES:
+    for name in TEMPLATE_NAMES:
         payload, headers = hooks.sample(name)
         options = json_options(title="{{ title }}") if name == "json" else NO_OPTIONS
         assert render(name, payload, headers, options).events, name

@@ -18,13 +18,9 @@ import pytest
 from conftest import Daemon
 from test_cli import cli
 
-from notifyd.core import hooks as core_hooks
 from notifyd.core.errors import ValidationFailed
 from notifyd.core.transfer import (
-    HOOK_TEMPLATES,
     _Parser,
-    check_hook_name,
-    check_hook_options,
     plan_accounts,
 )
 
@@ -333,51 +329,3 @@ def test_a_hook_id_held_already_is_left_as_it_is() -> None:
     assert plan.result.kept == ["hook alice/gh"] and plan.insert["hook"] == []
     plan = plan_accounts([], [record, {**record, "id": "Second", "name": "gh2"}])
     assert plan.result.added["hook"] == 2 and len(plan.insert["hook"]) == 2
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"priority": "high", "category": "ops", "tags": ["a", "b", "a"]},
-        {"priority": 1, "tags": []},
-        {"priority": 9},
-        {"priority": "loud"},
-        {"category": "Not A Slug"},
-        {"category": 5},
-        {"tags": "a"},
-        {"tags": ["ok", "Not Ok"]},
-        {"tags": [f"t{i}" for i in range(40)]},
-        {"fields": {"title": "{{ x }}"}},
-        {"fields": None},
-    ],
-)
-@pytest.mark.parametrize("template", ["github", "json"])
-def test_the_importer_checks_hooks_as_core_hooks_does(
-    template: str, options: dict[str, Any]
-) -> None:
-    """transfer.py restates core/hooks' rules (importing core/hooks would make an
-    import cycle): the same options pass, made the same, and the same fail."""
-    assert HOOK_TEMPLATES == core_hooks.TEMPLATE_NAMES
-    try:
-        expected: Any = core_hooks.check_options(template, **options)
-    except ValidationFailed as exc:
-        expected = exc.field
-    try:
-        got: Any = check_hook_options(template, options)
-    except ValidationFailed as exc:
-        assert exc.field is not None and exc.field.startswith("options.")
-        got = exc.field.removeprefix("options.")
-    assert got == expected
-
-
-@pytest.mark.parametrize("name", ["gh", "  Prometheus  ", "", " ", "x" * 64, "x" * 65, "a\nb",
-                                  "a\u200bb", 5, None])  # fmt: skip
-def test_hook_names_are_checked_as_core_hooks_does(name: Any) -> None:
-    def outcome(check: Any) -> Any:
-        try:
-            return check(name)
-        except ValidationFailed as exc:
-            return exc.message
-
-    assert outcome(check_hook_name) == outcome(core_hooks.check_name)

@@ -298,15 +298,12 @@ def export(
     )
     if with_accounts:
         acc = counts.get("accounts") or {}
-        parts = [
-            clifmt.plural(acc.get(kind, 0), noun)
-            for kind, noun in (("user", "user"), ("token", "token"), ("grant", "grant"),
-                               ("channel", "channel"), ("preferences", "preferences document"))
-        ]  # fmt: skip
+        parts = [clifmt.plural(acc.get(kind, 0), noun) for kind, noun in _RECORD_NOUNS]
         vapid = "the Web Push key" if acc.get("vapid_key") else "no Web Push key"
         click.echo(
             f"with the installation: {', '.join(parts)}, {vapid}. The file holds secrets "
-            "(password hashes, token digests, channel secrets, the Web Push private key): "
+            "(password hashes, token digests, channel secrets, webhook secrets, the Web Push "
+            "private key): "
             "keep it private, delete it after the move.",
             err=True,
         )
@@ -437,7 +434,8 @@ def import_cmd(
 
 
 _RECORD_NOUNS = (("user", "user"), ("token", "token"), ("grant", "grant"),
-                 ("channel", "channel"), ("preferences", "preferences document"))  # fmt: skip
+                 ("channel", "channel"), ("preferences", "preferences document"),
+                 ("hook", "webhook"))  # fmt: skip
 
 
 def _print_installation(r: dict[str, Any]) -> None:

@@ -316,7 +316,7 @@ class ImportBatch:
 
 
 #: the installation records of an export with accounts, in the order written
-ACCOUNT_RECORDS = ("user", "token", "grant", "channel", "preferences")
+ACCOUNT_RECORDS = ("user", "token", "grant", "channel", "preferences", "hook")
 
 
 @dataclass
@@ -324,7 +324,8 @@ class AccountsImport:
     """What one :meth:`OperationsStore.import_accounts` call did, per record type
     (:data:`ACCOUNT_RECORDS`): ``added``; ``present``: the target holds the same;
     ``kept``: the target holds something else under the same key (user name,
-    token digest, user + pattern, user + channel name, user's preferences) and
+    token digest, user + pattern, user + channel name, user's preferences, hook id or
+    user + hook name) and
     keeps it, listed as ``"<type> <key>"``."""
 
     added: dict[str, int] = field(default_factory=dict)

@@ -69,7 +69,6 @@ import re
 import socket
 import tempfile
 import time
-import unicodedata
 import zoneinfo
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -84,9 +83,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import __version__
 from .accounts import NAME_RE, Accounts, parse_scopes
 from .errors import Conflict, NotifydError, StoreUnavailable, ValidationFailed
-from .hooktemplates.base import PayloadError
-from .hooktemplates.custom import check_fields
-from .models import MAX_TAGS, SLUG_RE, check_pattern, check_topic, parse_priority, validate_events
+from .hooktemplates import TEMPLATE_NAMES, check_name, check_options
+from .models import SLUG_RE, check_pattern, check_topic, validate_events
 from .prefs import Preferences
 from .store import (
     ACCOUNT_RECORDS,
@@ -107,8 +105,8 @@ EVENTS_ONLY_VERSION = 1
 #: the Web Push private key in the data directory (plugins/webpush/vapid.py)
 VAPID_KEY_FILE = "vapid_private.pem"
 #: the record types an account import writes, in file order (users first: the
-#: others name theirs). Hooks came after ACCOUNT_RECORDS was fixed: added here.
-ACCOUNT_KINDS = tuple(dict.fromkeys((*ACCOUNT_RECORDS, "hook")))
+#: others name theirs)
+ACCOUNT_KINDS = ACCOUNT_RECORDS
 #: the record types of the installation part, in file order
 INSTALLATION_RECORDS = (*ACCOUNT_KINDS, "vapid_key")
 #: record types the header counts only when the file holds some (newer than
@@ -326,13 +324,6 @@ _REQUIRED = {
 }
 _HOOK_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _HOOK_SECRET_MAX = 256
-#: the rules of core/hooks.py (check_name, check_options, TEMPLATE_NAMES), restated:
-#: core/hooks imports the services, which import the storage, which imports this
-#: module (an import cycle). tests/test_transfer_hooks.py checks that both agree.
-HOOK_TEMPLATES = ("alertmanager", "grafana", "github", "gitea", "gitlab", "slack", "apprise",
-                  "json")  # fmt: skip
-_HOOK_NAME_MAX = 64
-_HOOK_NAME_BANNED = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 #: what a hook's options hold
 _HOOK_OPTIONS = ("priority", "category", "tags", "fields")
 #: a channel kind's ``validate`` (``Channel.validate``): the kinds this daemon knows
@@ -487,56 +478,19 @@ def parse_account_record(line: int, obj: dict[str, Any], kinds: ChannelKinds) ->
     return out
 
 
-def check_hook_name(name: Any) -> str:
-    """A hook's name as core/hooks.check_name takes it (raises ValidationFailed)."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValidationFailed("name: give the hook a name (1–64 characters)", field="name")
-    stripped: str = name.strip()
-    if len(stripped) > _HOOK_NAME_MAX:
-        raise ValidationFailed(f"name: at most {_HOOK_NAME_MAX} characters", field="name")
-    if any(unicodedata.category(c) in _HOOK_NAME_BANNED for c in stripped):
-        raise ValidationFailed("name: printable characters only", field="name")
-    return stripped
-
-
 def check_hook_options(template: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """A known template's options (``priority``, ``category``, ``tags``, ``fields``) as
-    core/hooks.check_options makes them; ValidationFailed names ``options.<field>``."""
-
-    def bad(message: str, where: str) -> ValidationFailed:
-        return ValidationFailed(f"options.{where}: {message}", field=f"options.{where}")
-
-    out: dict[str, Any] = {"priority": None, "category": None, "tags": [], "fields": None}
-    if options.get("priority") is not None:
-        try:
-            out["priority"] = parse_priority(options["priority"])
-        except ValueError as exc:
-            raise bad(str(exc), "priority") from None
-    category = options.get("category")
-    if category is not None:
-        if not isinstance(category, str) or not SLUG_RE.fullmatch(category):
-            raise bad("a slug (a–z, 0–9, '-' and '_', up to 32 characters)", "category")
-        out["category"] = category
-    tags = options.get("tags")
-    if tags is not None:
-        if not isinstance(tags, list) or len(tags) > MAX_TAGS:
-            raise bad(f"a list of at most {MAX_TAGS} slugs", "tags")
-        for i, tag in enumerate(tags):
-            if not isinstance(tag, str) or not SLUG_RE.fullmatch(tag):
-                raise bad("not a slug (a–z, 0–9, '-', '_', ≤ 32 chars)", f"tags[{i}]")
-        out["tags"] = list(dict.fromkeys(tags))
-    fields = options.get("fields")
-    if template == "json":
-        try:
-            out["fields"] = check_fields(fields)
-        except PayloadError as exc:
-            where = exc.field or "fields"
-            if not where.startswith("fields"):
-                where = f"fields.{where}"
-            raise bad(exc.message, where) from None
-    elif fields:
-        raise bad("only the json template takes field templates", "fields")
-    return out
+    """A known template's options (``priority``, ``category``, ``tags``, ``fields``),
+    checked and normalised as a new hook's are; ValidationFailed names
+    ``options.<field>``."""
+    try:
+        return check_options(
+            template, options.get("priority"), options.get("category"), options.get("tags"),
+            options.get("fields"),
+        )  # fmt: skip
+    except ValidationFailed as exc:
+        where = exc.field or "options"
+        text = exc.message.removeprefix(f"{where}: ")
+        raise ValidationFailed(f"options.{where}: {text}", field=f"options.{where}") from None
 
 
 def _hook_record(line: int, obj: dict[str, Any]) -> dict[str, Any]:
@@ -549,7 +503,7 @@ def _hook_record(line: int, obj: dict[str, Any]) -> dict[str, Any]:
         raise _bad(line, "id: expected 1–64 characters of A–Z, a–z, 0–9", "id")
     out["id"] = hook_id
     try:
-        out["name"] = check_hook_name(obj["name"])
+        out["name"] = check_name(obj["name"])  # the rules of a new hook (core/hooktemplates)
     except ValidationFailed as exc:
         raise _bad(line, exc.message, exc.field) from None
     try:
@@ -557,8 +511,8 @@ def _hook_record(line: int, obj: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise _bad(line, f"topic: {exc}", "topic") from None
     template = obj["template"]
-    if template not in HOOK_TEMPLATES:
-        raise _bad(line, f"template: one of {', '.join(HOOK_TEMPLATES)}", "template")
+    if template not in TEMPLATE_NAMES:
+        raise _bad(line, f"template: one of {', '.join(TEMPLATE_NAMES)}", "template")
     out["template"] = template
     options = obj["options"]
     if not isinstance(options, dict):

@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from ...core import hooks as core_hooks
 from ...core.acl import Principal
 from ...core.errors import BadRequest, NotFound, NotifydError, ValidationFailed
-from ...core.hooktemplates import custom
+from ...core.hooktemplates import TEMPLATE_NAMES, custom
 from ...core.metrics import HOOK_REQUESTS
 from ...core.services import Services
 from ...core.store import Hook
@@ -31,7 +31,7 @@ TEST_HEADERS = 32
 class HookIn(BaseModel):
     name: str = Field(max_length=256, description="1–64 printable characters, unique per user")
     topic: str = Field(max_length=255, description="where the events go")
-    template: str = Field(description=" | ".join(core_hooks.TEMPLATE_NAMES))
+    template: str = Field(description=" | ".join(TEMPLATE_NAMES))
     priority: int | str | None = Field(None, description="default priority (1–5 or a name)")
     category: str | None = Field(None, description="default category (a slug)")
     tags: list[str] | None = Field(None, description="tags added to every event")
