@@ -10,6 +10,8 @@ import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,16 @@ _names = itertools.count(1)
 
 def launch(playwright: Playwright) -> Browser:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+
+
+@contextmanager
+def checked_context(browser: Browser, **options: Any) -> Iterator[BrowserContext]:
+    """A browser context that fails the test if a page logs an error or throws."""
+    ctx = browser.new_context(**options)
+    errors = watch_errors(ctx)
+    yield ctx
+    ctx.close()
+    assert not errors, errors
 
 
 def watch_errors(context: BrowserContext) -> list[str]:

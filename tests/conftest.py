@@ -425,3 +425,15 @@ def make_pg_node(pg_database: str, make_daemon: Callable[..., Daemon]) -> Callab
         return make_daemon(**kw)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium for a test module (tests/browser.py has the helpers)."""
+    from browser import launch
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()

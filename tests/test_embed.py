@@ -22,11 +22,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from browser import ARTIFACTS, CHROMIUM, axe_violations, launch, watch_errors
+from browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    axe_violations,
+    checked_context,
+)
 from conftest import Daemon, free_port, wait_for
 from joserfc import jwt
 from joserfc.jwk import OctKey
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}"
@@ -169,21 +174,10 @@ def app(daemon: Daemon) -> Iterator[App]:
     a.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1000, "height": 700})
-    errors = watch_errors(ctx)
-    yield ctx
-    ctx.close()
-    assert not errors, errors
+    with checked_context(browser, viewport={"width": 1000, "height": 700}) as ctx:
+        yield ctx
 
 
 @dataclass

@@ -9,7 +9,8 @@ import itertools
 import json
 import socket as stdsocket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -161,6 +162,29 @@ async def _read_all(sock: stdsocket.socket) -> bytes:
         data += chunk
 
 
+@asynccontextmanager
+async def _front_on_a_socketpair(tmp_path: Path) -> AsyncIterator[stdsocket.socket]:
+    """The real connection front, hypercorn and app in-process, serving one connection:
+    yields the client's end of a socket pair (non-blocking)."""
+    store = SQLiteStore(tmp_path / "m.db")
+    await store.start()
+    try:
+        config = Config(data_dir=str(tmp_path), header_timeout=TIMEOUT, body_timeout=TIMEOUT)
+        svc = Services.build(config, store)
+        await svc.accounts.ensure_user(config.socket_user, "admin")  # the socket acts as it
+        front = Front(svc, make_app(svc))
+        ours, theirs = stdsocket.socketpair()
+        async with trio.open_nursery() as nursery:
+            server = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
+            nursery.start_soon(front.handle, server, True)
+            ours.setblocking(False)
+            yield ours
+            ours.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("case", list(MOCK_CASES))
 def test_no_408_before_the_deadline_and_one_after_under_mock_clock(
     tmp_path: Path, case: str
@@ -169,33 +193,17 @@ def test_no_408_before_the_deadline_and_one_after_under_mock_clock(
     clock = trio.testing.MockClock()  # autojump off: time moves only by clock.jump
 
     async def scenario() -> bytes:
-        store = SQLiteStore(tmp_path / "m.db")
-        await store.start()
-        try:
-            config = Config(data_dir=str(tmp_path), header_timeout=TIMEOUT, body_timeout=TIMEOUT)
-            svc = Services.build(config, store)
-            await svc.accounts.ensure_user(config.socket_user, "admin")  # the socket acts as it
-            front = Front(svc, make_app(svc))
-            ours, theirs = stdsocket.socketpair()
-            async with trio.open_nursery() as nursery:
-                server = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-                nursery.start_soon(front.handle, server, True)
-                ours.setblocking(False)
-                ours.send(start)  # the head's first byte, or (body) the end of the head
-                # a byte every 0.2 s does not move the deadline; nothing comes before it
-                for _ in range(4):
-                    assert await _nothing_answered(ours), "answered before the deadline"
-                    clock.jump(TIMEOUT * 0.2)
-                    ours.send(b"X")
-                clock.jump(TIMEOUT * 0.2 - 1e-3)
+        async with _front_on_a_socketpair(tmp_path) as ours:
+            ours.send(start)  # the head's first byte, or (body) the end of the head
+            # a byte every 0.2 s does not move the deadline; nothing comes before it
+            for _ in range(4):
                 assert await _nothing_answered(ours), "answered before the deadline"
-                clock.jump(2e-3)  # just past it
-                data = await _read_all(ours)  # (pytest-timeout bounds the wait)
-                ours.close()
-                nursery.cancel_scope.cancel()
-            return data
-        finally:
-            await store.close()
+                clock.jump(TIMEOUT * 0.2)
+                ours.send(b"X")
+            clock.jump(TIMEOUT * 0.2 - 1e-3)
+            assert await _nothing_answered(ours), "answered before the deadline"
+            clock.jump(2e-3)  # just past it
+            return await _read_all(ours)  # (pytest-timeout bounds the wait)
 
     data = trio.run(scenario, clock=clock)
     assert data.startswith(b"HTTP/1.1 408 "), data[:300]
@@ -210,38 +218,22 @@ def test_an_upload_earns_time_as_it_arrives_under_mock_clock(tmp_path: Path) -> 
     piece, pieces = 64 * 1024, 6
 
     async def scenario() -> bytes:
-        store = SQLiteStore(tmp_path / "m.db")
-        await store.start()
-        try:
-            config = Config(data_dir=str(tmp_path), header_timeout=TIMEOUT, body_timeout=TIMEOUT)
-            svc = Services.build(config, store)
-            await svc.accounts.ensure_user(config.socket_user, "admin")
-            front = Front(svc, make_app(svc))
-            ours, theirs = stdsocket.socketpair()
-            async with trio.open_nursery() as nursery:
-                server = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))
-                nursery.start_soon(front.handle, server, True)
-                ours.setblocking(False)
-                ours.send(b"POST /v1/attachments?filename=big.bin HTTP/1.1\r\nHost: notifyd\r\n"
-                          b"Content-Length: %d\r\n\r\n" % (piece * pieces * 2))  # fmt: skip
-                for _ in range(pieces):  # 3 s in all, three times body_timeout
-                    assert await _nothing_answered(ours), "a fair upload timed out"
-                    clock.jump(0.5)
-                    data = b"x" * piece
-                    while data:
-                        await trio.lowlevel.wait_writable(ours)
-                        data = data[ours.send(data) :]
-                # earned: body_timeout + 6 × 64 KiB / 32 KiB/s = 13 s from the head
-                assert await _nothing_answered(ours)
-                clock.jump(13 - 3 - 1e-3)
-                assert await _nothing_answered(ours), "answered before the earned deadline"
-                clock.jump(2e-3)
-                answer = await _read_all(ours)
-                ours.close()
-                nursery.cancel_scope.cancel()
-            return answer
-        finally:
-            await store.close()
+        async with _front_on_a_socketpair(tmp_path) as ours:
+            ours.send(b"POST /v1/attachments?filename=big.bin HTTP/1.1\r\nHost: notifyd\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (piece * pieces * 2))  # fmt: skip
+            for _ in range(pieces):  # 3 s in all, three times body_timeout
+                assert await _nothing_answered(ours), "a fair upload timed out"
+                clock.jump(0.5)
+                data = b"x" * piece
+                while data:
+                    await trio.lowlevel.wait_writable(ours)
+                    data = data[ours.send(data) :]
+            # earned: body_timeout + 6 × 64 KiB / 32 KiB/s = 13 s from the head
+            assert await _nothing_answered(ours)
+            clock.jump(13 - 3 - 1e-3)
+            assert await _nothing_answered(ours), "answered before the earned deadline"
+            clock.jump(2e-3)
+            return await _read_all(ours)
 
     data = trio.run(scenario, clock=clock)
     assert data.startswith(b"HTTP/1.1 408 "), data[:300]

@@ -25,7 +25,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-from browser import CHROMIUM, axe_violations, launch, publish, watch_errors
+from browser import (
+    CHROMIUM,
+    axe_violations,
+    checked_context,
+    publish,
+    watch_errors,
+)
 from conftest import Daemon, free_port, wait_for
 from oidc_provider_mock import run_server_in_thread
 from playwright.sync_api import (
@@ -34,7 +40,6 @@ from playwright.sync_api import (
     Page,
     Route,
     expect,
-    sync_playwright,
 )
 
 pytestmark = [
@@ -157,21 +162,10 @@ def expiring_provider(expiring_port: int, sso_only: Daemon) -> Iterator[str]:
         yield f"http://localhost:{expiring_port}"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def context(browser: Browser, daemon: Daemon) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(base_url=daemon.url)
-    errors = watch_errors(ctx)
-    yield ctx
-    ctx.close()
-    assert not errors, errors
+    with checked_context(browser, base_url=daemon.url) as ctx:
+        yield ctx
 
 
 def register(issuer: str, sub: str, **claims: Any) -> None:

@@ -23,10 +23,10 @@ from browser import (
     axe_script,
     axe_violations,
     card,
+    checked_context,
     cli_send,
     deliver_push,
     fake_push_manager,
-    launch,
     new_user,
     notifications,
     publish,
@@ -35,7 +35,7 @@ from browser import (
     watch_errors,
 )
 from conftest import Daemon, wait_for
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 from pushservice import PushService
 from smtpsink import SMTPSink
 
@@ -54,21 +54,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         d.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def context(browser: Browser, daemon: Daemon) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(base_url=daemon.url, viewport={"width": 1280, "height": 800})
-    errors = watch_errors(ctx)
-    yield ctx
-    ctx.close()
-    assert not errors, errors
+    with checked_context(
+        browser, base_url=daemon.url, viewport={"width": 1280, "height": 800}
+    ) as ctx:
+        yield ctx
 
 
 @pytest.fixture

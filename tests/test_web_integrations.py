@@ -27,8 +27,8 @@ from browser import (
     axe_script,
     axe_violations,
     card,
+    checked_context,
     deliver_push,
-    launch,
     new_user,
     publish,
     service_worker_ready,
@@ -36,7 +36,7 @@ from browser import (
     watch_errors,
 )
 from conftest import Daemon, wait_for
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"browser tests need Debian's chromium at {CHROMIUM}"
@@ -57,21 +57,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         d.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def context(browser: Browser, daemon: Daemon) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(base_url=daemon.url, viewport={"width": 1280, "height": 800})
-    errors = watch_errors(ctx)
-    yield ctx
-    ctx.close()
-    assert not errors, errors
+    with checked_context(
+        browser, base_url=daemon.url, viewport={"width": 1280, "height": 800}
+    ) as ctx:
+        yield ctx
 
 
 def writer(daemon: Daemon, label: str, **kw: Any) -> WebUser:
