@@ -188,8 +188,8 @@ class _Guard(trio.abc.Stream):
     connection's opening, for the first request), and its body within
     ``body_timeout`` of the head (a body that may be a file earns a second more for
     every :data:`UPLOAD_MIN_RATE` bytes that arrive); a client that misses one gets
-    408 (if no answer has started) and is disconnected. Between requests the connection is idle (hypercorn's
-    ``keep_alive_timeout``), and while the app serves a request without a body (a
+    408 (if no answer has started) and is disconnected. Between requests the
+    connection is idle (hypercorn's ``keep_alive_timeout``), and while the app serves a request without a body (a
     stream, a WebSocket) nothing is timed: the client owes nothing then.
     :func:`_guarded_app` tells the guard when a request's head has arrived, when its
     body has, and when it is over.
@@ -364,23 +364,23 @@ async def _authenticate_first(
     return render_notifyd(exc, close=True).asgi()
 
 
-def body_limit(config: Config, path: str, method: str, reserved: frozenset[str]) -> int:
-    """The most body a request may send: ``max_request_bytes``, or for a request that
-    may carry a file (``POST /v1/attachments``, ntfy's ``PUT``/``POST /<topic>``)
-    ``attachment_max_bytes`` when that is larger. The routes check the file's own
-    limit and quota; this one only ends a body that is too large for either."""
-    limit = config.max_request_bytes
-    if (
-        config.attachment_max_bytes > limit
-        and method in ("PUT", "POST")
-        and (path == ATTACHMENTS_PATH or _ntfy_topic_door(path, method, reserved))
-    ):
-        return config.attachment_max_bytes
-    return limit
-
-
-def _ntfy_topic_door(path: str, method: str, reserved: frozenset[str]) -> bool:
+def may_carry_file(path: str, method: str, reserved: frozenset[str]) -> bool:
+    """Whether a request's body may be a file: ``POST /v1/attachments``, ntfy's
+    ``PUT``/``POST /<topic>``."""
+    if method not in ("PUT", "POST"):
+        return False
+    if path == ATTACHMENTS_PATH:
+        return True
     return door_of(path, method, reserved) == NTFY and not path.startswith(("/v1/", "/file/"))
+
+
+def body_limit(config: Config, carries_file: bool) -> int:
+    """The most body a request may send: ``max_request_bytes``, or for one that may
+    carry a file ``attachment_max_bytes`` when that is larger. The routes check the
+    file's own limit and quota; this one only ends a body too large for either."""
+    if carries_file:
+        return max(config.max_request_bytes, config.attachment_max_bytes)
+    return config.max_request_bytes
 
 
 async def _request_failed(
@@ -461,8 +461,8 @@ def _guarded_app(
                 guard.request_done()
             return
         guard.cors = _cors_headers(config, scope)
-        limit = body_limit(config, scope["path"], scope["method"], reserved)
-        guard.upload = limit > config.max_request_bytes
+        guard.upload = may_carry_file(scope["path"], scope["method"], reserved)
+        limit = body_limit(config, guard.upload)
         received = 0
         body_done = not has_body
 
