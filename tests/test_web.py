@@ -404,7 +404,7 @@ def test_push_on_this_device(browser: Browser, daemon: Daemon, user: WebUser) ->
             def shown() -> list:
                 return [n for n in notifications(page) if n["title"] == "Deploy finished"]
 
-            [note] = wait_for(shown, timeout=10, message="the pushed notification to be shown")
+            [note] = wait_for(shown, timeout=30, message="the pushed notification to be shown")
             assert note["body"] == "v2.3 is live"
             assert note["tag"] == "deploy-prod"
             assert note["actions"] == ["Open release", "Roll back"]

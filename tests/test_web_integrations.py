@@ -195,14 +195,20 @@ def test_service_worker_shows_an_attached_image(
         sign_in(page, user)
         service_worker_ready(page)
         own = f"{daemon.url}/v1/attachments/AbCdEfGhIjKl"
-        deliver_push(
-            context, page, daemon.url, {"id": 1, "title": "Door", "tag": "a", "image": own}
-        )
-        # any other URL of this server stays refused (it would carry the cookie)
-        other = f"{daemon.url}/v1/inbox/read-all"
-        deliver_push(
-            context, page, daemon.url, {"id": 2, "title": "Other", "tag": "b", "image": other}
-        )
+        # what the daemon pushes: the attachment's link with its signature
+        signed = f"{own}?sig=Zm9vYmFyYmF6cXV4LWZvb2Jhcg_x"
+        pushes = {
+            "a": own,
+            "s": signed,
+            # any other URL of this server stays refused (it would carry the cookie),
+            "b": f"{daemon.url}/v1/inbox/read-all",
+            # and so does an attachment URL with another query
+            "q": f"{own}?sig=x&next=/v1/inbox/read-all",
+        }
+        for n, (tag, image) in enumerate(pushes.items()):
+            deliver_push(
+                context, page, daemon.url, {"id": n + 1, "title": tag, "tag": tag, "image": image}
+            )
 
         def shown() -> dict[str, Any]:
             notes = page.evaluate(
@@ -210,10 +216,10 @@ def test_service_worker_shows_an_attached_image(
                     .then((reg) => reg.getNotifications())
                     .then((list) => list.map((n) => ({ tag: n.tag, image: n.image })))"""
             )
-            return {n["tag"]: n["image"] for n in notes} if len(notes) == 2 else {}
+            return {n["tag"]: n["image"] for n in notes} if len(notes) == len(pushes) else {}
 
-        images = wait_for(shown, timeout=10, message="both notifications")
-        assert images == {"a": own, "b": ""}
+        images = wait_for(shown, timeout=10, message="every notification")
+        assert images == {"a": own, "s": signed, "b": "", "q": ""}
         assert not errors, errors
     finally:
         context.close()

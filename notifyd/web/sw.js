@@ -105,12 +105,15 @@ function foreignImage(raw) {
 }
 
 /** A pushed image: from another https origin, or an attachment of this server
- * (/v1/attachments/<id> and nothing more: serving a file changes nothing, so
- * fetching it with the user's cookie cannot act in their name). */
+ * (/v1/attachments/<id>, with at most the signature of its link, ?sig=…: serving a
+ * file changes nothing, so fetching it with the user's cookie cannot act in their
+ * name). */
 function pushImage(raw) {
   try {
     const url = new URL(String(raw));
-    if (url.origin === self.location.origin && /^\/v1\/attachments\/[A-Za-z0-9]{1,64}$/.test(url.pathname) && !url.search) return url.href;
+    const attachment = /^\/v1\/attachments\/[A-Za-z0-9]{1,64}$/.test(url.pathname);
+    const signed = url.search === "" || /^\?sig=[A-Za-z0-9_-]{1,64}$/.test(url.search);
+    if (url.origin === self.location.origin && attachment && signed) return url.href;
   } catch {
     return undefined;
   }
