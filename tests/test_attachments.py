@@ -398,3 +398,30 @@ def test_metrics_count_stored_files_and_bytes(nd: Daemon) -> None:
     assert upload(nd, b"m" * 1234, filename="m.bin").status_code == 201
     assert upload(nd, b"x" * (MAX + 1), filename="big.bin").status_code == 413  # not counted
     assert counters() == (files + 1, size + 1234)
+
+
+def test_multipart_refusals_store_nothing(nd: Daemon) -> None:
+    boundary = "XyZzy42"
+    head = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    cases = {
+        "no part at all": f"--{boundary}--\r\n".encode(),
+        "a part that never ends": (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=f; filename=a.bin\r\n\r\nabc"
+        ).encode(),
+        "not multipart": b"just bytes",
+    }
+    with http(nd) as c:
+        for what, body in cases.items():
+            r = c.post("/v1/attachments", content=body, headers=head)
+            assert_notifyd_error(r, 400, "bad_request")
+            assert r.json()["error"]["field"] == "body", what
+        # a good one with a second part: only the first is the file
+        body = (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=f; filename=one.txt\r\n"
+            f"Content-Type: text/plain\r\n\r\nfirst part\r\n--{boundary}\r\n"
+            f"Content-Disposition: form-data; name=g\r\n\r\nsecond\r\n--{boundary}--\r\n"
+        ).encode()
+        r = c.post("/v1/attachments", content=body, headers=head)
+        assert r.status_code == 201, r.text
+        assert (r.json()["name"], r.json()["size"]) == ("one.txt", len(b"first part"))
+        assert c.get(r.json()["url"]).content == b"first part"

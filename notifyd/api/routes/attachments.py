@@ -17,6 +17,8 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
 
 from ...core import attachments
 from ...core.acl import Principal
@@ -56,47 +58,82 @@ def _disposition_name(value: str) -> str | None:
 async def _multipart_file(
     chunks: AsyncIterator[bytes], boundary: bytes
 ) -> tuple[str | None, AsyncIterator[bytes]]:
-    """The file name and content of the first part of a ``multipart/form-data`` body,
-    the content as it arrives (the part's head is read up to 16 KiB)."""
-    delimiter = b"\r\n--" + boundary
-    buf = b""
+    """The file name and content of the first part of a ``multipart/form-data`` body
+    (python-multipart's streaming parser), the content as it arrives; later parts
+    are read and dropped."""
+    part, head_done, first_done = 0, False, False
+    field, value = bytearray(), bytearray()
+    heads: list[tuple[bytes, bytes]] = []
+    pending: list[bytes] = []
+
+    def on_part_begin() -> None:
+        nonlocal part
+        part += 1
+
+    def on_header_field(data: bytes, start: int, stop: int) -> None:
+        if part == 1:
+            field.extend(data[start:stop])
+
+    def on_header_value(data: bytes, start: int, stop: int) -> None:
+        if part == 1:
+            value.extend(data[start:stop])
+
+    def on_header_end() -> None:
+        if part == 1:
+            heads.append((bytes(field), bytes(value)))
+        field.clear()
+        value.clear()
+
+    def on_headers_finished() -> None:
+        nonlocal head_done
+        head_done = head_done or part == 1
+
+    def on_part_data(data: bytes, start: int, stop: int) -> None:
+        if part == 1 and stop > start:
+            pending.append(bytes(data[start:stop]))
+
+    def on_part_end() -> None:
+        nonlocal first_done
+        first_done = first_done or part == 1
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    })  # fmt: skip
     it = chunks.__aiter__()
-    while b"\r\n\r\n" not in buf:
+
+    async def feed() -> bool:
+        """Parse the next piece of the body; False at its end."""
         try:
-            buf += await it.__anext__()
+            chunk = await it.__anext__()
         except StopAsyncIteration:
-            raise BadRequest("multipart body without a file part", field="body") from None
-        if b"\r\n\r\n" not in buf[:16384] and len(buf) > 16384:
-            raise BadRequest("multipart part headers are too long", field="body")
-    if not buf.startswith(b"--" + boundary + b"\r\n"):
-        raise BadRequest("multipart body does not start with its boundary", field="body")
-    end = buf.index(b"\r\n\r\n")
+            return False
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise BadRequest(f"the multipart body cannot be read: {exc}", field="body") from None
+        return True
+
+    while not head_done:
+        if not await feed():
+            raise BadRequest("multipart body without a file part", field="body")
     name = None
-    for line in buf[len(boundary) + 4 : end].split(b"\r\n"):
-        key, _, value = line.decode("utf-8", "replace").partition(":")
-        if key.strip().lower() == "content-disposition":
-            name = _disposition_name(value.strip())
-    rest = buf[end + 4 :]
+    for key, raw in heads:
+        if key.decode("latin-1").strip().lower() == "content-disposition":
+            name = _disposition_name(raw.decode("utf-8", "replace").strip())
 
     async def content() -> AsyncIterator[bytes]:
-        buf, keep, ended = rest, len(delimiter), False
         while True:
-            at = buf.find(delimiter)
-            if at >= 0:
-                if at:
-                    yield buf[:at]
+            while pending:
+                yield pending.pop(0)
+            if first_done:
                 break
-            if ended:
+            if not await feed():
                 raise BadRequest("multipart body ends inside the file part", field="body")
-            if len(buf) > keep:
-                yield buf[:-keep]
-                buf = buf[-keep:]
-            try:
-                buf += await it.__anext__()
-            except StopAsyncIteration:
-                ended = True
-        async for _ in it:  # the closing boundary and any other parts: drained
-            pass
+        while await feed():  # the closing boundary and any other parts: read, dropped
+            pending.clear()
 
     return name, content()
 
