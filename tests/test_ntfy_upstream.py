@@ -196,10 +196,15 @@ def test_retried_after_503(daemon: Daemon, upstream: FakeUpstream) -> None:
     polls = wait_for(lambda: len(upstream.for_id(ev["id"])) >= 2 and upstream.for_id(ev["id"]),
                      message="the retried poll request")  # fmt: skip
     assert [p.answered for p in polls] == [503, 200]
-    with daemon.admin() as c:
-        rows = c.get("/v1/deliveries", params={"limit": 500}).json()["deliveries"]
-    row = next(d for d in rows if d["kind"] == "ntfy-upstream" and d["event_id"] == ev["id"])
-    assert (row["state"], row["attempts"]) == ("sent", 2)
+
+    def outcome() -> tuple[str, int] | None:
+        # the upstream answered; the worker records the outcome just after: ask again
+        with daemon.admin() as c:
+            rows = c.get("/v1/deliveries", params={"limit": 500}).json()["deliveries"]
+        row = next(d for d in rows if d["kind"] == "ntfy-upstream" and d["event_id"] == ev["id"])
+        return (row["state"], row["attempts"]) if row["state"] != "pending" else None
+
+    assert wait_for(outcome, message="the retried delivery's outcome") == ("sent", 2)
 
 
 def test_poll_by_id_returns_that_message_with_read_rights(daemon: Daemon) -> None:
